@@ -1,0 +1,171 @@
+"""pydantic models for every file we read or write; each carries a ``schema_version``.
+
+Defaults live here and only here; the CLI passes through what the user typed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adapmtl_cli.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: int = SCHEMA_VERSION
+
+
+class PruneConfig(_File):
+    """Everything that defines a pruning run (the resolved ``prune`` command line)."""
+
+    checkpoint: str
+    factory: str | None = None
+    trust_pickle: bool = False
+    data: str = "synthetic"
+    data_dir: str
+    tasks: list[str] | None = None
+    outputs: list[str] | None = None
+    method: Literal["adapmtl"] = "adapmtl"
+    sparsity: float = Field(0.9, gt=0.0, lt=1.0)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    threshold_lr: float = Field(0.01, gt=0.0)
+    weighting: Literal["adaptive", "equal"] = "adaptive"
+    granularity: Literal["component", "layer", "global"] = "component"
+    ramp_end: float = Field(0.75, gt=0.0, le=1.0)
+    seed: int = 0
+    device: str = "auto"
+    out: str
+    exclude: list[str] = Field(default_factory=list)
+    backbone: list[str] = Field(default_factory=list)
+    head: list[str] = Field(default_factory=list)
+    save_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_batches: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+        return v
+
+
+class ComponentEntry(_File):
+    name: str
+    kind: Literal["backbone", "head", "shared"]
+    tasks: list[str]
+    modules: list[str]
+    params: int
+    prunable_params: int
+
+
+class LayerEntry(_File):
+    name: str
+    component: str
+    type: str
+    params: int
+
+
+class ComponentsManifest(_File):
+    """``components.json``: what discovery found (also what ``inspect --json`` prints)."""
+
+    tasks: list[str]
+    outputs: dict[str, str]
+    output_paths: dict[str, list[str | int]]
+    output_mapping: str
+    components: list[ComponentEntry]
+    layers: list[LayerEntry]
+    unreached: list[str]
+    excluded: list[str]
+    prunable_params: int
+    total_params: int
+    input_shape: list[int]
+
+
+class ComponentSparsity(_File):
+    name: str
+    kind: str
+    tasks: list[str]
+    params: int
+    zeros: int
+    sparsity: float
+    threshold: float | None
+
+
+class LayerSparsity(_File):
+    name: str
+    component: str
+    params: int
+    zeros: int
+    sparsity: float
+
+
+class TaskMetrics(_File):
+    dense: dict[str, float]
+    pruned: dict[str, float]
+    higher_is_better: dict[str, bool]
+
+
+class DeltaTEntry(_File):
+    per_task: dict[str, float]
+    overall: float
+    convention: str
+    skipped: list[str] = Field(default_factory=list)
+
+
+class RunReport(_File):
+    """``report.json``: the outcome of a run."""
+
+    method: str
+    weighting: str
+    target_sparsity: float
+    overall_sparsity: float
+    prunable_params: int
+    zeros: int
+    steps: int
+    wall_seconds: float
+    components: list[ComponentSparsity]
+    layers: list[LayerSparsity]
+    tasks: dict[str, TaskMetrics]
+    delta_t: DeltaTEntry
+    task_weights: dict[str, float]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ExportManifest(_File):
+    """``export/manifest.json``: what ``export`` wrote and how each file was verified."""
+
+    dense: str
+    dense_bytes: int
+    sparse: str
+    sparse_bytes: int
+    sparse_roundtrip: Literal["bit-exact"]
+    onnx: str | None = None
+    onnx_bytes: int | None = None
+    onnx_max_abs_diff: float | None = None
+    onnx_batch_sizes: list[int] = Field(default_factory=list)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """All problems of a pydantic error on one line, options named as on the command line."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        flag = "--" + loc.replace("_", "-") if loc else "config"
+        parts.append(f"{flag}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def make_prune_config(**values: object) -> PruneConfig:
+    """Validate CLI values into a ``PruneConfig``; every problem lands in one ``ConfigError`` line."""
+    try:
+        return PruneConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None

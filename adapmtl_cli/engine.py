@@ -1,0 +1,290 @@
+"""The fine-tuning loop: weights and thresholds co-optimised under adaptive task weights, on a sparsity schedule.
+
+Per step: forward (bf16 autocast on CUDA), per-task losses, ``sum_t w_t * L_t``, backward, one Adam step on the
+weights and one on the threshold logits (own learning rate, no weight decay), then the level controller moves
+all thresholds together onto the scheduled sparsity. Progress goes to an ``on_step`` callback; this module
+never prints. State is saved every ``save_every`` steps (and on Ctrl-C) so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from adapmtl_cli.errors import TrainingError
+from adapmtl_cli.outputs import OutputMapping
+from adapmtl_cli.schedule import cubic_target, fit_level_
+from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.thresholds import ThresholdedModel, measure_layers, overall_sparsity
+from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start mid-epoch, so a resumed run sees the same batches."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.offset = n, seed, epoch, offset
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        return iter(perm[self.offset :])
+
+    def __len__(self) -> int:
+        return self.n - self.offset
+
+
+def train_batches(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator[Any]:
+    """Endless batches in a deterministic order, starting at batch number ``start_step``."""
+    n = len(dataset)  # type: ignore[arg-type]
+    per_epoch = max(1, n // batch_size)
+    epoch, within = divmod(start_step, per_epoch)
+    while True:
+        sampler = EpochSampler(n, seed, epoch, within * batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers)
+        yield from loader
+        epoch, within = epoch + 1, 0
+
+
+def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    image, targets = batch
+    return image.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+
+
+def autocast_for(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    tasks: Sequence[TaskSpec],
+    mapping: OutputMapping,
+    device: torch.device,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every task's metrics over ``dataset`` (pooled over all pixels of the split)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    total = len(loader) if max_batches is None else min(max_batches, len(loader))
+    meters = {t.name: t.new_meter() for t in tasks}
+    for i, batch in enumerate(loader):
+        if i >= total:
+            break
+        x, y = to_device(batch, device)
+        with autocast_for(device):
+            preds = mapping.select(model(x))
+        for t in tasks:
+            meters[t.name].update(preds[t.name], y[t.name])
+        if on_batch:
+            on_batch(i + 1, total)
+    model.train(was_training)
+    return {name: m.compute() for name, m in meters.items()}
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after a step (and writes to ``metrics.jsonl`` every ``log_every`` steps)."""
+
+    step: int
+    total_steps: int
+    loss: float
+    task_losses: dict[str, float]
+    task_weights: dict[str, float]
+    target: float
+    sparsity: float | None = None
+    group_sparsity: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "loss": self.loss,
+            "task_losses": self.task_losses,
+            "task_weights": self.task_weights,
+            "target": self.target,
+            "sparsity": self.sparsity,
+            "group_sparsity": self.group_sparsity,
+            "thresholds": self.thresholds,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue a run exactly."""
+
+    step: int
+    optimizer: dict[str, Any]
+    weighting: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    rng: torch.Tensor
+    elapsed: float
+
+
+def _group_sparsity(tm: ThresholdedModel) -> tuple[float, dict[str, float]]:
+    layers = measure_layers(tm)
+    groups: dict[str, list[int]] = {}
+    for layer in layers:
+        acc = groups.setdefault(layer.group, [0, 0])
+        acc[0] += layer.zeros
+        acc[1] += layer.params
+    return overall_sparsity(layers), {g: z / n for g, (z, n) in groups.items()}
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+
+@contextmanager
+def _deferred_stop() -> Iterator[_StopFlag]:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so the state we save is always consistent.
+
+    A second Ctrl-C interrupts at once.
+    """
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.signal is not None:
+            raise KeyboardInterrupt
+        flag.signal = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def make_optimizer(tm: ThresholdedModel, lr: float, threshold_lr: float) -> torch.optim.Optimizer:
+    bank_ids = {id(p) for p in tm.bank.parameters()}
+    weights = [p for p in tm.parameters() if p.requires_grad and id(p) not in bank_ids]
+    return torch.optim.Adam(
+        [
+            {"params": weights, "lr": lr, "weight_decay": 0.0},
+            {"params": list(tm.bank.parameters()), "lr": threshold_lr, "weight_decay": 0.0},
+        ]
+    )
+
+
+def finetune(
+    tm: ThresholdedModel,
+    dataset: Dataset,
+    tasks: Sequence[TaskSpec],
+    mapping: OutputMapping,
+    *,
+    device: torch.device,
+    steps: int,
+    target_sparsity: float,
+    batch_size: int,
+    lr: float,
+    threshold_lr: float,
+    weighting: AdaptiveWeighting | EqualWeighting,
+    seed: int,
+    ramp_end: float = 0.75,
+    initial_sparsity: float = 0.0,
+    log_every: int = 10,
+    save_every: int = 50,
+    num_workers: int = 0,
+    resume: LoopState | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_log: Callable[[StepInfo], None] | None = None,
+    on_save: Callable[[LoopState], None] | None = None,
+) -> StepInfo:
+    """Run the loop from step 0 (or ``resume.step``) to ``steps``; return the last step's info.
+
+    Raises:
+        TrainingError: a task loss stopped being finite.
+        KeyboardInterrupt: after the state was saved, so the run can be resumed.
+    """
+    tm.to(device).train()
+    optimizer = make_optimizer(tm, lr, threshold_lr)
+    start, elapsed = 0, 0.0
+    if resume is not None:
+        tm.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        weighting.load_state_dict(resume.weighting)
+        torch.set_rng_state(resume.rng)
+        start, elapsed = resume.step, resume.elapsed
+    else:
+        torch.manual_seed(seed)
+
+    def snapshot(step: int) -> LoopState:
+        return LoopState(
+            step=step,
+            optimizer=optimizer.state_dict(),
+            weighting=weighting.state_dict(),
+            model={k: v.detach().cpu().clone() for k, v in tm.state_dict().items()},
+            rng=torch.get_rng_state(),
+            elapsed=elapsed,
+        )
+
+    batches = train_batches(dataset, batch_size, seed, start, num_workers)
+    info = StepInfo(start, steps, math.nan, {}, weighting.weights(), target_sparsity)
+    step = start
+    t0 = time.perf_counter() - elapsed
+    with _deferred_stop() as stop:
+        for step in range(start, steps):
+            x, y = to_device(next(batches), device)
+            weights = weighting.weights()
+            with autocast_for(device):
+                preds = mapping.select(tm(x))
+            losses = {t.name: t.loss(preds[t.name], y[t.name]) for t in tasks}
+            total = sum(weights[name] * loss for name, loss in losses.items())
+            loss_values = {k: float(v.detach()) for k, v in losses.items()}
+            bad = [k for k, v in loss_values.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(
+                    f"loss of task {', '.join(map(repr, bad))} became {loss_values[bad[0]]} at step {step}; "
+                    "lower --lr, check the data for invalid values, or resume from the last saved state"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            target = cubic_target(step + 1, steps, target_sparsity, initial_sparsity, ramp_end)
+            fit_level_(tm, target)
+            weighting.update(step, loss_values)
+            elapsed = time.perf_counter() - t0
+            info = StepInfo(step + 1, steps, float(total.detach()), loss_values, weights, target, seconds=elapsed)
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                info.sparsity, info.group_sparsity = _group_sparsity(tm)
+                info.thresholds = tm.bank.values()
+                if on_log:
+                    on_log(info)
+            if on_step:
+                on_step(info)
+            if on_save and ((step + 1) % save_every == 0 or step + 1 == steps or stop.signal is not None):
+                on_save(snapshot(step + 1))
+            if stop.signal is not None:
+                raise KeyboardInterrupt
+    if info.sparsity is None:
+        info.sparsity, info.group_sparsity = _group_sparsity(tm)
+        info.thresholds = tm.bank.values()
+    return info

@@ -1,0 +1,425 @@
+"""The ``inspect`` and ``prune`` jobs end to end: load, open data, map outputs, discover, fine-tune, bake, score.
+
+Each public function is what one CLI command calls; progress reaches the caller through ``Hooks``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from adapmtl_cli.config import (
+    ComponentEntry,
+    ComponentsManifest,
+    ComponentSparsity,
+    DeltaTEntry,
+    LayerEntry,
+    LayerSparsity,
+    PruneConfig,
+    RunReport,
+    TaskMetrics,
+)
+from adapmtl_cli.data import get_dataset
+from adapmtl_cli.discover import ComponentMap, discover_components, parse_head_overrides
+from adapmtl_cli.engine import LoopState, StepInfo, evaluate, finetune, resolve_device, to_device
+from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError, TrainingError
+from adapmtl_cli.loading import LoadedModel, load_model
+from adapmtl_cli.outputs import OutputMapping, map_outputs
+from adapmtl_cli.rundir import (
+    RunDir,
+    append_jsonl,
+    prepare_run_dir,
+    read_model,
+    save_torch,
+    write_model,
+    write_text,
+)
+from adapmtl_cli.tasks import canonical_task_name
+from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.tasks.scores import delta_t
+from adapmtl_cli.thresholds import bake_, init_thresholds_, inject_thresholds_, measure_layers
+from adapmtl_cli.weighting import make_weighting
+
+
+@dataclass
+class Hooks:
+    """Callbacks the CLI turns into status lines and progress bars; all optional."""
+
+    status: Callable[[str], None] = lambda msg: None
+    on_step: Callable[[StepInfo], None] | None = None
+    on_eval: Callable[[str, int, int], None] | None = None
+
+
+@dataclass
+class Prepared:
+    """A loaded model with its data, tasks, output mapping and component map."""
+
+    loaded: LoadedModel
+    tasks: list[TaskSpec]
+    train: Dataset
+    val: Dataset
+    mapping: OutputMapping
+    cmap: ComponentMap
+    input_shape: tuple[int, ...]
+
+
+def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) -> list[TaskSpec]:
+    if not wanted:
+        return list(available)
+    by_name = {t.name: t for t in available}
+    out = []
+    for name in wanted:
+        canon = canonical_task_name(name)
+        if canon not in by_name:
+            raise ConfigError(f"--tasks names {name!r}; this dataset has {', '.join(by_name)}")
+        out.append(by_name[canon])
+    return out
+
+
+def prepare(
+    checkpoint: str,
+    *,
+    factory: str | None,
+    trust_pickle: bool,
+    data: str,
+    data_dir: str,
+    tasks: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    backbone: Sequence[str] = (),
+    head: Sequence[str] = (),
+    hooks: Hooks | None = None,
+) -> Prepared:
+    """Everything up to (and including) component discovery; no training."""
+    hooks = hooks or Hooks()
+    hooks.status(f"loading {checkpoint}")
+    loaded = load_model(Path(checkpoint), factory=factory, trust_pickle=trust_pickle)
+    adapter = get_dataset(data)
+    root = Path(data_dir)
+    specs = select_tasks(adapter.tasks(root), tasks)
+    train = adapter.open(root, "train")
+    val = adapter.open(root, "val")
+    if len(train) < 1:  # type: ignore[arg-type]
+        raise DataError(f"{data_dir!r} has an empty train split")
+    probe = [train[i] for i in range(min(2, len(train)))]  # type: ignore[arg-type]
+    x = torch.stack([p[0] for p in probe])
+    y = {t.name: torch.stack([p[1][t.name] for p in probe]) for t in specs}
+    model = loaded.model.eval()
+    hooks.status("probing the model's outputs")
+    try:
+        raw = model(x)
+    except Exception as exc:
+        raise DiscoveryError(
+            f"the model's forward failed on a batch of shape {tuple(x.shape)} from {data_dir!r}: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    mapping = map_outputs(raw, specs, batch=x.shape[0], names=outputs)
+    preds = mapping.select(raw)
+    for t in specs:
+        loss = t.loss(preds[t.name], y[t.name])
+        if not torch.isfinite(loss):
+            raise DiscoveryError(f"task {t.name!r} gives a non-finite loss on the first batch; check the model")
+    names = [t.name for t in specs]
+    cmap = discover_components(
+        model,
+        preds,
+        names,
+        exclude=exclude,
+        backbone=backbone,
+        heads=parse_head_overrides(head, names),
+    )
+    return Prepared(loaded, specs, train, val, mapping, cmap, tuple(x.shape[1:]))
+
+
+def components_manifest(p: Prepared) -> ComponentsManifest:
+    model = p.loaded.model
+    return ComponentsManifest(
+        tasks=[t.name for t in p.tasks],
+        outputs=p.mapping.describe(),
+        output_paths={t: list(path) for t, path in p.mapping.paths.items()},
+        output_mapping=p.mapping.how,
+        components=[
+            ComponentEntry(
+                name=c.name,
+                kind=c.kind,  # type: ignore[arg-type]
+                tasks=list(c.tasks),
+                modules=list(c.modules),
+                params=c.params,
+                prunable_params=c.prunable_params,
+            )
+            for c in p.cmap.components
+        ],
+        layers=[LayerEntry(name=x.fqn, component=x.component, type=x.kind, params=x.params) for x in p.cmap.layers],
+        unreached=list(p.cmap.unreached),
+        excluded=list(p.cmap.excluded),
+        prunable_params=p.cmap.prunable_params,
+        total_params=sum(q.numel() for q in model.parameters()),
+        input_shape=list(p.input_shape),
+    )
+
+
+def _prepare_from(cfg: PruneConfig, hooks: Hooks) -> Prepared:
+    return prepare(
+        cfg.checkpoint,
+        factory=cfg.factory,
+        trust_pickle=cfg.trust_pickle,
+        data=cfg.data,
+        data_dir=cfg.data_dir,
+        tasks=cfg.tasks,
+        outputs=cfg.outputs,
+        exclude=cfg.exclude,
+        backbone=cfg.backbone,
+        head=cfg.head,
+        hooks=hooks,
+    )
+
+
+def _state_dict_for_save(state: LoopState) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "optimizer": state.optimizer,
+        "weighting": state.weighting,
+        "model": state.model,
+        "rng": state.rng,
+        "elapsed": state.elapsed,
+    }
+
+
+def _load_state(run: RunDir) -> LoopState | None:
+    for path in (run.state, run.prev_state):
+        if not path.is_file():
+            continue
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return LoopState(**raw)
+        except Exception:  # a damaged latest state falls back to the previous one
+            continue
+    return None
+
+
+def _save_state(run: RunDir, state: LoopState) -> None:
+    run.state_dir.mkdir(parents=True, exist_ok=True)
+    if run.state.is_file():
+        run.state.replace(run.prev_state)
+    save_torch(run.state, _state_dict_for_save(state))
+
+
+def run_prune(
+    cfg: PruneConfig, *, resume: bool = False, overwrite: bool = False, hooks: Hooks | None = None
+) -> RunReport:
+    """The ``prune`` command: fine-tune with soft thresholds to ``cfg.sparsity`` and write the run folder.
+
+    Raises:
+        AdapmtlError subclasses for every user-fixable problem; ``KeyboardInterrupt`` after saving state.
+    """
+    hooks = hooks or Hooks()
+    started = time.perf_counter()
+    run = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
+    if resume:
+        cfg = read_model(run.config, PruneConfig)
+    else:
+        write_model(run.config, cfg)
+    torch.manual_seed(cfg.seed)
+    prepared = _prepare_from(cfg, hooks)
+    write_model(run.components, components_manifest(prepared))
+    device = resolve_device(cfg.device)
+    model = prepared.loaded.model.to(device)
+
+    dense_metrics: dict[str, dict[str, float]]
+    if resume and run.dense_metrics.is_file():
+        dense_metrics = json.loads(run.dense_metrics.read_text())
+    else:
+        hooks.status("evaluating the dense model on the validation split")
+        dense_metrics = evaluate(
+            model,
+            prepared.val,
+            prepared.tasks,
+            prepared.mapping,
+            device,
+            cfg.batch_size,
+            cfg.eval_batches,
+            on_batch=_eval_cb(hooks, "dense"),
+        )
+        write_text(run.dense_metrics, json.dumps(dense_metrics, indent=2) + "\n")
+
+    tm = inject_thresholds_(model, prepared.cmap, cfg.granularity)
+    init_thresholds_(tm, 0.0)
+    tm.to(device)
+    names = [t.name for t in prepared.tasks]
+    weighting = make_weighting(cfg.weighting, names, cfg.steps)
+    state = _load_state(run) if resume else None
+    if resume and state is None:
+        hooks.status("no saved state found; starting the fine-tuning from step 0")
+    if state is not None and state.step >= cfg.steps:
+        hooks.status(f"run already finished {state.step} steps; rebuilding its outputs")
+
+    def on_log(info: StepInfo) -> None:
+        append_jsonl(run.metrics, info.record())
+
+    hooks.status(f"fine-tuning {cfg.steps} steps to {cfg.sparsity:.1%} sparsity on {device}")
+    last = finetune(
+        tm,
+        prepared.train,
+        prepared.tasks,
+        prepared.mapping,
+        device=device,
+        steps=cfg.steps,
+        target_sparsity=cfg.sparsity,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        threshold_lr=cfg.threshold_lr,
+        weighting=weighting,
+        seed=cfg.seed,
+        ramp_end=cfg.ramp_end,
+        log_every=cfg.log_every,
+        save_every=cfg.save_every,
+        num_workers=cfg.num_workers,
+        resume=state,
+        on_step=hooks.on_step,
+        on_log=on_log,
+        on_save=lambda s: _save_state(run, s),
+    )
+
+    layer_stats = measure_layers(tm)
+    thresholds = tm.bank.values()
+    model = bake_(tm)
+    _check_baked(model, layer_stats)
+    hooks.status("evaluating the pruned model on the validation split")
+    pruned_metrics = evaluate(
+        model,
+        prepared.val,
+        prepared.tasks,
+        prepared.mapping,
+        device,
+        cfg.batch_size,
+        cfg.eval_batches,
+        on_batch=_eval_cb(hooks, "pruned"),
+    )
+    _check_finite(pruned_metrics)
+    from safetensors.torch import save_file
+
+    from adapmtl_cli.rundir import atomic_write
+
+    cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run.weights, lambda p: save_file(cpu_state, str(p), metadata={"format": "pt"}))
+    report = build_report(
+        cfg,
+        prepared,
+        layer_stats,
+        thresholds,
+        dense_metrics,
+        pruned_metrics,
+        last,
+        time.perf_counter() - started,
+    )
+    write_model(run.report, report)
+    return report
+
+
+def _eval_cb(hooks: Hooks, label: str) -> Callable[[int, int], None] | None:
+    if hooks.on_eval is None:
+        return None
+    cb = hooks.on_eval
+    return lambda i, n: cb(label, i, n)
+
+
+def _check_baked(model: nn.Module, layer_stats: Sequence[Any]) -> None:
+    mods = dict(model.named_modules())
+    for stat in layer_stats:
+        zeros = int((mods[stat.fqn].weight == 0).sum())
+        # Weights that were exactly zero before thresholding count as zeros in both views.
+        assert zeros == stat.zeros, f"baked {stat.fqn} has {zeros} zeros, thresholded view had {stat.zeros}"
+
+
+def _check_finite(metrics: dict[str, dict[str, float]]) -> None:
+    bad = [f"{t}.{m}" for t, ms in metrics.items() for m, v in ms.items() if not math.isfinite(v)]
+    if bad:
+        raise TrainingError(f"the pruned model gives non-finite metrics ({', '.join(bad)}); lower --lr or --sparsity")
+
+
+def build_report(
+    cfg: PruneConfig,
+    prepared: Prepared,
+    layer_stats: Sequence[Any],
+    thresholds: dict[str, float],
+    dense: dict[str, dict[str, float]],
+    pruned: dict[str, dict[str, float]],
+    last: StepInfo,
+    wall: float,
+) -> RunReport:
+    comp_of = {layer.fqn: layer.component for layer in prepared.cmap.layers}
+    per_comp: dict[str, list[int]] = {}
+    for s in layer_stats:
+        acc = per_comp.setdefault(comp_of[s.fqn], [0, 0])
+        acc[0] += s.zeros
+        acc[1] += s.params
+    components = []
+    for c in prepared.cmap.components:
+        zeros, n = per_comp.get(c.name, [0, 0])
+        thr = thresholds.get(c.name) if cfg.granularity == "component" else thresholds.get("global")
+        components.append(
+            ComponentSparsity(
+                name=c.name,
+                kind=c.kind,
+                tasks=list(c.tasks),
+                params=n,
+                zeros=zeros,
+                sparsity=zeros / n if n else 0.0,
+                threshold=thr if n else None,
+            )
+        )
+    layers = [
+        LayerSparsity(name=s.fqn, component=comp_of[s.fqn], params=s.params, zeros=s.zeros, sparsity=s.zeros / s.params)
+        for s in layer_stats
+    ]
+    specs = {t.name: t for t in prepared.tasks}
+    dt = delta_t(dense, pruned, specs)
+    total = sum(s.params for s in layer_stats)
+    zeros = sum(s.zeros for s in layer_stats)
+    warnings = []
+    if prepared.cmap.unreached:
+        warnings.append(f"{len(prepared.cmap.unreached)} modules are reached by no task and were not pruned")
+    return RunReport(
+        method=cfg.method,
+        weighting=cfg.weighting,
+        target_sparsity=cfg.sparsity,
+        overall_sparsity=zeros / total,
+        prunable_params=total,
+        zeros=zeros,
+        steps=cfg.steps,
+        wall_seconds=wall,
+        components=components,
+        layers=layers,
+        tasks={
+            name: TaskMetrics(
+                dense=dense[name],
+                pruned=pruned[name],
+                higher_is_better={m.name: m.higher_is_better for m in specs[name].metrics},
+            )
+            for name in specs
+        },
+        delta_t=DeltaTEntry(
+            per_task=dt.per_task, overall=dt.overall, convention=dt.convention, skipped=list(dt.skipped)
+        ),
+        task_weights=last.task_weights,
+        warnings=warnings,
+    )
+
+
+def dense_state_keys(model: nn.Module) -> list[str]:
+    return list(model.state_dict().keys())
+
+
+def probe_batch(dataset: Dataset, n: int, device: torch.device) -> torch.Tensor:
+    items = [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
+    x, _ = to_device((torch.stack([i[0] for i in items]), {}), device)
+    return x

@@ -1,0 +1,380 @@
+"""The sparse safetensors format: a state_dict stored as values plus a bitmask or flat indices per tensor.
+
+Each tensor is stored in whichever of three encodings is smallest: ``dense`` (as is), ``bitmask`` (the
+non-zero values in row-major order plus a ``np.packbits`` mask of one bit per element) or ``indices`` (the
+values plus their strictly increasing int32 flat indices, int64 from 2**31 elements on). Shapes, dtypes and
+encodings live in the safetensors metadata, so the file stays an ordinary safetensors file. The spec is
+``docs/sparse-safetensors.md``; decoding is bit-exact, except that -0.0 comes back as +0.0 (a zero is a zero).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from adapmtl_cli.errors import ExportError
+
+FORMAT_NAME = "adapmtl-sparse"
+FORMAT_VERSION = "1"
+KEY_SEPARATOR = "::"
+
+# Floating dtypes whose -0.0 is the sign bit alone and whose zeros may be dropped; other dtypes stay dense.
+_SPARSE_DTYPES: dict[torch.dtype, torch.dtype] = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+_DTYPES: dict[str, torch.dtype] = {
+    str(dtype).removeprefix("torch."): dtype
+    for dtype in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
+_INT32_LIMIT = 2**31
+# A sparse encoding adds one safetensors header entry; it must save at least that much to be chosen.
+_HEADER_ENTRY_BYTES = 64
+
+
+@dataclass(frozen=True)
+class SparseStats:
+    """Sizes of one written sparse file.
+
+    ``dense_bytes`` is the raw tensor payload of the input state_dict; ``sparse_bytes`` is the size of the
+    file on disk, header included; ``encodings`` counts tensors per encoding name.
+    """
+
+    dense_bytes: int
+    sparse_bytes: int
+    tensors: int
+    encodings: dict[str, int]
+
+
+def canonicalize_zeros(tensor: Tensor) -> Tensor:
+    """Return ``tensor`` with every -0.0 replaced by +0.0; non-float tensors come back unchanged.
+
+    Works on the bit pattern (-0.0 is the sign bit alone), so NaN payloads and all other values keep their
+    bits.
+    """
+    int_dtype = _SPARSE_DTYPES.get(tensor.dtype)
+    if int_dtype is None:
+        return tensor
+    bits = tensor.contiguous().view(int_dtype)
+    negative_zero = torch.iinfo(int_dtype).min
+    return bits.masked_fill(bits == negative_zero, 0).view(tensor.dtype)
+
+
+def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Encode a state_dict into the tensors and string metadata of one sparse safetensors file.
+
+    Raises:
+        ExportError: a key contains ``::`` or a tensor has a dtype the format does not store.
+    """
+    stored: dict[str, Tensor] = {}
+    table: dict[str, dict[str, object]] = {}
+    for name, tensor in state.items():
+        if KEY_SEPARATOR in name:
+            raise ExportError(
+                f"state_dict key {name!r} contains {KEY_SEPARATOR!r}, which the sparse format reserves; rename the key"
+            )
+        dtype_name = str(tensor.dtype).removeprefix("torch.")
+        if dtype_name not in _DTYPES:
+            raise ExportError(
+                f"tensor {name!r} has dtype {dtype_name!r}, which the sparse format does not store; "
+                f"convert it to one of {sorted(_DTYPES)}"
+            )
+        encoding, parts = _encode_tensor(tensor.detach().cpu())
+        table[name] = {"encoding": encoding, "shape": list(tensor.shape), "dtype": dtype_name}
+        for suffix, part in parts.items():
+            stored[name + suffix] = part
+    metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": json.dumps(table)}
+    return stored, metadata
+
+
+def _encode_tensor(tensor: Tensor) -> tuple[str, dict[str, Tensor]]:
+    if tensor.dtype not in _SPARSE_DTYPES or tensor.numel() == 0:
+        return "dense", {"": tensor.clone(memory_format=torch.contiguous_format)}
+    flat = canonicalize_zeros(tensor).reshape(-1)
+    nonzero = flat.view(_SPARSE_DTYPES[tensor.dtype]) != 0
+    numel, nnz, item = flat.numel(), int(nonzero.sum()), flat.element_size()
+    index_dtype = torch.int32 if numel < _INT32_LIMIT else torch.int64
+    index_item = 4 if index_dtype is torch.int32 else 8
+    costs = {
+        "dense": numel * item,
+        "bitmask": nnz * item + math.ceil(numel / 8) + _HEADER_ENTRY_BYTES,
+        "indices": nnz * (item + index_item) + _HEADER_ENTRY_BYTES,
+    }
+    encoding = min(costs, key=costs.__getitem__)  # ties keep the first: dense, then bitmask
+    if encoding == "dense":
+        return "dense", {"": flat.reshape(tensor.shape)}  # canonicalize_zeros already copied
+    values = flat[nonzero]
+    if encoding == "bitmask":
+        mask = torch.from_numpy(np.packbits(nonzero.numpy()))
+        return "bitmask", {"::values": values, "::mask": mask}
+    indices = torch.nonzero(nonzero).reshape(-1).to(index_dtype)
+    return "indices", {"::values": values, "::indices": indices}
+
+
+def decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[str, Tensor]:
+    """Decode the tensors and metadata of a sparse file back into the state_dict, validating everything.
+
+    Raises:
+        ExportError: the metadata or the tensors are malformed or inconsistent.
+    """
+    table = _parse_metadata(metadata)
+    _check_layout(table, {key: (tuple(t.shape), t.dtype) for key, t in tensors.items()})
+    _check_total_size(table, _physical_memory())
+    return {name: _decode_tensor(name, entry, tensors) for name, entry in table.items()}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    encoding: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def keys(self, name: str) -> list[str]:
+        if self.encoding == "dense":
+            return [name]
+        return [name + "::values", name + ("::mask" if self.encoding == "bitmask" else "::indices")]
+
+
+def _corrupt(name: str, problem: str) -> ExportError:
+    return ExportError(f"sparse file entry {name!r}: {problem}; the file is corrupt, re-export it")
+
+
+def _parse_metadata(metadata: dict[str, str] | None) -> dict[str, _Entry]:
+    found = (metadata or {}).get("format")
+    if found != FORMAT_NAME:
+        raise ExportError(
+            f"not an adapmtl sparse file (format {found!r}, expected {FORMAT_NAME!r}); load it with safetensors instead"
+        )
+    assert metadata is not None
+    if metadata.get("version") != FORMAT_VERSION:
+        raise ExportError(
+            f"unknown sparse format version {metadata.get('version')!r} (this adapmtl reads "
+            f"{FORMAT_VERSION!r}); upgrade adapmtl or re-export the file"
+        )
+    try:
+        table = json.loads(metadata.get("tensors", ""))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
+    if not isinstance(table, dict):
+        raise ExportError(f"sparse file metadata 'tensors' is {type(table).__name__!r}, expected an object")
+    return {name: _parse_entry(name, raw) for name, raw in table.items()}
+
+
+def _parse_entry(name: str, raw: object) -> _Entry:
+    if not isinstance(raw, dict) or set(raw) != {"encoding", "shape", "dtype"}:
+        raise _corrupt(name, f"entry {raw!r} must have exactly 'encoding', 'shape' and 'dtype'")
+    encoding, shape, dtype = raw["encoding"], raw["shape"], raw["dtype"]
+    if encoding not in ("dense", "bitmask", "indices"):
+        raise _corrupt(name, f"unknown encoding {encoding!r}")
+    if dtype not in _DTYPES:
+        raise _corrupt(name, f"unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
+        raise _corrupt(name, f"shape {shape!r} is not a list of non-negative integers")
+    if math.prod(shape) >= 2**62:
+        raise _corrupt(name, f"shape {shape!r} is impossibly large")
+    if encoding != "dense" and _DTYPES[dtype] not in _SPARSE_DTYPES:
+        raise _corrupt(name, f"dtype {dtype!r} cannot use encoding {encoding!r}")
+    return _Entry(encoding, tuple(shape), _DTYPES[dtype])
+
+
+_Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def _check_layout(table: dict[str, _Entry], stored: _Layout) -> None:
+    """Check stored keys, shapes and dtypes against the metadata, before any data is read or allocated."""
+    expected = {key for name, entry in table.items() for key in entry.keys(name)}
+    missing, extra = sorted(expected - set(stored)), sorted(set(stored) - expected)
+    if missing or extra:
+        raise ExportError(
+            f"sparse file keys do not match its metadata (missing {missing[:5]!r}, "
+            f"unexpected {extra[:5]!r}); the file is corrupt or truncated, re-export it"
+        )
+    for name, entry in table.items():
+        problem = _layout_problem(name, entry, stored)
+        if problem is not None:
+            raise _corrupt(name, problem)
+
+
+def _layout_problem(name: str, entry: _Entry, stored: _Layout) -> str | None:
+    if entry.encoding == "dense":
+        shape, dtype = stored[name]
+        if shape != entry.shape or dtype != entry.dtype:
+            return f"stored as {list(shape)!r} {dtype}, declared {list(entry.shape)!r} {entry.dtype}"
+        return None
+    values_shape, values_dtype = stored[name + "::values"]
+    if len(values_shape) != 1 or values_dtype != entry.dtype:
+        return f"values are {list(values_shape)!r} {values_dtype}, expected one dimension of {entry.dtype}"
+    if values_shape[0] > entry.numel:
+        return f"{values_shape[0]} values for a tensor of {entry.numel} elements"
+    if entry.encoding == "bitmask":
+        mask_shape, mask_dtype = stored[name + "::mask"]
+        mask_bytes = math.ceil(entry.numel / 8)
+        if mask_shape != (mask_bytes,) or mask_dtype != torch.uint8:
+            return f"mask is {list(mask_shape)!r} {mask_dtype}, expected [{mask_bytes}] uint8"
+        return None
+    index_shape, index_dtype = stored[name + "::indices"]
+    wanted = torch.int32 if entry.numel < _INT32_LIMIT else torch.int64
+    if index_shape != values_shape or index_dtype != wanted:
+        return f"indices are {list(index_shape)!r} {index_dtype}, expected {list(values_shape)!r} {wanted}"
+    return None
+
+
+def _decode_tensor(name: str, entry: _Entry, tensors: dict[str, Tensor]) -> Tensor:
+    if entry.encoding == "dense":
+        return canonicalize_zeros(tensors[name])
+    values, numel = tensors[name + "::values"], entry.numel
+    bits = values.view(_SPARSE_DTYPES[entry.dtype])
+    if bool(((bits == 0) | (bits == torch.iinfo(bits.dtype).min)).any()):
+        raise _corrupt(name, "stored values contain zeros")
+    if entry.encoding == "bitmask":
+        positions = _mask_positions(name, tensors[name + "::mask"], numel, values.numel())
+    else:
+        positions = _index_positions(name, tensors[name + "::indices"], numel)
+    flat = torch.zeros(numel, dtype=entry.dtype)
+    flat[positions] = values
+    return flat.reshape(entry.shape)
+
+
+def _mask_positions(name: str, packed: Tensor, numel: int, count: int) -> Tensor:
+    array = packed.numpy()
+    if numel % 8 and int(array[-1]) & (0xFF >> (numel % 8)):
+        raise _corrupt(name, "mask has bits set past the last element")
+    mask = torch.from_numpy(np.unpackbits(array, count=numel).view(np.bool_))
+    marked = int(mask.sum())
+    if marked != count:
+        raise _corrupt(name, f"mask marks {marked} elements but {count} values are stored")
+    return mask
+
+
+def _index_positions(name: str, indices: Tensor, numel: int) -> Tensor:
+    positions = indices.long()
+    if positions.numel() and (int(positions[0]) < 0 or int(positions[-1]) >= numel):
+        raise _corrupt(name, f"indices run from {int(positions[0])} to {int(positions[-1])}, outside [0, {numel})")
+    if positions.numel() > 1 and not bool((positions[1:] > positions[:-1]).all()):
+        raise _corrupt(name, "indices are not strictly increasing")
+    return positions
+
+
+def save_sparse(state: dict[str, Tensor], path: Path) -> SparseStats:
+    """Encode ``state`` and write it to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    Raises:
+        ExportError: the state cannot be encoded or the file cannot be written.
+    """
+    stored, metadata = encode_sparse(state)
+    path = Path(path)
+    try:
+        tmp_name = _create_temp_beside(path)
+        try:
+            save_file(stored, tmp_name, metadata=metadata)
+            with open(tmp_name, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+    except OSError as exc:
+        raise ExportError(f"cannot write sparse file {str(path)!r} ({exc}); check the folder") from exc
+    encodings: dict[str, int] = {}
+    for entry in json.loads(metadata["tensors"]).values():
+        encodings[entry["encoding"]] = encodings.get(entry["encoding"], 0) + 1
+    return SparseStats(
+        dense_bytes=sum(t.numel() * t.element_size() for t in state.values()),
+        sparse_bytes=path.stat().st_size,
+        tensors=len(state),
+        encodings=encodings,
+    )
+
+
+def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor]:
+    """Read and validate a sparse file written by :func:`save_sparse`; return the dense state_dict.
+
+    The header is checked against the metadata before any tensor is read, and the total decoded size is capped
+    (by default at the machine's physical memory) so a crafted header cannot trigger a huge allocation.
+
+    Raises:
+        ExportError: the file is missing, not a sparse file, of an unknown version, or corrupt.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            table = _parse_metadata(handle.metadata())
+            layout: _Layout = {}
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                layout[key] = (tuple(piece.get_shape()), _stored_dtype(key, piece.get_dtype()))
+            _check_layout(table, layout)
+            _check_total_size(table, _physical_memory() if max_bytes is None else max_bytes)
+            tensors = {key: handle.get_tensor(key) for key in layout}
+    except (OSError, SafetensorError) as exc:
+        raise ExportError(f"cannot read sparse file {str(path)!r} ({exc}); check the path") from exc
+    return {name: _decode_tensor(name, entry, tensors) for name, entry in table.items()}
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _stored_dtype(key: str, name: str) -> torch.dtype:
+    if name not in _SAFETENSORS_DTYPES:
+        raise ExportError(f"sparse file tensor {key!r} has dtype {name!r}, which the format never writes")
+    return _SAFETENSORS_DTYPES[name]
+
+
+def _check_total_size(table: dict[str, _Entry], max_bytes: int) -> None:
+    total = sum(entry.numel * entry.dtype.itemsize for entry in table.values())
+    if total > max_bytes:
+        raise ExportError(
+            f"sparse file declares {total} bytes of tensors, more than the limit of {max_bytes}; "
+            "the file is corrupt or crafted (pass max_bytes to raise the limit)"
+        )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**40
+
+
+def _create_temp_beside(path: Path) -> str:
+    # Not tempfile.mkstemp: its 0600 mode would stick to the final file; os.open honours the umask.
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp

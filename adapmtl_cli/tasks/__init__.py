@@ -1,0 +1,67 @@
+"""Registry of task kinds (segmentation, depth, normal, ...) and the aliases users and models use for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.tasks.base import MetricMeter, MetricSpec, TaskSpec
+
+TASKS: dict[str, Callable[..., TaskSpec]] = {}
+
+# Names seen in the wild (MTAN, LibMTL, AdaShare, Taskonomy, user code) -> canonical registry key.
+ALIASES: dict[str, str] = {
+    "seg": "segmentation",
+    "segmentation": "segmentation",
+    "semantic": "segmentation",
+    "semseg": "segmentation",
+    "segment_semantic": "segmentation",
+    "label": "segmentation",
+    "depth": "depth",
+    "depth_zbuffer": "depth",
+    "normal": "normal",
+    "normals": "normal",
+    "surface_normal": "normal",
+    "surface_normals": "normal",
+    "sn": "normal",
+}
+
+
+def register_task(name: str) -> Callable[[Callable[..., TaskSpec]], Callable[..., TaskSpec]]:
+    """Register a task factory under ``name``; registering a name twice is a bug."""
+
+    def wrap(factory: Callable[..., TaskSpec]) -> Callable[..., TaskSpec]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is registered twice")
+        TASKS[name] = factory
+        return factory
+
+    return wrap
+
+
+def canonical_task_name(name: str) -> str | None:
+    """The registry key for a task name or alias (case-insensitive), or None when unknown."""
+    return ALIASES.get(name.strip().lower().replace("-", "_"))
+
+
+def get_task(name: str, **kwargs: Any) -> TaskSpec:
+    """Build the task registered as ``name`` (aliases accepted)."""
+    key = canonical_task_name(name)
+    if key is None or key not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[key](**kwargs)
+
+
+from adapmtl_cli.tasks import depth, normal, segmentation  # noqa: E402,F401  (registration side effects)
+
+__all__ = [
+    "ALIASES",
+    "TASKS",
+    "MetricMeter",
+    "MetricSpec",
+    "TaskSpec",
+    "canonical_task_name",
+    "get_task",
+    "register_task",
+]

@@ -1,0 +1,105 @@
+"""Relative multitask scores: how a pruned model's metrics compare with its dense baseline's.
+
+With ``B`` the dense metric, ``N`` the pruned one and ``s = +1`` for a higher-is-better metric (else ``-1``):
+
+- Δ_T (AdapMTL, Table 2 of the paper): per task ``Δ_Ti = Σ_j s_j (N_ij - B_ij) / B_ij × 100``, **summed** (not
+  averaged) over the task's metrics; ``Δ_T`` = mean of ``Δ_Ti`` over tasks. Positive = better than dense.
+  Checked against the paper's table: seg (19.94, 48.71) -> (20.16, 49.14) gives Δ_T1 = 1.99.
+- Δm (CAGrad / Nash-MTL / FAMO): ``-mean_k s_k (N_k - B_k) / B_k × 100`` flat over all metrics of all tasks.
+  Negative = better than dense (it is a drop).
+
+A metric whose dense value is 0 (or not finite) has no relative change; both scores skip it, and Δ_T lists it
+in ``skipped`` as ``"task.metric"``. A task with every metric skipped is left out of the task mean.
+The metrics compared are those of the dense baseline; the pruned side must report each of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.tasks.base import TaskSpec
+
+DELTA_T_CONVENTION = (
+    "Δ_T (AdapMTL): per task, sum over its metrics of ±(pruned − dense)/dense × 100 (+ when the metric "
+    "improves), then the mean over tasks; higher is better, 0 = same as dense"
+)
+DELTA_M_CONVENTION = (
+    "Δm (CAGrad): mean over all metrics of ∓(pruned − dense)/dense × 100 (− when the metric improves); "
+    "lower is better, 0 = same as dense"
+)
+
+Metrics = Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class DeltaT:
+    """Δ_T of a pruned model against its dense baseline.
+
+    Attributes:
+        per_task: Δ_Ti per task (percent points, summed over the task's metrics); tasks whose metrics were
+            all skipped are absent.
+        overall: mean of ``per_task``; NaN when no metric could be compared at all.
+        convention: one line stating the formula and sign, for reports.
+        skipped: ``"task.metric"`` entries left out because the dense value is 0 or not finite.
+    """
+
+    per_task: dict[str, float]
+    overall: float
+    convention: str
+    skipped: tuple[str, ...] = ()
+
+
+def _improvements(
+    dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]
+) -> tuple[dict[str, list[float]], list[str]]:
+    """Signed relative change in percent (+ = better) per task and metric, and the skipped metrics."""
+    problems: list[str] = []
+    changes: dict[str, list[float]] = {}
+    skipped: list[str] = []
+    for task, dense_metrics in dense.items():
+        if task not in specs:
+            problems.append(f"dense metrics name unknown task {task!r}")
+            continue
+        if task not in pruned:
+            problems.append(f"pruned metrics lack task {task!r}")
+            continue
+        better_up = {m.name: m.higher_is_better for m in specs[task].metrics}
+        for metric, base in dense_metrics.items():
+            if metric not in better_up:
+                problems.append(f"task {task!r} has no metric {metric!r} (known: {', '.join(better_up)})")
+            elif metric not in pruned[task]:
+                problems.append(f"pruned metrics lack {task}.{metric}")
+            elif base == 0 or not math.isfinite(base):
+                skipped.append(f"{task}.{metric}")
+            else:
+                sign = 1.0 if better_up[metric] else -1.0
+                changes.setdefault(task, []).append(sign * (pruned[task][metric] - base) / base * 100.0)
+    if problems:
+        raise ConfigError("cannot compare metrics: " + "; ".join(problems))
+    return changes, skipped
+
+
+def delta_t(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> DeltaT:
+    """AdapMTL's Δ_T of ``pruned`` against ``dense`` (``{task: {metric: value}}``); higher is better.
+
+    Raises:
+        ConfigError: a task or metric of ``dense`` is unknown to ``specs`` or missing from ``pruned``.
+    """
+    changes, skipped = _improvements(dense, pruned, specs)
+    per_task = {task: sum(values) for task, values in changes.items()}
+    overall = sum(per_task.values()) / len(per_task) if per_task else math.nan
+    return DeltaT(per_task=per_task, overall=overall, convention=DELTA_T_CONVENTION, skipped=tuple(skipped))
+
+
+def delta_m(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> float:
+    """CAGrad's Δm% of ``pruned`` against ``dense``, flat over all metrics; lower is better, NaN if none.
+
+    Raises:
+        ConfigError: a task or metric of ``dense`` is unknown to ``specs`` or missing from ``pruned``.
+    """
+    changes, _ = _improvements(dense, pruned, specs)
+    flat = [value for values in changes.values() for value in values]
+    return -sum(flat) / len(flat) if flat else math.nan

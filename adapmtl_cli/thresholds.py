@@ -1,0 +1,165 @@
+"""Learnable soft thresholds on prunable weights: injection, measurement and baking.
+
+``w_eff = sign(w) * relu(|w| - sigmoid(s_c))`` (STR, Kusupati et al. 2020, as used by AdapMTL, Xiang et al.,
+ACM MM 2024) with one scalar ``s_c`` per component (backbone, each head, each shared branch). We compute it as
+``w - clamp(w, -t, t)``: the same numbers bit for bit, two kernels instead of four, and a pruned weight is an
+exact ``+0.0`` (never ``-0.0``). The threshold is always evaluated in fp32 (``sigmoid(-18)`` underflows in fp16).
+
+The thresholds live once, in a ``ThresholdBank``; parametrizations only hold a reference to it, so the
+state_dict has each threshold exactly once (the original code stored a copy per conv).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from adapmtl_cli.discover import ComponentMap, Layer
+
+GRANULARITIES = ("component", "layer", "global")
+
+
+def _key(name: str) -> str:
+    # ParameterDict keys become attribute names: no dots, keep them readable.
+    return name.replace(".", "/").replace(":", "=") or "root"
+
+
+class ThresholdBank(nn.Module):
+    """The learnable threshold logits ``s``, one per group (component, layer or a single global one)."""
+
+    def __init__(self, groups: Sequence[str], init: float = -10.0) -> None:
+        super().__init__()
+        self.groups = list(groups)
+        self.raw = nn.ParameterDict({_key(g): nn.Parameter(torch.tensor(float(init))) for g in self.groups})
+
+    def logit(self, group: str) -> nn.Parameter:
+        return self.raw[_key(group)]
+
+    def value(self, group: str) -> torch.Tensor:
+        """The threshold ``sigmoid(s)`` in fp32."""
+        return torch.sigmoid(self.logit(group).float())
+
+    @torch.no_grad()
+    def values(self) -> dict[str, float]:
+        return {g: float(self.value(g)) for g in self.groups}
+
+    @torch.no_grad()
+    def logits(self) -> dict[str, float]:
+        return {g: float(self.logit(g)) for g in self.groups}
+
+
+class SoftThreshold(nn.Module):
+    """Parametrization ``w -> w - clamp(w, -t, t)`` with ``t = sigmoid(bank[group])``."""
+
+    def __init__(self, bank: ThresholdBank, group: str) -> None:
+        super().__init__()
+        # Not a submodule on purpose: the bank's parameters must be registered once, not once per layer.
+        object.__setattr__(self, "_bank", bank)
+        self.group = group
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        t = self._bank.value(self.group).to(weight.dtype)
+        return weight - torch.clamp(weight, -t, t)
+
+
+class ThresholdedModel(nn.Module):
+    """The user's model with thresholds injected, plus the bank, as one module (so DDP sees both)."""
+
+    def __init__(self, model: nn.Module, bank: ThresholdBank, groups: dict[str, str]) -> None:
+        super().__init__()
+        self.model = model
+        self.bank = bank
+        self.groups = groups
+        """layer fqn -> threshold group."""
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.model(*args, **kwargs)
+
+    def layer_modules(self) -> dict[str, nn.Module]:
+        mods = dict(self.model.named_modules())
+        return {fqn: mods[fqn] for fqn in self.groups}
+
+    def raw_weight(self, fqn: str) -> torch.Tensor:
+        module = self.layer_modules()[fqn]
+        return module.parametrizations.weight.original
+
+
+def group_of(layer: Layer, granularity: str) -> str:
+    if granularity == "component":
+        return layer.component
+    if granularity == "layer":
+        return layer.fqn
+    if granularity == "global":
+        return "global"
+    raise ValueError(f"unknown granularity {granularity!r}")
+
+
+def inject_thresholds_(model: nn.Module, cmap: ComponentMap, granularity: str = "component") -> ThresholdedModel:
+    """Parametrize the weight of every prunable layer in ``cmap``; return the wrapper holding the bank."""
+    groups = {layer.fqn: group_of(layer, granularity) for layer in cmap.layers}
+    bank = ThresholdBank(list(dict.fromkeys(groups.values())))
+    mods = dict(model.named_modules())
+    for fqn, group in groups.items():
+        parametrize.register_parametrization(mods[fqn], "weight", SoftThreshold(bank, group), unsafe=True)
+    return ThresholdedModel(model, bank, groups)
+
+
+@torch.no_grad()
+def init_thresholds_(tm: ThresholdedModel, sparsity: float) -> None:
+    """Set every threshold to the global magnitude quantile ``sparsity`` of all prunable weights.
+
+    Starting from one common threshold means the run begins at global-magnitude allocation; training then moves
+    the groups apart where the task losses say so.
+    """
+    mags = torch.cat([tm.raw_weight(f).detach().abs().flatten().float() for f in tm.groups])
+    q = min(max(sparsity, 1e-4), 1 - 1e-4)
+    k = max(1, int(round(q * mags.numel())))
+    t = float(mags.kthvalue(k).values)
+    t = min(max(t, 1e-12), 1 - 1e-6)
+    for g in tm.bank.groups:
+        tm.bank.logit(g).fill_(math.log(t) - math.log1p(-t))
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    fqn: str
+    group: str
+    params: int
+    zeros: int
+
+
+@torch.no_grad()
+def measure_layers(tm: ThresholdedModel) -> list[LayerSparsity]:
+    """Exact zero count of every thresholded weight, as the forward pass would produce it."""
+    out = []
+    counts = []
+    for fqn, group in tm.groups.items():
+        w = tm.raw_weight(fqn)
+        t = tm.bank.value(group).to(w.dtype)
+        counts.append((w.abs() <= t).sum())
+    # One device->host transfer for all layers instead of one per layer.
+    values = torch.stack(counts).tolist() if counts else []
+    for (fqn, group), zeros in zip(tm.groups.items(), values, strict=True):
+        out.append(LayerSparsity(fqn, group, tm.raw_weight(fqn).numel(), int(zeros)))
+    return out
+
+
+def overall_sparsity(layers: Sequence[LayerSparsity]) -> float:
+    total = sum(x.params for x in layers)
+    return sum(x.zeros for x in layers) / total if total else 0.0
+
+
+@torch.no_grad()
+def bake_(tm: ThresholdedModel) -> nn.Module:
+    """Replace every parametrized weight by its thresholded value (exact zeros, shrunk survivors).
+
+    The baked model computes exactly the function the thresholded model computed. Returns the user's model.
+    """
+    for module in tm.layer_modules().values():
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return tm.model

@@ -1,0 +1,191 @@
+"""Export artefacts: dense safetensors, ONNX with both exporters, parity and sparse round-trip checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tiny_models import HardShared
+from torch import Tensor, nn
+
+from adapmtl_cli.errors import ExportError
+from adapmtl_cli.export import (
+    OnnxParity,
+    check_onnx_parity,
+    check_sparse_roundtrip,
+    export_onnx,
+    save_dense,
+)
+from adapmtl_cli.sparse_codec import save_sparse
+
+TASKS = ["segmentation", "depth", "normal"]
+
+
+class _TupleOutputs(nn.Module):
+    """What the CLI does for users' models: turn the ``{task: map}`` dict into a tuple in a fixed order."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.model(x)
+        return tuple(outputs[name] for name in self.names)
+
+
+def _pruned_model(seed: int = 0) -> HardShared:
+    torch.manual_seed(seed)
+    model = HardShared()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(torch.rand_like(module.weight) > 0.8)  # exact zeros, as after baking
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _images(batch: int, seed: int = 1) -> Tensor:
+    return torch.randn(batch, 3, 32, 48, generator=torch.Generator().manual_seed(seed))
+
+
+# --- dense safetensors -------------------------------------------------------------------------
+
+
+def test_dense_file_loads_strictly_into_a_fresh_model(tmp_path: Path) -> None:
+    model = _pruned_model()
+    size = save_dense(model.state_dict(), tmp_path / "model.safetensors", {"sparsity": "0.8"})
+    assert size == (tmp_path / "model.safetensors").stat().st_size
+    fresh = HardShared()
+    fresh.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
+    fresh.eval()
+    x = _images(2)
+    with torch.no_grad():
+        want, got = model(x), fresh(x)
+    assert all(torch.equal(want[name], got[name]) for name in TASKS)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"sparsity": "0.8"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left behind
+
+
+def test_dense_file_accepts_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
+    weight = torch.randn(4, 6)
+    save_dense({"a": weight, "b": weight, "c": weight.t()}, tmp_path / "tied.safetensors")
+    loaded = load_file(str(tmp_path / "tied.safetensors"))
+    assert torch.equal(loaded["a"], weight) and torch.equal(loaded["b"], weight)
+    assert torch.equal(loaded["c"], weight.t())
+
+
+def test_dense_metadata_must_be_strings(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="strings to strings"):
+        save_dense({"a": torch.zeros(1)}, tmp_path / "m.safetensors", {"sparsity": 0.8})  # type: ignore[dict-item]
+
+
+def test_dense_write_into_missing_folder_is_an_export_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="cannot write dense safetensors file"):
+        save_dense({"a": torch.zeros(1)}, tmp_path / "absent" / "m.safetensors")
+
+
+# --- ONNX ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["dynamo", "legacy"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
+    export_onnx(wrapper, _images(1), path, TASKS, exporter=request.param)
+    return wrapper, path
+
+
+def test_onnx_matches_pytorch_at_batch_1_and_3(exported: tuple[nn.Module, Path]) -> None:
+    wrapper, path = exported
+    parity = check_onnx_parity(wrapper, path, [_images(1, seed=5), _images(3, seed=6)], TASKS)
+    assert isinstance(parity, OnnxParity)
+    assert parity.batch_sizes == (1, 3)
+    assert set(parity.per_output) == set(TASKS)
+    assert parity.max_abs_diff == max(parity.per_output.values()) < 1e-4
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
+
+
+def test_parity_detects_weights_changed_after_export(exported: tuple[nn.Module, Path]) -> None:
+    wrapper, path = exported
+    changed = _TupleOutputs(_pruned_model(), TASKS)
+    changed.load_state_dict(wrapper.state_dict())
+    with torch.no_grad():
+        changed.model.heads["depth"][2].bias.add_(0.01)
+    with pytest.raises(ExportError, match=r"ONNX output 'depth' differs from PyTorch by 0\.01"):
+        check_onnx_parity(changed, path, [_images(2)], TASKS)
+    loose = check_onnx_parity(changed, path, [_images(2)], TASKS, atol=0.1)
+    assert loose.max_abs_diff == pytest.approx(0.01, abs=1e-5) and loose.per_output["segmentation"] < 1e-4
+
+
+def test_export_restores_training_mode_and_checks_output_count(tmp_path: Path) -> None:
+    wrapper = _TupleOutputs(_pruned_model(), TASKS).train()
+    with pytest.raises(ExportError, match=r"model returns 3 outputs but 2 names were given"):
+        export_onnx(wrapper, _images(1), tmp_path / "m.onnx", TASKS[:2], exporter="legacy")
+    assert wrapper.training
+    export_onnx(wrapper, _images(1), tmp_path / "m.onnx", TASKS, exporter="legacy")
+    assert wrapper.training and (tmp_path / "m.onnx").is_file()
+
+
+def test_fixed_batch_and_opset_are_honoured(tmp_path: Path) -> None:
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    path = tmp_path / "fixed.onnx"
+    export_onnx(wrapper, _images(1), path, TASKS, opset=17, dynamic_batch=False, exporter="legacy")
+    assert onnx.load(str(path)).opset_import[0].version == 17
+    check_onnx_parity(wrapper, path, [_images(1)], TASKS)
+    with pytest.raises(ExportError, match=r"onnxruntime fails on an input of shape \[3, 3, 32, 48\]"):
+        check_onnx_parity(wrapper, path, [_images(3)], TASKS)
+
+
+def test_unknown_exporter_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"unknown ONNX exporter 'torchscript'"):
+        export_onnx(HardShared(), _images(1), tmp_path / "m.onnx", TASKS, exporter="torchscript")
+
+
+def test_dynamo_failure_suggests_the_legacy_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_export(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Could not guard on data-dependent expression\nlong trace follows")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    with pytest.raises(ExportError, match=r"dynamo ONNX export failed \(RuntimeError: Could not guard.*legacy$"):
+        export_onnx(wrapper, _images(1), tmp_path / "m.onnx", TASKS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_onnxruntime_is_an_export_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ExportError, match=r"^onnxruntime is not installed; pip install onnxruntime$"):
+        check_onnx_parity(HardShared(), tmp_path / "m.onnx", [_images(1)], TASKS)
+
+
+# --- sparse round trip -------------------------------------------------------------------------
+
+
+def test_sparse_round_trip_check_passes_and_catches_differences(tmp_path: Path) -> None:
+    state = _pruned_model().state_dict()
+    save_sparse(state, tmp_path / "m.sparse.safetensors")
+    check_sparse_roundtrip(state, tmp_path / "m.sparse.safetensors")
+
+    changed = dict(state)
+    changed["heads.depth.2.bias"] = state["heads.depth.2.bias"] + 1e-7
+    changed["extra.weight"] = torch.zeros(2)
+    with pytest.raises(ExportError, match=r"missing keys \['extra.weight'\]; 'heads.depth.2.bias' values differ"):
+        check_sparse_roundtrip(changed, tmp_path / "m.sparse.safetensors")
+
+    retyped = {**state, "heads.depth.2.bias": state["heads.depth.2.bias"].double()}
+    with pytest.raises(ExportError, match="is torch.float32 .*expected torch.float64"):
+        check_sparse_roundtrip(retyped, tmp_path / "m.sparse.safetensors")
+
+
+def test_sparse_round_trip_treats_negative_zero_as_zero(tmp_path: Path) -> None:
+    state = {"w": torch.tensor([-0.0, 1.0] * 100)}
+    save_sparse(state, tmp_path / "z.safetensors")
+    check_sparse_roundtrip(state, tmp_path / "z.safetensors")

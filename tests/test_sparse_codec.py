@@ -1,0 +1,275 @@
+"""Sparse safetensors codec: bit-exact round trips, encoding choice, sizes, rejection of malformed files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from adapmtl_cli.errors import ExportError
+from adapmtl_cli.sparse_codec import (
+    canonicalize_zeros,
+    decode_sparse,
+    encode_sparse,
+    load_sparse,
+    save_sparse,
+)
+
+_INT_VIEWS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _sparse_tensor(shape: tuple[int, ...], sparsity: float, dtype: torch.dtype, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(shape, generator=generator).to(dtype)
+    keep = torch.rand(shape, generator=generator) >= sparsity
+    return values * keep.to(dtype)  # randn never yields an exact zero, so sparsity is what was asked
+
+
+def _assert_bit_equal(got: Tensor, want: Tensor) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    view = _INT_VIEWS.get(want.dtype, want.dtype)
+    assert torch.equal(got.contiguous().view(view), canonicalize_zeros(want).contiguous().view(view))
+
+
+def _write_raw(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.98, 1.0])
+def test_round_trip_is_bit_exact(tmp_path: Path, sparsity: float, dtype: torch.dtype) -> None:
+    state = {
+        "conv.weight": _sparse_tensor((32, 16, 3, 3), sparsity, dtype),
+        "fc.weight": _sparse_tensor((200, 100), sparsity, dtype, seed=1),
+        "conv.bias": torch.randn(32).to(dtype),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "scalar": torch.tensor(2.5, dtype=dtype),
+        "empty": torch.zeros(0, 4, dtype=dtype),
+        "flags": torch.tensor([True, False, True]),
+    }
+    save_sparse(state, tmp_path / "m.sparse.safetensors")
+    loaded = load_sparse(tmp_path / "m.sparse.safetensors")
+    assert list(loaded) == list(state)
+    for name, tensor in state.items():
+        _assert_bit_equal(loaded[name], tensor)
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "encoding"), [(0.0, "dense"), (0.5, "bitmask"), (0.9, "bitmask"), (0.99, "indices")]
+)
+def test_chosen_encoding_is_the_smallest(sparsity: float, encoding: str) -> None:
+    _, metadata = encode_sparse({"w": _sparse_tensor((100, 100), sparsity, torch.float32)})
+    assert json.loads(metadata["tensors"])["w"]["encoding"] == encoding
+
+
+def test_small_and_integer_tensors_stay_dense() -> None:
+    state = {"bias": torch.zeros(4), "steps": torch.zeros(1000, dtype=torch.int64)}
+    stored, metadata = encode_sparse(state)
+    assert {entry["encoding"] for entry in json.loads(metadata["tensors"]).values()} == {"dense"}
+    assert set(stored) == {"bias", "steps"}
+
+
+@pytest.mark.parametrize(("sparsity", "max_ratio"), [(0.9, 0.14), (0.95, 0.09), (0.98, 0.045)])
+def test_file_size_against_dense(tmp_path: Path, sparsity: float, max_ratio: float) -> None:
+    weight = _sparse_tensor((1000, 1000), sparsity, torch.float32)
+    stats = save_sparse({"w": weight}, tmp_path / "w.safetensors")
+    assert stats.dense_bytes == 4_000_000
+    assert stats.sparse_bytes == (tmp_path / "w.safetensors").stat().st_size
+    assert stats.sparse_bytes / stats.dense_bytes <= max_ratio
+    assert stats.tensors == 1 and sum(stats.encodings.values()) == 1
+
+
+def test_negative_zero_is_canonicalised(tmp_path: Path) -> None:
+    weight = torch.tensor([[-0.0, 1.0, 0.0, -2.0]] * 64)
+    save_sparse({"w": weight, "b": torch.tensor([-0.0, 3.0])}, tmp_path / "z.safetensors")
+    loaded = load_sparse(tmp_path / "z.safetensors")
+    assert not torch.signbit(loaded["w"][:, 0]).any()
+    assert not torch.signbit(loaded["b"][0])
+    assert torch.equal(loaded["w"], weight)  # -0.0 == +0.0 numerically
+
+
+def test_nan_and_inf_survive_bit_exact(tmp_path: Path) -> None:
+    weight = torch.zeros(4096)
+    weight[[3, 100, 4000]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    save_sparse({"w": weight}, tmp_path / "n.safetensors")
+    _assert_bit_equal(load_sparse(tmp_path / "n.safetensors")["w"], weight)
+
+
+def test_non_contiguous_and_shared_tensors_encode(tmp_path: Path) -> None:
+    base = _sparse_tensor((64, 32), 0.9, torch.float32)
+    state = {"a": base.t(), "b": base, "c": base[::2]}
+    save_sparse(state, tmp_path / "s.safetensors")
+    loaded = load_sparse(tmp_path / "s.safetensors")
+    for name, tensor in state.items():
+        _assert_bit_equal(loaded[name], tensor)
+
+
+def test_file_is_ordinary_safetensors_with_string_metadata(tmp_path: Path) -> None:
+    save_sparse({"w": _sparse_tensor((100, 100), 0.99, torch.float32)}, tmp_path / "w.safetensors")
+    raw = load_file(str(tmp_path / "w.safetensors"))
+    assert set(raw) == {"w::values", "w::indices"}
+    assert raw["w::indices"].dtype == torch.int32
+
+
+def test_decode_sparse_inverts_encode_sparse() -> None:
+    state = {
+        "w": _sparse_tensor((10, 300), 0.9, torch.bfloat16),
+        "v": _sparse_tensor((500,), 0.995, torch.float16),
+    }
+    decoded = decode_sparse(*encode_sparse(state))
+    for name, tensor in state.items():
+        _assert_bit_equal(decoded[name], tensor)
+
+
+def test_reserved_separator_in_key_is_rejected() -> None:
+    with pytest.raises(ExportError, match="reserves"):
+        encode_sparse({"a::values": torch.zeros(3)})
+
+
+# --- malformed files ---------------------------------------------------------------------------
+
+
+def _valid_parts(sparsity: float = 0.9) -> tuple[dict[str, Tensor], dict[str, str]]:
+    return encode_sparse({"w": _sparse_tensor((64, 64), sparsity, torch.float32)})
+
+
+def _with_table(metadata: dict[str, str], **changes: object) -> dict[str, str]:
+    table = json.loads(metadata["tensors"])
+    table["w"].update(changes)
+    return {**metadata, "tensors": json.dumps(table)}
+
+
+def test_rejects_unknown_version(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts()
+    path = _write_raw(tmp_path / "v.safetensors", tensors, {**metadata, "version": "2"})
+    with pytest.raises(ExportError, match=r"unknown sparse format version '2'"):
+        load_sparse(path)
+
+
+def test_rejects_plain_safetensors(tmp_path: Path) -> None:
+    path = _write_raw(tmp_path / "p.safetensors", {"w": torch.zeros(3)}, {})
+    with pytest.raises(ExportError, match="not an adapmtl sparse file"):
+        load_sparse(path)
+
+
+def test_rejects_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="cannot read sparse file"):
+        load_sparse(tmp_path / "absent.safetensors")
+
+
+def test_rejects_missing_key(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts()
+    del tensors["w::mask"]
+    with pytest.raises(ExportError, match=r"missing \['w::mask'\]"):
+        load_sparse(_write_raw(tmp_path / "k.safetensors", tensors, metadata))
+
+
+def test_rejects_values_count_mismatch(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts()
+    tensors["w::values"] = tensors["w::values"][:-1].clone()
+    with pytest.raises(ExportError, match="values are stored"):
+        load_sparse(_write_raw(tmp_path / "c.safetensors", tensors, metadata))
+
+
+def test_rejects_mask_of_wrong_length(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts()
+    tensors["w::mask"] = tensors["w::mask"][:-1].clone()
+    with pytest.raises(ExportError, match="mask is"):
+        load_sparse(_write_raw(tmp_path / "m.safetensors", tensors, metadata))
+
+
+def test_rejects_mask_bits_past_the_end(tmp_path: Path) -> None:
+    tensors, metadata = encode_sparse({"w": _sparse_tensor((13, 7), 0.6, torch.float32)})  # 91 bits
+    tensors["w::mask"][-1] |= 1
+    tensors["w::values"] = torch.cat([tensors["w::values"], torch.ones(1)])
+    with pytest.raises(ExportError, match="past the last element"):
+        load_sparse(_write_raw(tmp_path / "b.safetensors", tensors, metadata))
+
+
+def test_rejects_index_out_of_range(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts(0.99)
+    tensors["w::indices"][-1] = 64 * 64
+    with pytest.raises(ExportError, match=r"outside \[0, 4096\)"):
+        load_sparse(_write_raw(tmp_path / "r.safetensors", tensors, metadata))
+
+
+def test_rejects_non_increasing_indices(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts(0.99)
+    tensors["w::indices"][[0, 1]] = tensors["w::indices"][[1, 0]].clone()
+    with pytest.raises(ExportError, match="not strictly increasing"):
+        load_sparse(_write_raw(tmp_path / "i.safetensors", tensors, metadata))
+
+
+def test_rejects_zero_among_stored_values(tmp_path: Path) -> None:
+    tensors, metadata = _valid_parts()
+    tensors["w::values"][0] = 0.0
+    with pytest.raises(ExportError, match="values contain zeros"):
+        load_sparse(_write_raw(tmp_path / "z.safetensors", tensors, metadata))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"encoding": "rle"}, "unknown encoding 'rle'"),
+        ({"dtype": "complex64"}, "unknown dtype 'complex64'"),
+        ({"shape": [64, -64]}, "not a list of non-negative integers"),
+        ({"shape": [64, 64.0]}, "not a list of non-negative integers"),
+    ],
+)
+def test_rejects_bad_entries(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    tensors, metadata = _valid_parts()
+    path = _write_raw(tmp_path / "e.safetensors", tensors, _with_table(metadata, **change))
+    with pytest.raises(ExportError, match=message):
+        load_sparse(path)
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "shape", "message"),
+    [
+        (0.99, [2**40], "more than the limit"),  # all-zero-looking indices tensor of 4 TiB
+        (0.99, [2**31, 2**31, 2**31], "impossibly large"),
+        (0.9, [2**40], "mask is"),  # a bitmask bounds numel by its own length
+    ],
+)
+def test_crafted_huge_shape_fails_fast(tmp_path: Path, sparsity: float, shape: list[int], message: str) -> None:
+    tensors, metadata = _valid_parts(sparsity)
+    if sparsity > 0.95:
+        tensors["w::indices"] = tensors["w::indices"].long()  # what a 2**40-element tensor would use
+    path = _write_raw(tmp_path / "h.safetensors", tensors, _with_table(metadata, shape=shape))
+    start = time.perf_counter()
+    with pytest.raises(ExportError, match=message):
+        load_sparse(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_crafted_shape_is_also_refused_by_decode_sparse() -> None:
+    tensors, metadata = encode_sparse({"w": torch.zeros(1000)})
+    tensors["w::indices"] = tensors["w::indices"].long()
+    with pytest.raises(ExportError, match="more than the limit"):
+        decode_sparse(tensors, _with_table(metadata, shape=[2**45]))
+
+
+# --- property ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 40), min_size=0, max_size=3),
+    sparsity=st.floats(0.0, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_round_trip(shape: list[int], sparsity: float, dtype: torch.dtype, seed: int) -> None:
+    tensor = _sparse_tensor(tuple(shape), sparsity, dtype, seed)
+    if tensor.numel():
+        tensor.view(-1)[0] = -0.0
+    decoded = decode_sparse(*encode_sparse({"t": tensor}))
+    _assert_bit_equal(decoded["t"], tensor)
