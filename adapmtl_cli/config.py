@@ -30,11 +30,11 @@ class PruneConfig(_File):
     tasks: list[str] | None = None
     outputs: list[str] | None = None
     method: Literal["adapmtl"] = "adapmtl"
-    sparsity: float = Field(0.9, gt=0.0, lt=1.0)
+    sparsity: float = Field(0.9, gt=0.0, lt=1.0, allow_inf_nan=False)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
-    threshold_lr: float = Field(0.01, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0, allow_inf_nan=False)
+    threshold_lr: float = Field(0.01, gt=0.0, allow_inf_nan=False)
     weighting: Literal["adaptive", "equal"] = "adaptive"
     granularity: Literal["component", "layer", "global"] = "component"
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
@@ -53,7 +53,7 @@ class PruneConfig(_File):
     @classmethod
     def _device(cls, v: str) -> str:
         if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
 
 
@@ -159,7 +159,10 @@ def validation_message(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
         flag = "--" + loc.replace("_", "-") if loc else "config"
-        parts.append(f"{flag}: {err['msg']} (got {err.get('input')!r})")
+        if err["type"] == "missing":
+            parts.append(f"{flag}: required")
+        else:
+            parts.append(f"{flag}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(parts)
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adapmtl_cli.errors import TrainingError
 from adapmtl_cli.outputs import OutputMapping
-from adapmtl_cli.schedule import cubic_target, fit_level_
+from adapmtl_cli.schedule import LevelController, cubic_target
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.thresholds import ThresholdedModel, measure_layers, overall_sparsity
 from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting
@@ -246,6 +246,7 @@ def finetune(
             elapsed=elapsed,
         )
 
+    controller = LevelController(tm)
     batches = train_batches(dataset, batch_size, seed, start, num_workers)
     info = StepInfo(start, steps, math.nan, {}, weighting.weights(), target_sparsity)
     step = start
@@ -269,7 +270,7 @@ def finetune(
             total.backward()
             optimizer.step()
             target = cubic_target(step + 1, steps, target_sparsity, initial_sparsity, ramp_end)
-            fit_level_(tm, target)
+            controller.step_(step, target, exact=step + 1 == steps)
             weighting.update(step, loss_values)
             elapsed = time.perf_counter() - t0
             info = StepInfo(step + 1, steps, float(total.detach()), loss_values, weights, target, seconds=elapsed)

@@ -104,6 +104,10 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         return torch.load(path, map_location="cpu", weights_only=True), "state_dict"
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError depending on damage
         first_error = exc
+    if not zipfile.is_zipfile(path) and _starts_like_zip(path):
+        raise CheckpointError(
+            f"{str(path)!r} starts like a torch.save file but is damaged or truncated; copy or save it again"
+        ) from first_error
     if not zipfile.is_zipfile(path) and not _looks_like_legacy_pickle(path):
         raise CheckpointError(
             f"{str(path)!r} is not a PyTorch checkpoint (not a torch.save zip or pickle); "
@@ -115,6 +119,8 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         raise CheckpointError(f"{str(path)!r} is a damaged PyTorch checkpoint ({exc})") from exc
     if not unsafe:
         raise CheckpointError(f"{str(path)!r} cannot be read ({str(first_error).splitlines()[0]})") from first_error
+    # The user's own classes first (they are what the user recognises), then torch's; sorted for stable output.
+    unsafe = sorted(unsafe, key=lambda name: (name.startswith(("torch.", "collections.", "builtins.")), name))
     if not trust_pickle:
         shown = ", ".join(unsafe[:6]) + (f" and {len(unsafe) - 6} more" if len(unsafe) > 6 else "")
         raise CheckpointError(
@@ -125,6 +131,11 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         return torch.load(path, map_location="cpu", weights_only=False), "pickle"
     except Exception as exc:
         raise CheckpointError(f"unpickling {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _starts_like_zip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def _looks_like_legacy_pickle(path: Path) -> bool:
@@ -201,12 +212,21 @@ def load_model(path: Path, factory: str | None = None, trust_pickle: bool = Fals
             f"{str(path)!r} holds a {kind}{keys}, not a state_dict or model; "
             "save model.state_dict() (or the whole module and pass --trust-pickle)"
         )
-    state = _strip_ddp_prefix(raw)
+    state = dict(raw)
     if factory is None:
         raise CheckpointError(
             f"{str(path)!r} holds a state_dict ({len(state)} tensors) but no architecture; "
             "pass --factory package.module:function or file.py:function that builds the model"
         )
     model = build_from_factory(factory)
-    load_state_into(model, state, repr(str(path)))
+    load_state_into(model, _fit_ddp_prefix(state, model), repr(str(path)))
     return LoadedModel(model=model.eval(), source=source, factory=factory)
+
+
+def _fit_ddp_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Drop DDP's ``module.`` prefix only when that is what makes the keys fit the model."""
+    expected = set(model.state_dict().keys())
+    if set(state) == expected:
+        return state
+    stripped = _strip_ddp_prefix(state)
+    return stripped if set(stripped) == expected else state

@@ -115,11 +115,14 @@ def map_outputs(raw: Any, tasks: Sequence[TaskSpec], batch: int, names: Sequence
             task = canonical_task_name(name)
             if task not in by_name:
                 raise DiscoveryError(f"--outputs names {name!r}, which is not a task of this dataset ({_need(tasks)})")
+            if task in paths:
+                raise DiscoveryError(f"--outputs names task {task!r} twice; give each task one output ('_' skips one)")
             paths[task] = leaf.path
         how = "--outputs"
     else:
         for leaf in leaves:
-            task = canonical_task_name(str(leaf.path[-1])) if isinstance(leaf.path[-1], str) else None
+            last = leaf.path[-1] if leaf.path else None
+            task = canonical_task_name(last) if isinstance(last, str) else None
             if task in by_name and task not in paths:
                 paths[task] = leaf.path
         by_names = len(paths)

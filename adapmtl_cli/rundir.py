@@ -83,7 +83,8 @@ def read_model(path: Path, cls: type[BaseModel]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{str(path)!r} is not a valid {cls.__name__}: {where}: {first['msg']}") from None
+        detail = f"{where}: {first['msg']}" if where else first["msg"]
+        raise ConfigError(f"{str(path)!r} is not a valid {cls.__name__} ({detail}); was it edited by hand?") from None
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -1,0 +1,116 @@
+"""Task weights: equal, and AdapMTL's adaptive weights (warm-up, window, normalisation, state round trip)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting, make_weighting
+
+TASKS = ["segmentation", "depth", "normal"]
+
+
+def _losses(step: int) -> dict[str, float]:
+    """Segmentation swings by 50%, depth by 5%, normal not at all."""
+    sign = (-1) ** step
+    return {"segmentation": 2.0 * (1 + 0.5 * sign), "depth": 0.3 * (1 + 0.05 * sign), "normal": 0.8}
+
+
+def _run(weighting: AdaptiveWeighting, steps: range) -> list[dict[str, float]]:
+    out = []
+    for step in steps:
+        weighting.update(step, _losses(step))
+        out.append(weighting.weights())
+    return out
+
+
+def test_equal_weighting() -> None:
+    weighting = make_weighting("equal", TASKS, 100)
+    assert isinstance(weighting, EqualWeighting)
+    for step in range(5):
+        weighting.update(step, _losses(step))
+    assert weighting.weights() == {"segmentation": 1.0, "depth": 1.0, "normal": 1.0}
+    assert weighting.state_dict() == {}
+
+
+def test_make_weighting() -> None:
+    weighting = make_weighting("adaptive", TASKS, 400)
+    assert isinstance(weighting, AdaptiveWeighting)
+    assert (weighting.warmup_steps, weighting.window) == (100, 10)
+    with pytest.raises(ValueError, match="'uncertainty'"):
+        make_weighting("uncertainty", TASKS, 100)
+
+
+def test_ones_during_warmup_and_until_the_window_fills() -> None:
+    weighting = AdaptiveWeighting(TASKS, 100, warmup=0.25, window=0.1)
+    assert (weighting.warmup_steps, weighting.window) == (25, 10)
+    weights = _run(weighting, range(100))
+    first_adaptive = next(i for i, w in enumerate(weights) if w != dict.fromkeys(TASKS, 1.0))
+    # The window needs `window` loss differences, all taken after the warm-up.
+    assert 25 + 10 - 1 <= first_adaptive <= 25 + 10
+    assert all(w == dict.fromkeys(TASKS, 1.0) for w in weights[:first_adaptive])
+
+
+def test_weights_sum_to_task_count_and_follow_relative_fluctuation() -> None:
+    weights = _run(AdaptiveWeighting(TASKS, 100), range(100))[-1]
+    assert sum(weights.values()) == pytest.approx(len(TASKS))
+    assert weights["segmentation"] > weights["depth"] > weights["normal"] == 0.0
+
+
+def test_relative_not_absolute_change_counts() -> None:
+    # "big" swings by 1 around 100 (1%), "small" by 0.1 around 1 (10%): small must weigh more.
+    weighting = AdaptiveWeighting(["big", "small"], 50)
+    for step in range(50):
+        sign = (-1) ** step
+        weighting.update(step, {"big": 100.0 + sign, "small": 1.0 + 0.1 * sign})
+    weights = weighting.weights()
+    assert weights["small"] > 5 * weights["big"]
+    assert sum(weights.values()) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_losses_are_skipped(bad: float) -> None:
+    weighting = AdaptiveWeighting(TASKS, 100)
+    clean = AdaptiveWeighting(TASKS, 100)
+    for step in range(100):
+        losses = _losses(step)
+        clean.update(step, losses)
+        if step % 7 == 3:
+            losses = {**losses, "normal": bad}  # normal is constant, so skipping it must change nothing
+        weighting.update(step, losses)
+    weights = weighting.weights()
+    assert all(math.isfinite(w) for w in weights.values())
+    assert weights == clean.weights()
+    assert sum(weights.values()) == pytest.approx(3.0)
+
+
+def test_state_dict_round_trip_gives_identical_future_weights() -> None:
+    first = AdaptiveWeighting(TASKS, 100, smoothing=0.5)
+    _run(first, range(40))
+    second = AdaptiveWeighting(TASKS, 100, smoothing=0.5)
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert second.weights() == first.weights()
+    assert _run(second, range(40, 100)) == _run(first, range(40, 100))
+
+
+def test_fresh_weighting_differs_from_restored_one() -> None:
+    # Guards the round-trip test: without the restored state the future weights would differ.
+    first = AdaptiveWeighting(TASKS, 100)
+    _run(first, range(40))
+    fresh = AdaptiveWeighting(TASKS, 100)
+    assert _run(fresh, range(40, 60)) != _run(first, range(40, 60))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(*[st.floats(1e-3, 1e3)] * 3), min_size=20, max_size=60))
+def test_adaptive_weights_are_non_negative_and_sum_to_task_count(losses: list[tuple[float, float, float]]) -> None:
+    weighting = AdaptiveWeighting(TASKS, len(losses), warmup=0.2, window=0.1, min_window=2)
+    for step, values in enumerate(losses):
+        weighting.update(step, dict(zip(TASKS, values, strict=True)))
+        weights = weighting.weights()
+        assert all(w >= 0 and math.isfinite(w) for w in weights.values())
+        assert sum(weights.values()) == pytest.approx(3.0)
