@@ -161,6 +161,27 @@ def data_synth(
     ui.success(f"wrote {summary.train} train + {summary.val} val scenes of {h}x{w} to {root} ({summary.seconds:.1f} s)")
 
 
+@data_app.command("check", epilog="Example: adapmtl data check ./scenes")
+@handles_errors
+def data_check(
+    root: Path = typer.Argument(..., help="Dataset folder (MTAN/LibMTL .npy layout)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Validate a dataset folder and summarise it: samples, image size, tasks, class histogram, invalid depth."""
+    import json
+
+    from adapmtl_cli import ui
+    from adapmtl_cli.data.nyuv2 import describe
+    from adapmtl_cli.report import dataset_renderable
+
+    desc = describe(root)
+    if as_json:
+        ui.plain(json.dumps(desc, indent=2))
+    else:
+        ui.show(dataset_renderable(desc))
+        ui.success(f"{root} is a valid dataset folder")
+
+
 @app.command(
     epilog="Example: adapmtl inspect model.pt --factory my_models.py:build --data synthetic --data-dir ./scenes"
 )
@@ -297,18 +318,34 @@ def report(
         ui.show(report_renderable(rep, layers=layers))
 
 
-@app.command(epilog="Example: adapmtl export runs/a --onnx")
+@app.command(
+    epilog=(
+        "Examples: adapmtl export runs/a --onnx  |  "
+        "adapmtl export --densify runs/a/export/model.sparse.safetensors dense.safetensors"
+    )
+)
 @handles_errors
 def export(
-    run: Path = typer.Argument(..., help="Run folder written by `adapmtl prune`."),
+    run: Path = typer.Argument(..., help="Run folder written by `adapmtl prune` (with --densify: a sparse file)."),
+    dest: Path | None = typer.Argument(None, help="With --densify: the dense safetensors file to write."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked with onnxruntime."),
     exporter: str = typer.Option("dynamo", "--exporter", help="ONNX exporter: dynamo or legacy."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the files (default RUN/export)."),
+    densify: bool = typer.Option(False, "--densify", help="Decode a sparse safetensors file into a dense one."),
 ) -> None:
     """Write model.safetensors (dense, exact zeros, your state_dict keys), model.sparse.safetensors and ONNX."""
     from adapmtl_cli import ui
-    from adapmtl_cli.deploy import export_run
+    from adapmtl_cli.deploy import densify_file, export_run
+    from adapmtl_cli.errors import ConfigError
 
+    if densify:
+        if dest is None:
+            raise ConfigError("--densify needs two paths: SPARSE.safetensors DENSE.safetensors")
+        n = densify_file(run, dest)
+        ui.success(f"wrote {dest} ({n / 1e6:.2f} MB), decoded from {run}")
+        return
+    if dest is not None:
+        raise ConfigError(f"unexpected second path {str(dest)!r}; only `export --densify` takes two paths")
     with ui.spinner("exporting"):
         manifest = export_run(run, out_dir=out, onnx=onnx, exporter=exporter)
     _show_export(manifest)

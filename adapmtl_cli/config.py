@@ -105,6 +105,7 @@ class LayerSparsity(_File):
     params: int
     zeros: int
     sparsity: float
+    threshold: float | None = None
 
 
 class TaskMetrics(_File):

@@ -18,7 +18,7 @@ from adapmtl_cli.errors import ConfigError, ExportError
 from adapmtl_cli.export import check_onnx_parity, check_sparse_roundtrip, export_onnx, save_dense
 from adapmtl_cli.loading import load_model, load_state_into
 from adapmtl_cli.rundir import RunDir, read_model, write_model
-from adapmtl_cli.sparse_codec import save_sparse
+from adapmtl_cli.sparse_codec import load_sparse, save_sparse
 
 
 class TaskOutputs(nn.Module):
@@ -102,3 +102,11 @@ def export_run(
     )
     write_model(target / "manifest.json", result)
     return result
+
+
+def densify_file(sparse: Path, dest: Path) -> int:
+    """Decode a sparse safetensors file (validated) into a plain dense one; returns its size in bytes."""
+    if not Path(sparse).is_file():
+        raise ConfigError(f"sparse file {str(sparse)!r} does not exist")
+    state = load_sparse(Path(sparse))
+    return save_dense(state, Path(dest), metadata={"format": "pt", "producer": "adapmtl"})

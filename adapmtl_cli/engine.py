@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from adapmtl_cli.errors import TrainingError
+from adapmtl_cli.errors import ConfigError, DataError, TrainingError
 from adapmtl_cli.outputs import OutputMapping
 from adapmtl_cli.schedule import LevelController, cubic_target
 from adapmtl_cli.tasks.base import TaskSpec
@@ -29,9 +29,21 @@ from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the first GPU if there is one, else CPU; an unavailable device is a ``ConfigError``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name!r}: this torch build or machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name!r}: MPS is not available on this machine; use --device cpu")
+    return device
 
 
 class EpochSampler(Sampler[int]):
@@ -52,7 +64,12 @@ class EpochSampler(Sampler[int]):
 def train_batches(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator[Any]:
     """Endless batches in a deterministic order, starting at batch number ``start_step``."""
     n = len(dataset)  # type: ignore[arg-type]
-    per_epoch = max(1, n // batch_size)
+    if n < batch_size:
+        raise DataError(
+            f"the train split has {n} samples, fewer than --batch-size {batch_size}; lower --batch-size "
+            "(incomplete batches are dropped)"
+        )
+    per_epoch = n // batch_size
     epoch, within = divmod(start_step, per_epoch)
     while True:
         sampler = EpochSampler(n, seed, epoch, within * batch_size)
@@ -270,10 +287,12 @@ def finetune(
             total.backward()
             optimizer.step()
             target = cubic_target(step + 1, steps, target_sparsity, initial_sparsity, ramp_end)
-            controller.step_(step, target, exact=step + 1 == steps)
+            fit = controller.step_(step, target, exact=step + 1 == steps)
             weighting.update(step, loss_values)
             elapsed = time.perf_counter() - t0
-            info = StepInfo(step + 1, steps, float(total.detach()), loss_values, weights, target, seconds=elapsed)
+            info = StepInfo(
+                step + 1, steps, float(total.detach()), loss_values, weights, target, fit.sparsity, seconds=elapsed
+            )
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 info.sparsity, info.group_sparsity = _group_sparsity(tm)
                 info.thresholds = tm.bank.values()
@@ -285,7 +304,7 @@ def finetune(
                 on_save(snapshot(step + 1))
             if stop.signal is not None:
                 raise KeyboardInterrupt
-    if info.sparsity is None:
+    if not info.group_sparsity:
         info.sparsity, info.group_sparsity = _group_sparsity(tm)
         info.thresholds = tm.bank.values()
     return info

@@ -37,7 +37,9 @@ from adapmtl_cli.outputs import OutputMapping, map_outputs
 from adapmtl_cli.rundir import (
     RunDir,
     append_jsonl,
+    atomic_write,
     prepare_run_dir,
+    read_jsonl,
     read_model,
     save_torch,
     write_model,
@@ -206,6 +208,12 @@ def _load_state(run: RunDir) -> LoopState | None:
     return None
 
 
+def _truncate_metrics(run: RunDir, step: int) -> None:
+    """Drop log lines past the state we resume from: those steps run again and are logged again."""
+    records = [r for r in read_jsonl(run.metrics) if int(r.get("step", 0)) <= step]
+    write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def _save_state(run: RunDir, state: LoopState) -> None:
     run.state_dir.mkdir(parents=True, exist_ok=True)
     if run.state.is_file():
@@ -223,15 +231,29 @@ def run_prune(
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
+    fresh = not Path(cfg.out).exists()
     run = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
     if resume:
         cfg = read_model(run.config, PruneConfig)
-    else:
+    try:
+        # Check everything that can be checked before the run folder gets its config: a run that fails here
+        # leaves nothing behind, so the corrected command is not refused as "folder already holds a run".
+        get_dataset(cfg.data)
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        prepared = _prepare_from(cfg, hooks)
+        if len(prepared.train) < cfg.batch_size:  # type: ignore[arg-type]
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} is larger than the train split ({len(prepared.train)} samples); "  # type: ignore[arg-type]
+                "lower --batch-size"
+            )
+    except BaseException:
+        if fresh and run.root.is_dir() and not any(run.root.iterdir()):
+            run.root.rmdir()
+        raise
+    if not resume:
         write_model(run.config, cfg)
-    torch.manual_seed(cfg.seed)
-    prepared = _prepare_from(cfg, hooks)
     write_model(run.components, components_manifest(prepared))
-    device = resolve_device(cfg.device)
     model = prepared.loaded.model.to(device)
 
     dense_metrics: dict[str, dict[str, float]]
@@ -257,6 +279,8 @@ def run_prune(
     names = [t.name for t in prepared.tasks]
     weighting = make_weighting(cfg.weighting, names, cfg.steps)
     state = _load_state(run) if resume else None
+    if resume:
+        _truncate_metrics(run, state.step if state is not None else 0)
     if resume and state is None:
         hooks.status("no saved state found; starting the fine-tuning from step 0")
     if state is not None and state.step >= cfg.steps:
@@ -306,8 +330,6 @@ def run_prune(
     )
     _check_finite(pruned_metrics)
     from safetensors.torch import save_file
-
-    from adapmtl_cli.rundir import atomic_write
 
     cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(run.weights, lambda p: save_file(cpu_state, str(p), metadata={"format": "pt"}))
@@ -378,7 +400,14 @@ def build_report(
             )
         )
     layers = [
-        LayerSparsity(name=s.fqn, component=comp_of[s.fqn], params=s.params, zeros=s.zeros, sparsity=s.zeros / s.params)
+        LayerSparsity(
+            name=s.fqn,
+            component=comp_of[s.fqn],
+            params=s.params,
+            zeros=s.zeros,
+            sparsity=s.zeros / s.params,
+            threshold=thresholds.get(s.group),
+        )
         for s in layer_stats
     ]
     specs = {t.name: t for t in prepared.tasks}

@@ -152,3 +152,28 @@ def components_renderable(manifest: ComponentsManifest) -> Group:
     if manifest.unreached:
         parts.append(Text(f"reached by no task (not pruned): {', '.join(manifest.unreached)}", style="yellow"))
     return Group(*parts)
+
+
+def dataset_renderable(desc: dict) -> Group:
+    """``data check``'s view of ``data.nyuv2.describe``: splits, tasks, class histogram, invalid depth."""
+    splits = Table(title=f"Dataset {desc['root']}", title_justify="left")
+    for col in ("split", "folder", "samples", "size"):
+        splits.add_column(col, justify="right" if col == "samples" else "left")
+    for name, info in desc["splits"].items():
+        splits.add_row(name, info["folder"], str(info["samples"]), "x".join(map(str, info["size"])))
+    classes = Table(
+        title=f"Label pixels in the first {desc['sampled']['samples']} {desc['sampled']['split']} samples",
+        title_justify="left",
+    )
+    classes.add_column("class")
+    classes.add_column("pixels", justify="right")
+    classes.add_column("share", justify="right")
+    total = max(1, sum(desc["class_pixels"].values()))
+    for cls, n in desc["class_pixels"].items():
+        classes.add_row(cls, f"{n:,}", f"{n / total:.1%}")
+    ratio = desc["depth_invalid_ratio"]
+    tail = Text(
+        f"tasks: {', '.join(desc['tasks'])}; invalid depth pixels: "
+        + (f"{ratio:.1%}" if ratio is not None else "no depth")
+    )
+    return Group(splits, classes, tail)

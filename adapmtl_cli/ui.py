@@ -84,17 +84,16 @@ class TrainingProgress:
             self._progress.stop()
 
     def on_step(self, info: StepInfo) -> None:
-        sp = f"{info.sparsity:.1%}" if info.sparsity is not None else "…"
+        sp = f"{info.sparsity:.1%}" if info.sparsity is not None else "-"
         text = f"loss {info.loss:.4f}  sparsity {sp} (target {info.target:.1%})"
         if self._progress is not None:
             if self._task is None:
                 self._task = self._progress.add_task("prune", total=info.total_steps, info="")
             self._progress.update(self._task, completed=info.step, info=text)
         elif not self.quiet:
+            # Off a terminal: about ten plain lines per run, so logs stay readable.
             tenth = info.step * 10 // info.total_steps
-            if tenth != self._last_line and info.sparsity is not None or info.step == info.total_steps:
-                if tenth == self._last_line:
-                    return
+            if tenth != self._last_line:
                 self._last_line = tenth
                 plain(f"step {info.step}/{info.total_steps}  {text}  {info.seconds:.0f}s")
 
