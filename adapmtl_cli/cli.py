@@ -80,6 +80,22 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _typed_options(ctx: typer.Context) -> dict[str, Any]:
+    """The options the user typed (not Typer's defaults) as config values, for ``--config`` to fill the rest."""
+    out: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        # Typer vendors click, so compare the source by name rather than importing click's enum.
+        source = getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+        if name in ("config", "print_config") or source == "DEFAULT":
+            continue
+        if name in ("tasks", "outputs"):
+            value = _split(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[name] = value
+    return out
+
+
 # Shared option definitions, so inspect and prune read the same.
 FACTORY = typer.Option(
     None, "--factory", help="Builds the architecture: 'package.module:function' or 'path/file.py:function'."
@@ -104,7 +120,7 @@ def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", help="Folder for the generated data, model and run."),
     sparsity: float = typer.Option(0.9, "--sparsity", help="Target fraction of zero weights."),
     steps: int = typer.Option(300, "--steps", help="Pruning fine-tune steps."),
-    dense_steps: int = typer.Option(400, "--dense-steps", help="Steps to train the dense demo model first."),
+    dense_steps: int = typer.Option(1200, "--dense-steps", help="Steps to train the dense demo model first."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier demo in --out."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
 ) -> None:
@@ -187,41 +203,70 @@ def data_check(
 )
 @handles_errors
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint: state_dict (.pt/.pth/.safetensors) or pickled module."),
+    ctx: typer.Context,
+    checkpoint: Path | None = typer.Argument(
+        None, help="Checkpoint: state_dict (.pt/.pth/.safetensors) or pickled module (or `checkpoint` in --config)."
+    ),
     factory: str | None = FACTORY,
     trust_pickle: bool = TRUST,
     data: str = DATA,
-    data_dir: Path = DATA_DIR,
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`)."
+    ),
     tasks: list[str] | None = TASKS,
     outputs: list[str] | None = OUTPUTS,
     exclude: list[str] | None = EXCLUDE,
     backbone: list[str] | None = BACKBONE,
     head: list[str] | None = HEAD,
-    as_json: bool = typer.Option(False, "--json", help="Print the component map as JSON."),
+    method: str | None = typer.Option(None, "--method", help="Method of the planned run (default adapmtl)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size of the planned run (default 8)."),
+    steps: int | None = typer.Option(None, "--steps", help="Steps of the planned run (default 300)."),
+    device: str | None = typer.Option(None, "--device", help="Device of the planned run: auto, cpu, cuda, mps."),
+    config: Path | None = typer.Option(None, "--config", help="The planned run's TOML config (as for prune)."),
+    estimate: bool = typer.Option(
+        True, "--estimate/--no-estimate", help="Time a few training steps of the planned run on one real batch."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the component map as JSON (no estimate)."),
 ) -> None:
-    """Show which weights are shared and which belong to each task head, without training anything."""
+    """Dry run: which weights are shared and which belong to each task head, what stays unpruned and why, and
+    the time per step and peak memory of the planned run, measured on one real batch."""
     from adapmtl_cli import ui
+    from adapmtl_cli.config_files import resolve_prune_config
+    from adapmtl_cli.dryrun import estimate_step, not_pruned
     from adapmtl_cli.pipeline import components_manifest, prepare
     from adapmtl_cli.report import components_renderable
 
+    given = {k: v for k, v in _typed_options(ctx).items() if k not in ("as_json", "estimate")}
+    cfg, _ = resolve_prune_config(given, config, fallback={"out": "-"})  # inspect writes no run folder
     prepared = prepare(
-        str(checkpoint),
-        factory=factory,
-        trust_pickle=trust_pickle,
-        data=data,
-        data_dir=str(data_dir),
-        tasks=_split(tasks),
-        outputs=_split(outputs),
-        exclude=exclude or (),
-        backbone=backbone or (),
-        head=head or (),
+        cfg.checkpoint,
+        factory=cfg.factory,
+        trust_pickle=cfg.trust_pickle,
+        data=cfg.data,
+        data_dir=cfg.data_dir,
+        tasks=cfg.tasks,
+        outputs=cfg.outputs,
+        exclude=cfg.exclude,
+        backbone=cfg.backbone,
+        head=cfg.head,
     )
     manifest = components_manifest(prepared)
     if as_json:
         ui.plain(manifest.model_dump_json(indent=2))
-    else:
-        ui.show(components_renderable(manifest))
-
+        return
+    step = None
+    if estimate:
+        with ui.spinner(f"timing {cfg.method} training steps at batch size {cfg.batch_size}"):
+            step = estimate_step(
+                prepared,
+                method=cfg.method,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+                steps=cfg.steps,
+                sparsity=cfg.sparsity,
+                ramp_end=cfg.ramp_end,
+            )
+    ui.show(components_renderable(manifest, not_pruned(prepared), step))
 
 @app.command(
     epilog=(
@@ -231,12 +276,19 @@ def inspect(
 )
 @handles_errors
 def prune(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint: state_dict (.pt/.pth/.safetensors) or pickled module."),
-    out: Path = typer.Option(..., "--out", help="Run folder to write (config, metrics, state, report, weights)."),
+    ctx: typer.Context,
+    checkpoint: Path | None = typer.Argument(
+        None, help="Checkpoint: state_dict (.pt/.pth/.safetensors) or pickled module (or `checkpoint` in --config)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run folder to write (config, metrics, state, report, weights)."
+    ),
     factory: str | None = FACTORY,
     trust_pickle: bool = TRUST,
     data: str = DATA,
-    data_dir: Path = DATA_DIR,
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`)."
+    ),
     tasks: list[str] | None = TASKS,
     outputs: list[str] | None = OUTPUTS,
     sparsity: float = typer.Option(0.9, "--sparsity", help="Target fraction of zero prunable weights, in (0, 1)."),
@@ -244,8 +296,15 @@ def prune(
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate of the weights."),
     threshold_lr: float = typer.Option(0.01, "--threshold-lr", help="Adam learning rate of the threshold logits."),
-    weighting: str = typer.Option("adaptive", "--weighting", help="Task-loss weights: adaptive (AdapMTL) or equal."),
-    granularity: str = typer.Option("component", "--granularity", help="One threshold per component|layer|global."),
+    method: str = typer.Option(
+        "adapmtl",
+        "--method",
+        help="adapmtl (default), or a baseline: str_global, str_layer, magnitude_oneshot, gmp, uniform_magnitude, "
+        "disparse.",
+    ),
+    weighting: str | None = typer.Option(
+        None, "--weighting", help="Task-loss weights: adaptive or equal (default: adaptive for adapmtl, else equal)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     exclude: list[str] | None = EXCLUDE,
@@ -257,70 +316,119 @@ def prune(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (its config wins)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="Progress as text (live view) or jsonl (one JSON object per line)."
+    ),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="Also write the logged scalars to this TensorBoard folder."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file with any of these options (options typed here win)."
+    ),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as TOML and exit."),
 ) -> None:
     """Prune CHECKPOINT to --sparsity with AdapMTL and write a run folder (see `adapmtl report`)."""
     from adapmtl_cli import ui
-    from adapmtl_cli.config import make_prune_config
+    from adapmtl_cli.config_files import prune_config_toml, resolve_prune_config, sync_run_config_toml
     from adapmtl_cli.pipeline import Hooks, run_prune
     from adapmtl_cli.report import report_renderable
 
-    cfg = make_prune_config(
-        checkpoint=str(checkpoint),
-        factory=factory,
-        trust_pickle=trust_pickle,
-        data=data,
-        data_dir=str(data_dir),
-        tasks=_split(tasks),
-        outputs=_split(outputs),
-        sparsity=sparsity,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        threshold_lr=threshold_lr,
-        weighting=weighting,
-        granularity=granularity,
-        seed=seed,
-        device=device,
-        out=str(out),
-        exclude=exclude or [],
-        backbone=backbone or [],
-        head=head or [],
-        save_every=save_every,
-        log_every=log_every,
-        eval_batches=eval_batches,
-    )
+    cfg, session = resolve_prune_config(_typed_options(ctx), config)
+    if print_config:
+        ui.plain(prune_config_toml(cfg))
+        return
+    live = ui.TrainingProgress(session.quiet, log_format=session.log_format, tensorboard=session.tensorboard)
+    with live as progress:
+        hooks = Hooks(status=progress.status, on_step=progress.on_step, on_eval=progress.on_eval)
+        try:
+            report = run_prune(cfg, resume=session.resume, overwrite=session.overwrite, hooks=hooks)
+        finally:
+            sync_run_config_toml(Path(cfg.out))
+        progress.finished(report, cfg.out)
+    if session.log_format == "text":
+        if not session.quiet:
+            ui.show(report_renderable(report))
+        ui.success(f"run written to {cfg.out}  (next: adapmtl report {cfg.out}; adapmtl export {cfg.out} --onnx)")
+
+
+@app.command(epilog="Example: adapmtl resume runs/a")
+@handles_errors
+def resume(
+    run: Path = typer.Argument(..., help="Run folder written by `adapmtl prune` (interrupted or finished)."),
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="Needed again when the run was made with --trust-pickle."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Continue an interrupted `adapmtl prune` run from its last intact saved state, with its saved options."""
+    from adapmtl_cli import ui
+    from adapmtl_cli.pipeline import Hooks, resume_prune
+    from adapmtl_cli.report import report_renderable
+
     with ui.TrainingProgress(quiet) as progress:
         hooks = Hooks(status=ui.status, on_step=progress.on_step, on_eval=progress.on_eval)
-        report = run_prune(cfg, resume=resume, overwrite=overwrite, hooks=hooks)
+        report = resume_prune(run, trust_pickle=trust_pickle, hooks=hooks)
     if not quiet:
         ui.show(report_renderable(report))
-    ui.success(f"run written to {out}  (next: adapmtl report {out}; adapmtl export {out} --onnx)")
-
-
-@app.command(epilog="Example: adapmtl report runs/a --layers")
-@handles_errors
-def report(
-    run: Path = typer.Argument(..., help="Run folder written by `adapmtl prune`."),
-    as_json: bool = typer.Option(False, "--json", help="Print report.json."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print the report as Markdown."),
-    layers: bool = typer.Option(False, "--layers", help="Add the per-layer sparsity table."),
-) -> None:
-    """Show per-component and per-layer sparsity, task metrics before and after, and Δ_T."""
-    from adapmtl_cli import ui
-    from adapmtl_cli.report import load_report, report_markdown, report_renderable
-
-    rep = load_report(run)
-    if as_json:
-        ui.plain(rep.model_dump_json(indent=2))
-    elif markdown:
-        ui.plain(report_markdown(rep))
-    else:
-        ui.show(report_renderable(rep, layers=layers))
+    ui.success(f"run written to {run}  (next: adapmtl report {run}; adapmtl export {run} --onnx)")
 
 
 @app.command(
     epilog=(
-        "Examples: adapmtl export runs/a --onnx  |  "
+        "Examples: adapmtl report runs/a --layers --sort sparsity  |  adapmtl report runs/a --format html "
+        "--output report.html  |  adapmtl report runs/a runs/b --compare  |  adapmtl report runs/a --plot plots/"
+    )
+)
+@handles_errors
+def report(
+    runs: list[Path] = typer.Argument(
+        ..., metavar="RUN", help="Run folder written by `adapmtl prune` (several with --compare)."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="table, json, markdown, csv or html (default: table, or --output's suffix)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Short for --format json (prints report.json)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Short for --format markdown."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report to this file instead."),
+    layers: bool = typer.Option(False, "--layers", help="Add the per-layer sparsity table, grouped by component."),
+    sort: str = typer.Option("model", "--sort", help="Layer order within a component: model, sparsity, params, name."),
+    compare: bool = typer.Option(False, "--compare", help="Runs side by side, one column each, best value marked."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write PNG figures to this folder (needs matplotlib)."),
+) -> None:
+    """Show per-component and per-layer sparsity, task metrics before and after, and Δ_T; compare runs."""
+    from adapmtl_cli import plots, ui
+    from adapmtl_cli.errors import ConfigError
+    from adapmtl_cli.report import render_text, terminal_renderable
+    from adapmtl_cli.report_data import load_runs, resolve_format, write_output
+
+    fmt_name = resolve_format(fmt, as_json=as_json, markdown=markdown, output=output, sort=sort)
+    if len(runs) > 1 and not compare:
+        raise ConfigError(f"got {len(runs)} run folders; pass --compare to put them side by side")
+    if plot is not None:
+        plots.require_matplotlib("--plot")
+    views = load_runs(runs)
+    figures = None
+    if plot is not None or fmt_name == "html":
+        if plots.have_matplotlib():
+            figures = plots.figures(views)
+        else:
+            ui.warn(f"the HTML page has no plots: {plots.INSTALL_HINT}")
+    if output is not None:
+        write_output(output, render_text(views, fmt_name, layers=layers, sort=sort, plots=figures))
+        ui.success(f"wrote {output} ({fmt_name})")
+    elif fmt_name == "table":
+        ui.show(terminal_renderable(views, layers=layers, sort=sort))
+    else:
+        ui.plain(render_text(views, fmt_name, layers=layers, sort=sort, plots=figures))
+    if plot is not None and figures is not None:
+        written = plots.write_plots(figures, plot)
+        names = ", ".join(p.name for p in written)
+        ui.success(f"wrote {len(written)} figures to {plot}: {names}", stderr=output is None and fmt_name != "table")
+
+
+@app.command(
+    epilog=(
+        "Examples: adapmtl export runs/a --onnx  |  adapmtl export runs/a --onnx --shrink --sparse-initializers  |  "
         "adapmtl export --densify runs/a/export/model.sparse.safetensors dense.safetensors"
     )
 )
@@ -329,9 +437,18 @@ def export(
     run: Path = typer.Argument(..., help="Run folder written by `adapmtl prune` (with --densify: a sparse file)."),
     dest: Path | None = typer.Argument(None, help="With --densify: the dense safetensors file to write."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked with onnxruntime."),
-    exporter: str = typer.Option("dynamo", "--exporter", help="ONNX exporter: dynamo or legacy."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="ONNX exporter: dynamo, or legacy if dynamo fails."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the files (default RUN/export)."),
     densify: bool = typer.Option(False, "--densify", help="Decode a sparse safetensors file into a dense one."),
+    values_dtype: str | None = typer.Option(
+        None, "--values-dtype", help="Store the sparse file's float values as fp16 or bf16 (default: as trained)."
+    ),
+    sparse_initializers: bool = typer.Option(
+        False, "--sparse-initializers", help="Store mostly-zero ONNX weights as sparse initializers (int64 indices)."
+    ),
+    shrink: bool = typer.Option(
+        False, "--shrink", help="Remove all-zero channels where the graph allows; write model.shrunk.onnx."
+    ),
 ) -> None:
     """Write model.safetensors (dense, exact zeros, your state_dict keys), model.sparse.safetensors and ONNX."""
     from adapmtl_cli import ui
@@ -347,7 +464,15 @@ def export(
     if dest is not None:
         raise ConfigError(f"unexpected second path {str(dest)!r}; only `export --densify` takes two paths")
     with ui.spinner("exporting"):
-        manifest = export_run(run, out_dir=out, onnx=onnx, exporter=exporter)
+        manifest = export_run(
+            run,
+            out_dir=out,
+            onnx=onnx,
+            exporter=exporter,
+            values_dtype=values_dtype,
+            sparse_initializers=sparse_initializers,
+            shrink=shrink,
+        )
     _show_export(manifest)
 
 
@@ -356,16 +481,48 @@ def _show_export(manifest: Any) -> None:
 
     if manifest is None:
         return
+
+    def show_parity(worst: float, per_output: dict[str, float]) -> None:
+        sizes = f" (batch sizes {manifest.onnx_batch_sizes})" if manifest.onnx_batch_sizes else ""
+        ui.success(f"       onnxruntime parity max abs diff {worst:.2e}{sizes}")
+        for name, diff in per_output.items():
+            ui.plain(f"         {name:<16} {diff:.2e}")
+
     ui.success(f"dense  {manifest.dense} ({manifest.dense_bytes / 1e6:.2f} MB)")
     ratio = manifest.sparse_bytes / max(1, manifest.dense_bytes)
-    ui.success(
-        f"sparse {manifest.sparse} ({manifest.sparse_bytes / 1e6:.2f} MB, {ratio:.1%} of dense; decodes bit-exactly)"
-    )
+    exact = "decodes bit-exactly"
+    if manifest.sparse_values_dtype:
+        exact += f" to the weights rounded to {manifest.sparse_values_dtype}"
+    ui.success(f"sparse {manifest.sparse} ({manifest.sparse_bytes / 1e6:.2f} MB, {ratio:.1%} of dense; {exact})")
     if manifest.onnx:
+        extras = [f"{manifest.onnx_exporter} exporter, opset {manifest.onnx_opset}"]
+        if manifest.onnx_sparse_initializers:
+            extras.append(f"{manifest.onnx_sparse_initializers} sparse initializers")
+        if manifest.onnx_external_data:
+            extras.append(f"weights in {manifest.onnx_external_data}")
+        ui.success(f"onnx   {manifest.onnx} ({manifest.onnx_bytes / 1e6:.2f} MB; {', '.join(extras)})")
+        show_parity(manifest.onnx_max_abs_diff, manifest.onnx_parity)
+    zero = manifest.zero_filters
+    if zero:
+        worst = sorted(zero, key=zero.__getitem__, reverse=True)
+        named = ", ".join(f"{name} {zero[name]}" for name in worst[:3]) + (", ..." if len(worst) > 3 else "")
+        ui.status(f"all-zero filters: {sum(zero.values())} in {len(zero)} layers ({named})")
+    else:
+        ui.status("all-zero filters: none")
+    shrink = manifest.shrink
+    if shrink is not None:
+        if shrink.status != "shrunk":
+            ui.plain(f"• shrink: {shrink.reason}")  # plain: the reason may quote a user's error text
+            return
+        removed = sum(shrink.removed_channels.values())
         ui.success(
-            f"onnx   {manifest.onnx} ({manifest.onnx_bytes / 1e6:.2f} MB); onnxruntime parity max abs diff "
-            f"{manifest.onnx_max_abs_diff:.2e} (batch sizes {manifest.onnx_batch_sizes})"
+            f"shrunk {shrink.onnx} ({shrink.onnx_bytes / 1e6:.2f} MB): {removed} channels removed in "
+            f"{len(shrink.removed_channels)} layers; params {shrink.params_before:,} -> {shrink.params_after:,} "
+            f"({shrink.params_after / max(1, shrink.params_before):.1%}), FLOPs {shrink.flops_before / 1e6:,.1f}M -> "
+            f"{shrink.flops_after / 1e6:,.1f}M ({shrink.flops_after / max(1, shrink.flops_before):.1%}); "
+            f"PyTorch max abs diff {shrink.max_abs_diff:.2e}"
         )
+        show_parity(shrink.onnx_max_abs_diff, shrink.onnx_parity)
 
 
 def main() -> None:

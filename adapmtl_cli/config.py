@@ -29,14 +29,16 @@ class PruneConfig(_File):
     data_dir: str
     tasks: list[str] | None = None
     outputs: list[str] | None = None
-    method: Literal["adapmtl"] = "adapmtl"
+    method: Literal[
+        "adapmtl", "disparse", "gmp", "magnitude_oneshot", "str_global", "str_layer", "uniform_magnitude"
+    ] = "adapmtl"
     sparsity: float = Field(0.9, gt=0.0, lt=1.0, allow_inf_nan=False)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-4, gt=0.0, allow_inf_nan=False)
     threshold_lr: float = Field(0.01, gt=0.0, allow_inf_nan=False)
-    weighting: Literal["adaptive", "equal"] = "adaptive"
-    granularity: Literal["component", "layer", "global"] = "component"
+    weighting: Literal["adaptive", "equal"] | None = None
+    """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
     seed: int = 0
     device: str = "auto"
@@ -140,6 +142,23 @@ class RunReport(_File):
     warnings: list[str] = Field(default_factory=list)
 
 
+class ShrinkManifest(_File):
+    """The ``shrink`` entry of ``export/manifest.json``: channels ``--shrink`` removed, sizes, parity."""
+
+    status: Literal["shrunk", "nothing removed", "not possible"]
+    reason: str = ""
+    removed_channels: dict[str, int] = Field(default_factory=dict)
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    max_abs_diff: float
+    onnx: str | None = None
+    onnx_bytes: int | None = None
+    onnx_max_abs_diff: float | None = None
+    onnx_parity: dict[str, float] = Field(default_factory=dict)
+
+
 class ExportManifest(_File):
     """``export/manifest.json``: what ``export`` wrote and how each file was verified."""
 
@@ -152,6 +171,15 @@ class ExportManifest(_File):
     onnx_bytes: int | None = None
     onnx_max_abs_diff: float | None = None
     onnx_batch_sizes: list[int] = Field(default_factory=list)
+    # With a values dtype, "bit-exact" is against the weights rounded to it (sparse_codec.cast_state).
+    sparse_values_dtype: str | None = None
+    onnx_exporter: str | None = None
+    onnx_opset: int | None = None
+    onnx_parity: dict[str, float] = Field(default_factory=dict)
+    onnx_external_data: str | None = None
+    onnx_sparse_initializers: int = 0
+    zero_filters: dict[str, int] = Field(default_factory=dict)
+    shrink: ShrinkManifest | None = None
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -63,7 +63,7 @@ def run_demo(
     *,
     sparsity: float = 0.9,
     steps: int = 300,
-    dense_steps: int = 400,
+    dense_steps: int = 1200,
     overwrite: bool = False,
     status: Callable[[str], None] = lambda msg: None,
     on_step: Callable[[StepInfo], None] | None = None,

@@ -1,14 +1,21 @@
 """The fine-tuning loop: weights and thresholds co-optimised under adaptive task weights, on a sparsity schedule.
 
 Per step: forward (bf16 autocast on CUDA), per-task losses, ``sum_t w_t * L_t``, backward, one Adam step on the
-weights and one on the threshold logits (own learning rate, no weight decay), then the level controller moves
-all thresholds together onto the scheduled sparsity. Progress goes to an ``on_step`` callback; this module
+parameter groups the pruning method declares (for AdapMTL: weights, and threshold logits with their own learning
+rate), then the method's ``after_step_`` (for AdapMTL: the level controller moves all thresholds together onto
+the scheduled sparsity). Progress goes to an ``on_step`` callback; this module
 never prints. State is saved every ``save_every`` steps (and on Ctrl-C) so ``--resume`` continues exactly.
+
+Divergence: a non-finite task loss (checked before the backward pass) or a non-finite parameter after the
+optimizer step rolls everything back to the last good state (the one saved last, kept in memory), halves
+every learning rate and replays the same batches; after ``max_rollbacks`` rollbacks in a run it stops with a
+``TrainingError``. The rollback count and the lowered rates are part of the saved state.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import time
@@ -21,10 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adapmtl_cli.errors import ConfigError, DataError, TrainingError
+from adapmtl_cli.methods.base import Pruner
 from adapmtl_cli.outputs import OutputMapping
-from adapmtl_cli.schedule import LevelController, cubic_target
 from adapmtl_cli.tasks.base import TaskSpec
-from adapmtl_cli.thresholds import ThresholdedModel, measure_layers, overall_sparsity
+from adapmtl_cli.thresholds import overall_sparsity
 from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting
 
 
@@ -159,10 +166,53 @@ class LoopState:
     model: dict[str, torch.Tensor]
     rng: torch.Tensor
     elapsed: float
+    rollbacks: int = 0
 
 
-def _group_sparsity(tm: ThresholdedModel) -> tuple[float, dict[str, float]]:
-    layers = measure_layers(tm)
+@dataclass(frozen=True)
+class Rollback:
+    """A divergence the loop recovered from: what went wrong, where it went back to, the new learning rates."""
+
+    step: int
+    """The step of the good state the loop went back to (it continues from there)."""
+    failed_step: int
+    reason: str
+    lrs: list[float]
+    attempt: int
+    max_attempts: int
+
+    def record(self) -> dict[str, Any]:
+        return {"event": "rollback", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+def _cpu_clone(obj: Any) -> Any:
+    """A deep copy with every tensor cloned to the CPU (for in-memory snapshots the loop must not mutate)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_clone(v) for v in obj)
+    return obj
+
+
+def _user_name(name: str) -> str:
+    """The user's name of a wrapper's parameter: ``x.weight`` for ``model.x.parametrizations.weight.original``."""
+    name = re.sub(r"\.parametrizations\.(\w+)\.original$", r".\1", name)
+    return name.removeprefix("model.")
+
+
+def _non_finite_params(module: torch.nn.Module, step: int) -> str | None:
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not params or bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+        return None
+    bad = [_user_name(n) for n, p in params if not bool(torch.isfinite(p).all())]
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return f"parameter {bad[0]!r}{more} became non-finite in optimizer step {step}"
+
+
+def _group_sparsity(pruner: Pruner) -> tuple[float, dict[str, float]]:
+    layers = pruner.measure()
     groups: dict[str, list[int]] = {}
     for layer in layers:
         acc = groups.setdefault(layer.group, [0, 0])
@@ -200,76 +250,90 @@ def _deferred_stop() -> Iterator[_StopFlag]:
             signal.signal(s, h)
 
 
-def make_optimizer(tm: ThresholdedModel, lr: float, threshold_lr: float) -> torch.optim.Optimizer:
-    bank_ids = {id(p) for p in tm.bank.parameters()}
-    weights = [p for p in tm.parameters() if p.requires_grad and id(p) not in bank_ids]
-    return torch.optim.Adam(
-        [
-            {"params": weights, "lr": lr, "weight_decay": 0.0},
-            {"params": list(tm.bank.parameters()), "lr": threshold_lr, "weight_decay": 0.0},
-        ]
+def make_optimizer(pruner: Pruner, lr: float, threshold_lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(pruner.param_groups(lr, threshold_lr))
+
+
+def _divergence_message(first: str, last: str, rollbacks: int, good_step: int) -> str:
+    advice = "lower --lr, check the data for invalid values, or check the model for operations that overflow"
+    if rollbacks == 0:
+        return f"{first}; {advice}"
+    again = "" if last == first else f" ({last})"
+    return (
+        f"{first}; rolled back to the last good state (step {good_step}) with halved learning rates "
+        f"{rollbacks} times and it diverged again{again}; {advice}"
     )
 
 
 def finetune(
-    tm: ThresholdedModel,
+    pruner: Pruner,
     dataset: Dataset,
     tasks: Sequence[TaskSpec],
     mapping: OutputMapping,
     *,
     device: torch.device,
     steps: int,
-    target_sparsity: float,
     batch_size: int,
     lr: float,
     threshold_lr: float,
     weighting: AdaptiveWeighting | EqualWeighting,
     seed: int,
-    ramp_end: float = 0.75,
-    initial_sparsity: float = 0.0,
     log_every: int = 10,
     save_every: int = 50,
     num_workers: int = 0,
     resume: LoopState | None = None,
+    max_rollbacks: int = 3,
     on_step: Callable[[StepInfo], None] | None = None,
     on_log: Callable[[StepInfo], None] | None = None,
     on_save: Callable[[LoopState], None] | None = None,
+    on_rollback: Callable[[Rollback], None] | None = None,
 ) -> StepInfo:
     """Run the loop from step 0 (or ``resume.step``) to ``steps``; return the last step's info.
 
     Raises:
-        TrainingError: a task loss stopped being finite.
+        TrainingError: the loss or the weights stayed non-finite after ``max_rollbacks`` rollbacks.
         KeyboardInterrupt: after the state was saved, so the run can be resumed.
     """
+    tm = pruner.module
     tm.to(device).train()
-    optimizer = make_optimizer(tm, lr, threshold_lr)
-    start, elapsed = 0, 0.0
+    optimizer = make_optimizer(pruner, lr, threshold_lr)
+    start, elapsed, rollbacks = 0, 0.0, 0
     if resume is not None:
         tm.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         weighting.load_state_dict(resume.weighting)
         torch.set_rng_state(resume.rng)
-        start, elapsed = resume.step, resume.elapsed
+        start, elapsed, rollbacks = resume.step, resume.elapsed, resume.rollbacks
     else:
         torch.manual_seed(seed)
 
     def snapshot(step: int) -> LoopState:
         return LoopState(
             step=step,
-            optimizer=optimizer.state_dict(),
+            optimizer=_cpu_clone(optimizer.state_dict()),
             weighting=weighting.state_dict(),
-            model={k: v.detach().cpu().clone() for k, v in tm.state_dict().items()},
+            model=_cpu_clone(tm.state_dict()),
             rng=torch.get_rng_state(),
             elapsed=elapsed,
+            rollbacks=rollbacks,
         )
 
-    controller = LevelController(tm)
+    def restore_(state: LoopState) -> None:
+        tm.load_state_dict(state.model)
+        # load_state_dict keeps references to same-device tensors: hand it a copy so ``good`` stays intact.
+        optimizer.load_state_dict(_cpu_clone(state.optimizer))
+        weighting.load_state_dict(state.weighting)
+        torch.set_rng_state(state.rng)
+
+    good = snapshot(start)  # the state a divergence rolls back to: the last one saved
+    first_failure: str | None = None
+
     batches = train_batches(dataset, batch_size, seed, start, num_workers)
-    info = StepInfo(start, steps, math.nan, {}, weighting.weights(), target_sparsity)
+    info = StepInfo(start, steps, math.nan, {}, weighting.weights(), pruner.target_at(start))
     step = start
     t0 = time.perf_counter() - elapsed
     with _deferred_stop() as stop:
-        for step in range(start, steps):
+        while step < steps:
             x, y = to_device(next(batches), device)
             weights = weighting.weights()
             with autocast_for(device):
@@ -278,33 +342,50 @@ def finetune(
             total = sum(weights[name] * loss for name, loss in losses.items())
             loss_values = {k: float(v.detach()) for k, v in losses.items()}
             bad = [k for k, v in loss_values.items() if not math.isfinite(v)]
+            problem: str | None = None
             if bad:
-                raise TrainingError(
-                    f"loss of task {', '.join(map(repr, bad))} became {loss_values[bad[0]]} at step {step}; "
-                    "lower --lr, check the data for invalid values, or resume from the last saved state"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            target = cubic_target(step + 1, steps, target_sparsity, initial_sparsity, ramp_end)
-            fit = controller.step_(step, target, exact=step + 1 == steps)
+                problem = f"loss of task {', '.join(map(repr, bad))} became {loss_values[bad[0]]} at step {step}"
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                problem = _non_finite_params(tm, step)
+            if problem is not None:
+                first_failure = first_failure or problem
+                if rollbacks >= max_rollbacks:
+                    raise TrainingError(_divergence_message(first_failure, problem, rollbacks, good.step))
+                rollbacks += 1
+                lrs = [group["lr"] * 0.5 for group in optimizer.param_groups]
+                restore_(good)
+                for group, group_lr in zip(optimizer.param_groups, lrs, strict=True):
+                    group["lr"] = group_lr
+                batches = train_batches(dataset, batch_size, seed, good.step, num_workers)
+                if on_rollback:
+                    on_rollback(Rollback(good.step, step, problem, lrs, rollbacks, max_rollbacks))
+                step = good.step
+                continue
+            target = pruner.target_at(step + 1)
+            sparsity = pruner.after_step_(step + 1)
             weighting.update(step, loss_values)
             elapsed = time.perf_counter() - t0
             info = StepInfo(
-                step + 1, steps, float(total.detach()), loss_values, weights, target, fit.sparsity, seconds=elapsed
+                step + 1, steps, float(total.detach()), loss_values, weights, target, sparsity, seconds=elapsed
             )
             if (step + 1) % log_every == 0 or step + 1 == steps:
-                info.sparsity, info.group_sparsity = _group_sparsity(tm)
-                info.thresholds = tm.bank.values()
+                info.sparsity, info.group_sparsity = _group_sparsity(pruner)
+                info.thresholds = pruner.thresholds()
                 if on_log:
                     on_log(info)
             if on_step:
                 on_step(info)
-            if on_save and ((step + 1) % save_every == 0 or step + 1 == steps or stop.signal is not None):
-                on_save(snapshot(step + 1))
+            if (step + 1) % save_every == 0 or step + 1 == steps or stop.signal is not None:
+                good = snapshot(step + 1)
+                if on_save:
+                    on_save(good)
             if stop.signal is not None:
                 raise KeyboardInterrupt
+            step += 1
     if not info.group_sparsity:
-        info.sparsity, info.group_sparsity = _group_sparsity(tm)
-        info.thresholds = tm.bank.values()
+        info.sparsity, info.group_sparsity = _group_sparsity(pruner)
+        info.thresholds = pruner.thresholds()
     return info

@@ -1,9 +1,11 @@
 """Deployment artefacts: dense safetensors, ONNX, and the checks that they reproduce the pruned model.
 
-Every file is written atomically (temp file in the same folder, fsync, rename). The sparse safetensors format
-itself lives in ``sparse_codec``; here it is only verified against the dense weights, bit for bit. ONNX goes
-through the dynamo exporter by default (dict/tuple outputs, dynamic batch) with the TorchScript exporter as
-the ``legacy`` fallback, and is checked against PyTorch with onnxruntime on the CPU.
+Every file is written atomically (temp file or folder in the same folder, fsync, rename). The sparse
+safetensors format itself lives in ``sparse_codec``; here it is only verified against the dense weights, bit
+for bit. ONNX goes through the dynamo exporter by default (dict/tuple outputs, dynamic batch) with the
+TorchScript exporter as the ``legacy`` fallback; the exporter writes into a temp folder, the weights are then
+re-stored by ``onnx_storage`` (optional sparse initializers; external data above 2 GB), ``onnx.checker`` runs
+on the result, and onnxruntime on the CPU compares it with PyTorch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import logging
 import os
 import secrets
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,13 +30,26 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from adapmtl_cli.errors import ExportError
-from adapmtl_cli.sparse_codec import canonicalize_zeros, load_sparse
+from adapmtl_cli.onnx_storage import EXTERNAL_DATA_THRESHOLD, save_model, to_sparse_initializers_, weight_bytes
+from adapmtl_cli.sparse_codec import canonicalize_zeros, cast_state, load_sparse
 
 EXPORTERS = ("dynamo", "legacy")
 INPUT_NAME = "image"
 # Loggers the exporters write warnings and progress to; they get their own stderr handlers, so redirecting
 # sys.stderr does not silence them.
 _NOISY_LOGGERS = ("torch", "torch.onnx", "torch.export", "torch._export", "onnxscript")
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote: the graph file, its external data file if any, and how."""
+
+    path: Path
+    bytes: int  # the graph file plus its external data
+    opset: int
+    exporter: str
+    external_data: Path | None
+    sparse_initializers: int
 
 
 @dataclass(frozen=True)
@@ -75,14 +91,22 @@ def export_onnx(
     opset: int | None = None,
     dynamic_batch: bool = True,
     exporter: str = "dynamo",
-) -> None:
-    """Export ``module`` (one image tensor in, a tuple of tensors out) to a single ONNX file and check it.
+    sparse_initializers: bool = False,
+    external_data: bool | None = None,
+) -> OnnxExport:
+    """Export ``module`` (one image tensor in, a tuple of tensors out) to ONNX and check it.
 
     The module runs in eval mode during export and gets its previous mode back afterwards. The graph input is
     named ``image``; outputs take ``output_names`` in order; with ``dynamic_batch`` dimension 0 is symbolic.
 
+    Args:
+        sparse_initializers: store mostly-zero float weights as ONNX sparse initializers (int64 indices).
+        external_data: put the weights in ``<name>.data`` beside the graph; ``None`` does so only when they
+            would pass protobuf's 2 GiB limit.
+
     Raises:
-        ExportError: unknown exporter, output count mismatch, the exporter or the ONNX checker fails.
+        ExportError: unknown exporter, output count mismatch, the exporter or the ONNX checker fails, or the
+            files cannot be written.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown ONNX exporter {exporter!r}; use one of {list(EXPORTERS)}")
@@ -92,19 +116,81 @@ def export_onnx(
     module.eval()
     try:
         _run_module(module, example, output_names)
-
-        def write(tmp: str) -> None:
-            _run_exporter(module, example, tmp, output_names, opset, dynamic_batch, exporter)
-            try:
-                onnx.checker.check_model(tmp)
-            except (onnx.checker.ValidationError, ValueError) as exc:
-                raise ExportError(
-                    f"exported ONNX model fails onnx.checker ({_first_line(exc)}); {_hint(exporter)}"
-                ) from exc
-
-        _write_atomic(path, write, "ONNX file")
+        work = _create_temp_dir_beside(path)
+        try:
+            return _export_in(
+                work,
+                module,
+                example,
+                path,
+                output_names,
+                opset,
+                dynamic_batch,
+                exporter,
+                sparse_initializers,
+                external_data,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError as exc:
+        raise ExportError(f"cannot write ONNX file {str(path)!r} ({exc}); check the folder and free space") from exc
     finally:
         module.train(was_training)
+
+
+def _export_in(
+    work: Path,
+    module: nn.Module,
+    example: Tensor,
+    path: Path,
+    output_names: list[str],
+    opset: int | None,
+    dynamic_batch: bool,
+    exporter: str,
+    sparse_initializers: bool,
+    external_data: bool | None,
+) -> OnnxExport:
+    """Export into the temp folder ``work``, re-store the weights, check, then move the files to ``path``."""
+    raw = work / "raw" / path.name
+    raw.parent.mkdir()
+    _run_exporter(module, example, str(raw), output_names, opset, dynamic_batch, exporter)
+    model = onnx.load(str(raw))  # pulls in any external data the exporter wrote
+    moved = to_sparse_initializers_(model) if sparse_initializers else 0
+    external = weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    version = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    final = work / path.name
+    data = save_model(model, final, external=external)
+    del model
+    try:
+        # onnx's shape inference types sparse initializers as sparse tensors, which Conv and friends reject,
+        # so files holding them get the structural check only.
+        onnx.checker.check_model(str(final), full_check=not moved)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        raise ExportError(f"exported ONNX model fails onnx.checker ({_first_line(exc)}); {_hint(exporter)}") from exc
+    size = _install(final, data, path)
+    installed_data = path.with_name(path.name + ".data") if data is not None else None
+    return OnnxExport(path, size, int(version), exporter, installed_data, moved)
+
+
+def _install(final: Path, data: Path | None, path: Path) -> int:
+    """Move the checked files into place (data first, graph last); remove a stale data file; return bytes."""
+    beside = path.with_name(path.name + ".data")
+    for file in (data, final):
+        if file is not None:
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    if data is not None:
+        os.replace(data, beside)
+    elif beside.exists():
+        beside.unlink()  # left by an earlier export with external data; it no longer belongs to this graph
+    os.replace(final, path)
+    return path.stat().st_size + (beside.stat().st_size if data is not None else 0)
+
+
+def _create_temp_dir_beside(path: Path) -> Path:
+    work = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    work.mkdir()
+    return work
 
 
 def _run_exporter(
@@ -122,12 +208,13 @@ def _run_exporter(
             if exporter == "dynamo":
                 # Dim.DYNAMIC, not a named Dim: torch.export specialises a named dim whose example size is 1.
                 dynamic_shapes = ({0: Dim.DYNAMIC},) if dynamic_batch else None
+                # External data always: the temp copy may pass 2 GiB; onnx_storage decides the final layout.
                 torch.onnx.export(
                     module,
                     (example,),
                     tmp,
                     dynamo=True,
-                    external_data=False,
+                    external_data=True,
                     input_names=[INPUT_NAME],
                     output_names=names,
                     opset_version=opset,
@@ -268,12 +355,18 @@ def _max_abs_diff(want: Tensor, have: object) -> float:
     return float(np.nan_to_num(diff, nan=np.inf).max())
 
 
-def check_sparse_roundtrip(dense_state: dict[str, Tensor], sparse_path: Path) -> None:
+def check_sparse_roundtrip(
+    dense_state: dict[str, Tensor], sparse_path: Path, *, values_dtype: torch.dtype | None = None
+) -> None:
     """Check that the sparse file decodes to ``dense_state`` bit for bit (-0.0 read as +0.0).
+
+    With ``values_dtype`` the reference is ``cast_state(dense_state, values_dtype)``: the weights rounded to
+    the narrow dtype the file stores, in their own dtype.
 
     Raises:
         ExportError: keys, dtypes, shapes or any bit differ; the sparse file cannot be read.
     """
+    dense_state = cast_state(dense_state, values_dtype)
     decoded = load_sparse(Path(sparse_path))
     problems = []
     missing, extra = sorted(set(dense_state) - set(decoded)), sorted(set(decoded) - set(dense_state))

@@ -92,7 +92,7 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         raise CheckpointError(f"checkpoint {str(path)!r} is a folder; pass the checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -131,6 +131,15 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         return torch.load(path, map_location="cpu", weights_only=False), "pickle"
     except Exception as exc:
         raise CheckpointError(f"unpickling {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file under another name: an 8-byte little-endian header size, then a JSON object."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _starts_like_zip(path: Path) -> bool:
@@ -204,6 +213,7 @@ def load_model(path: Path, factory: str | None = None, trust_pickle: bool = Fals
         if factory is not None:
             load_state_into(build := build_from_factory(factory), raw.state_dict(), repr(str(path)))
             model = build
+        _check_finite_parameters(model, path)
         return LoadedModel(model=model.eval(), source="pickle", factory=factory)
     if not _is_tensor_dict(raw):
         kind = type(raw).__name__
@@ -220,7 +230,18 @@ def load_model(path: Path, factory: str | None = None, trust_pickle: bool = Fals
         )
     model = build_from_factory(factory)
     load_state_into(model, _fit_ddp_prefix(state, model), repr(str(path)))
+    _check_finite_parameters(model, path)
     return LoadedModel(model=model.eval(), source=source, factory=factory)
+
+
+def _check_finite_parameters(model: nn.Module, path: Path) -> None:
+    """Refuse NaN or infinite weights (buffers may hold ``-inf`` on purpose, e.g. attention masks)."""
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not bool(p.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r} holds NaN or infinite values in {len(bad)} parameters ({_preview(bad)}); "
+            "its training diverged or the file is damaged: pass an earlier checkpoint"
+        )
 
 
 def _fit_ddp_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

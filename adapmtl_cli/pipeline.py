@@ -30,25 +30,34 @@ from adapmtl_cli.config import (
 )
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.discover import ComponentMap, discover_components, parse_head_overrides
-from adapmtl_cli.engine import LoopState, StepInfo, evaluate, finetune, resolve_device, to_device
+from adapmtl_cli.engine import (
+    LoopState,
+    Rollback,
+    StepInfo,
+    evaluate,
+    finetune,
+    resolve_device,
+    to_device,
+    train_batches,
+)
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError, TrainingError
 from adapmtl_cli.loading import LoadedModel, load_model
+from adapmtl_cli.methods import DEFAULT_WEIGHTING, MethodContext, build_pruner
 from adapmtl_cli.outputs import OutputMapping, map_outputs
 from adapmtl_cli.rundir import (
     RunDir,
     append_jsonl,
-    atomic_write,
     prepare_run_dir,
     read_jsonl,
     read_model,
-    save_torch,
+    write_bytes,
     write_model,
     write_text,
 )
+from adapmtl_cli.statefiles import load_state, save_state
 from adapmtl_cli.tasks import canonical_task_name
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.tasks.scores import delta_t
-from adapmtl_cli.thresholds import bake_, init_thresholds_, inject_thresholds_, measure_layers
 from adapmtl_cli.weighting import make_weighting
 
 
@@ -193,19 +202,38 @@ def _state_dict_for_save(state: LoopState) -> dict[str, Any]:
         "model": state.model,
         "rng": state.rng,
         "elapsed": state.elapsed,
+        "rollbacks": state.rollbacks,
     }
 
 
-def _load_state(run: RunDir) -> LoopState | None:
-    for path in (run.state, run.prev_state):
-        if not path.is_file():
-            continue
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-            return LoopState(**raw)
-        except Exception:  # a damaged latest state falls back to the previous one
-            continue
-    return None
+def _load_state(run: RunDir, hooks: Hooks) -> LoopState | None:
+    """The newest intact saved state (checksum verified; a damaged latest falls back to prev), told to the user."""
+    loaded = load_state(run, lambda raw: LoopState(**raw))
+    damaged = "; ".join(loaded.rejected)
+    if loaded.value is None:
+        if damaged:
+            hooks.status(f"no usable saved state ({damaged}); starting the fine-tuning from step 0")
+        else:
+            hooks.status("no saved state found; starting the fine-tuning from step 0")
+        return None
+    assert loaded.path is not None
+    note = "" if loaded.verified else " (saved without a checksum)"
+    text = f"resuming from state/{loaded.path.name} at step {loaded.value.step}{note}"
+    hooks.status(f"{text}; not used: {damaged}" if damaged else text)
+    return loaded.value
+
+
+def weighting_name(cfg: PruneConfig) -> str:
+    """``--weighting`` if given, else the method's own default (adaptive for AdapMTL, equal for baselines)."""
+    return cfg.weighting or DEFAULT_WEIGHTING[cfg.method]
+
+
+def _task_losses(
+    module: nn.Module, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], prepared: Prepared
+) -> dict[str, torch.Tensor]:
+    x, y = batch
+    preds = prepared.mapping.select(module(x))
+    return {t.name: t.loss(preds[t.name], y[t.name]) for t in prepared.tasks}
 
 
 def _truncate_metrics(run: RunDir, step: int) -> None:
@@ -215,10 +243,22 @@ def _truncate_metrics(run: RunDir, step: int) -> None:
 
 
 def _save_state(run: RunDir, state: LoopState) -> None:
-    run.state_dir.mkdir(parents=True, exist_ok=True)
-    if run.state.is_file():
-        run.state.replace(run.prev_state)
-    save_torch(run.state, _state_dict_for_save(state))
+    save_state(run, _state_dict_for_save(state))
+
+
+def resume_prune(run: Path, *, trust_pickle: bool = False, hooks: Hooks | None = None) -> RunReport:
+    """The ``resume`` command: continue the run in ``run`` with the options saved in its ``config.json``.
+
+    The same job as ``prune --resume``; the folder may have been moved since it was written.
+    """
+    rd = RunDir(Path(run))
+    if not rd.is_run():
+        raise ConfigError(
+            f"{str(run)!r} holds no run to resume (no config.json); pass a folder written by `adapmtl prune`"
+        )
+    saved = read_model(rd.config, PruneConfig)
+    cfg = saved.model_copy(update={"out": str(run), "trust_pickle": trust_pickle})
+    return run_prune(cfg, resume=True, hooks=hooks)
 
 
 def run_prune(
@@ -234,7 +274,14 @@ def run_prune(
     fresh = not Path(cfg.out).exists()
     run = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
     if resume:
-        cfg = read_model(run.config, PruneConfig)
+        saved = read_model(run.config, PruneConfig)
+        if saved.trust_pickle and not cfg.trust_pickle:
+            # A run folder may come from someone else: its config must not unpickle anything on its own.
+            raise ConfigError(
+                f"the run in {str(run.root)!r} was made with --trust-pickle: resuming unpickles "
+                f"{saved.checkpoint!r} again, which runs code from it; pass --trust-pickle if you trust it"
+            )
+        cfg = saved
     try:
         # Check everything that can be checked before the run folder gets its config: a run that fails here
         # leaves nothing behind, so the corrected command is not refused as "folder already holds a run".
@@ -273,37 +320,54 @@ def run_prune(
         )
         write_text(run.dense_metrics, json.dumps(dense_metrics, indent=2) + "\n")
 
-    tm = inject_thresholds_(model, prepared.cmap, cfg.granularity)
-    init_thresholds_(tm, 0.0)
-    tm.to(device)
+    pruner = build_pruner(
+        cfg.method,
+        MethodContext(
+            model=model,
+            cmap=prepared.cmap,
+            sparsity=cfg.sparsity,
+            steps=cfg.steps,
+            ramp_end=cfg.ramp_end,
+            calibration=lambda: (
+                to_device(b, device) for b in train_batches(prepared.train, cfg.batch_size, cfg.seed + 1, 0)
+            ),
+            task_losses=lambda module, batch: _task_losses(module, batch, prepared),
+        ),
+    )
+    pruner.module.to(device)
     names = [t.name for t in prepared.tasks]
-    weighting = make_weighting(cfg.weighting, names, cfg.steps)
-    state = _load_state(run) if resume else None
+    weighting = make_weighting(weighting_name(cfg), names, cfg.steps)
+    state = _load_state(run, hooks) if resume else None
     if resume:
         _truncate_metrics(run, state.step if state is not None else 0)
-    if resume and state is None:
-        hooks.status("no saved state found; starting the fine-tuning from step 0")
     if state is not None and state.step >= cfg.steps:
         hooks.status(f"run already finished {state.step} steps; rebuilding its outputs")
 
     def on_log(info: StepInfo) -> None:
         append_jsonl(run.metrics, info.record())
 
+    def on_rollback(event: Rollback) -> None:
+        # The steps after event.step run again and are logged again, as after a resume.
+        _truncate_metrics(run, event.step)
+        append_jsonl(run.metrics, event.record())
+        hooks.status(
+            f"{event.reason}; rolled back to step {event.step} and halved the learning rates "
+            f"(rollback {event.attempt} of at most {event.max_attempts})"
+        )
+
     hooks.status(f"fine-tuning {cfg.steps} steps to {cfg.sparsity:.1%} sparsity on {device}")
     last = finetune(
-        tm,
+        pruner,
         prepared.train,
         prepared.tasks,
         prepared.mapping,
         device=device,
         steps=cfg.steps,
-        target_sparsity=cfg.sparsity,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         threshold_lr=cfg.threshold_lr,
         weighting=weighting,
         seed=cfg.seed,
-        ramp_end=cfg.ramp_end,
         log_every=cfg.log_every,
         save_every=cfg.save_every,
         num_workers=cfg.num_workers,
@@ -311,11 +375,12 @@ def run_prune(
         on_step=hooks.on_step,
         on_log=on_log,
         on_save=lambda s: _save_state(run, s),
+        on_rollback=on_rollback,
     )
 
-    layer_stats = measure_layers(tm)
-    thresholds = tm.bank.values()
-    model = bake_(tm)
+    layer_stats = pruner.measure()
+    thresholds = pruner.thresholds()
+    model = pruner.bake_()
     _check_baked(model, layer_stats)
     hooks.status("evaluating the pruned model on the validation split")
     pruned_metrics = evaluate(
@@ -329,10 +394,10 @@ def run_prune(
         on_batch=_eval_cb(hooks, "pruned"),
     )
     _check_finite(pruned_metrics)
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_safetensors
 
     cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run.weights, lambda p: save_file(cpu_state, str(p), metadata={"format": "pt"}))
+    write_bytes(run.weights, save_safetensors(cpu_state, metadata={"format": "pt"}))
     report = build_report(
         cfg,
         prepared,
@@ -387,7 +452,7 @@ def build_report(
     components = []
     for c in prepared.cmap.components:
         zeros, n = per_comp.get(c.name, [0, 0])
-        thr = thresholds.get(c.name) if cfg.granularity == "component" else thresholds.get("global")
+        thr = thresholds.get(c.name, thresholds.get("global"))
         components.append(
             ComponentSparsity(
                 name=c.name,
@@ -419,7 +484,7 @@ def build_report(
         warnings.append(f"{len(prepared.cmap.unreached)} modules are reached by no task and were not pruned")
     return RunReport(
         method=cfg.method,
-        weighting=cfg.weighting,
+        weighting=weighting_name(cfg),
         target_sparsity=cfg.sparsity,
         overall_sparsity=zeros / total,
         prunable_params=total,

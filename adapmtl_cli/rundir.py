@@ -6,7 +6,8 @@ RUN/
   components.json    ComponentsManifest (discovery)
   dense_metrics.json dense model on the validation split (computed once, reused on --resume)
   metrics.jsonl      one line per logged step
-  state/latest.pt    resume state (model + thresholds, optimizer, weighting, RNG, step); previous kept as prev.pt
+  state/latest.pt    resume state (model + thresholds, optimizer, weighting, RNG, step); previous kept as prev.pt;
+                     each with a ``.sha256`` sidecar (see ``statefiles.py``)
   pruned.safetensors baked weights (exact zeros), keys as in the user's state_dict
   report.json        RunReport
   export/            written by `adapmtl export`
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,21 +51,91 @@ class RunDir:
         return self.config.is_file()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` over ``path``; ``path`` is either old or complete, never partial."""
-    path = Path(path)
+def sidecar(path: Path) -> Path:
+    """The checksum file of ``path``: ``NAME.sha256``, in ``sha256sum`` format."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def write_error(path: Path, exc: OSError) -> ConfigError:
+    """A one-line ``ConfigError`` for a file or folder that cannot be written (read-only, full disk, ...)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ConfigError(
+        f"cannot write {str(path)!r}: {reason}; check that the folder is writable and the disk has space, "
+        "or pass another --out"
+    )
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def create_temp(path: Path) -> tuple[int, Path]:
+    """An open, new, empty ``.NAME.RANDOM.tmp`` next to ``path`` (parents created).
+
+    Unlike ``mkstemp`` (always 0600) the file gets the usual permissions under the umask, like a plain write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then move ``tmp`` over ``path``; ``path`` is either old or complete, never partial.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (read-only, full disk, file size limit).
+    """
+    path = Path(path)
+    try:
+        fd, tmp = create_temp(path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         write(tmp)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically.
+
+    For callers that serialise in memory first because their library would report a full disk as its own
+    exception type (``safetensors``, ``torch.save``) instead of the ``OSError`` that ``atomic_write`` names.
+    """
+    atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def remove_stale_temps(run: RunDir) -> list[Path]:
+    """Delete the temporary files a killed process left behind (``.NAME.*.tmp``); return them."""
+    stale = []
+    for folder in (run.root, run.state_dir):
+        if folder.is_dir():
+            stale += [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def write_text(path: Path, text: str) -> None:
@@ -92,9 +164,13 @@ def save_torch(path: Path, obj: Any) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with Path(path).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
+    """Append one line; a crash can cut only the last line, which ``read_jsonl`` then ignores."""
+    try:
+        with Path(path).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -115,12 +191,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool) -> RunDir:
     """Check that ``root`` may be written: new, or an earlier run we resume or overwrite."""
     run = RunDir(root)
+    try:
+        return _prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    except OSError as exc:  # read-only or unreachable --out: a user problem, not a bug
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigError(f"--out {str(root)!r} cannot be used: {reason}; pass a folder you can write to") from exc
+
+
+def _prepare_run_dir(run: RunDir, *, resume: bool, overwrite: bool) -> RunDir:
+    root = run.root
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {str(root)!r} is a file; pass a folder path")
     occupied = run.root.is_dir() and any(run.root.iterdir())
     if resume:
         if not run.is_run():
             raise ConfigError(f"--resume: {str(root)!r} holds no run to resume (no config.json)")
+        remove_stale_temps(run)
         return run
     if occupied and not overwrite:
         raise ConfigError(
@@ -130,8 +216,14 @@ def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool) -> RunDir:
     if occupied and overwrite:
         if not run.is_run():
             raise ConfigError(f"--overwrite refuses {str(root)!r}: it is not an adapmtl run folder")
-        for p in (run.metrics, run.state, run.prev_state, run.report, run.weights, run.dense_metrics):
+        states = (run.state, run.prev_state, sidecar(run.state), sidecar(run.prev_state))
+        for p in (run.metrics, *states, run.report, run.weights, run.dense_metrics):
             if p.exists():
                 p.unlink()
+        remove_stale_temps(run)
     run.root.mkdir(parents=True, exist_ok=True)
+    # Probe now: a read-only folder fails here with its name, before any work is done.
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=run.root)
+    os.close(fd)
+    os.unlink(probe)
     return run

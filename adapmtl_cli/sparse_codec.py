@@ -5,6 +5,8 @@ non-zero values in row-major order plus a ``np.packbits`` mask of one bit per el
 values plus their strictly increasing int32 flat indices, int64 from 2**31 elements on). Shapes, dtypes and
 encodings live in the safetensors metadata, so the file stays an ordinary safetensors file. The spec is
 ``docs/sparse-safetensors.md``; decoding is bit-exact, except that -0.0 comes back as +0.0 (a zero is a zero).
+With ``values_dtype`` (format version 2) wider float tensors are stored rounded to float16/bfloat16 and come
+back in their own dtype, bit-exact with respect to :func:`cast_state` of the input.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from torch import Tensor
 from adapmtl_cli.errors import ExportError
 
 FORMAT_NAME = "adapmtl-sparse"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+"""The newest version this module reads and writes; files without ``values_dtype`` are still written as "1"."""
+READ_VERSIONS = ("1", "2")
 KEY_SEPARATOR = "::"
 
 # Floating dtypes whose -0.0 is the sign bit alone and whose zeros may be dropped; other dtypes stay dense.
@@ -50,6 +54,8 @@ _DTYPES: dict[str, torch.dtype] = {
         torch.bool,
     )
 }
+# What ``--values-dtype`` accepts: the narrow float dtypes values may be stored in.
+VALUES_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _INT32_LIMIT = 2**31
 # A sparse encoding adds one safetensors header entry; it must save at least that much to be chosen.
 _HEADER_ENTRY_BYTES = 64
@@ -60,13 +66,18 @@ class SparseStats:
     """Sizes of one written sparse file.
 
     ``dense_bytes`` is the raw tensor payload of the input state_dict; ``sparse_bytes`` is the size of the
-    file on disk, header included; ``encodings`` counts tensors per encoding name.
+    file on disk, header included; ``payload_bytes`` the tensor data the encoder chose, without any header;
+    ``theoretical_bytes`` the sum over tensors of the smallest of the dense, bitmask and indices payloads
+    (the bound the file is measured against); ``encodings`` counts tensors per encoding name.
     """
 
     dense_bytes: int
     sparse_bytes: int
     tensors: int
     encodings: dict[str, int]
+    payload_bytes: int = 0
+    theoretical_bytes: int = 0
+    values_dtype: str | None = None
 
 
 def canonicalize_zeros(tensor: Tensor) -> Tensor:
@@ -83,14 +94,61 @@ def canonicalize_zeros(tensor: Tensor) -> Tensor:
     return bits.masked_fill(bits == negative_zero, 0).view(tensor.dtype)
 
 
-def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+def cast_state(state: dict[str, Tensor], values_dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """What a file written with ``values_dtype`` decodes to: wider float tensors rounded through it.
+
+    A float tensor whose elements take more bytes than ``values_dtype`` is rounded to it (round to nearest
+    even) and cast back to its own dtype; every other tensor is returned as is. ``None`` changes nothing.
+    """
+    if values_dtype is None:
+        return dict(state)
+    return {name: _round_through(tensor, values_dtype) for name, tensor in state.items()}
+
+
+def _round_through(tensor: Tensor, values_dtype: torch.dtype) -> Tensor:
+    if not _narrows(tensor.dtype, values_dtype):
+        return tensor
+    return tensor.detach().cpu().to(values_dtype).to(tensor.dtype)
+
+
+def _narrows(dtype: torch.dtype, values_dtype: torch.dtype | None) -> bool:
+    return values_dtype is not None and dtype in _SPARSE_DTYPES and dtype.itemsize > values_dtype.itemsize
+
+
+def _check_values_dtype(values_dtype: torch.dtype | None) -> None:
+    if values_dtype is not None and values_dtype not in VALUES_DTYPES.values():
+        raise ExportError(f"values dtype {values_dtype!r} is not supported; use one of {sorted(VALUES_DTYPES)} or none")
+
+
+def _check_range(name: str, tensor: Tensor, stored: Tensor) -> None:
+    """Refuse a cast that turns finite values into infinities (float16 ends at 65504)."""
+    overflow = torch.isinf(stored) & torch.isfinite(tensor)
+    if bool(overflow.any()):
+        largest = float(tensor[overflow].abs().max())
+        raise ExportError(
+            f"tensor {name!r} holds {largest:.4g}, beyond the range of {str(stored.dtype).removeprefix('torch.')}; "
+            "use --values-dtype bf16 or keep the model's dtype"
+        )
+
+
+def encode_sparse(
+    state: dict[str, Tensor], *, values_dtype: torch.dtype | None = None
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Encode a state_dict into the tensors and string metadata of one sparse safetensors file.
 
+    Args:
+        state: the state_dict; tensors may live on any device and share storage.
+        values_dtype: ``torch.float16`` or ``torch.bfloat16`` to store wider float tensors rounded to it
+            (format version 2); ``None`` stores every tensor in its own dtype (version 1).
+
     Raises:
-        ExportError: a key contains ``::`` or a tensor has a dtype the format does not store.
+        ExportError: a key contains ``::``, a tensor has a dtype the format does not store, or a value
+            overflows ``values_dtype``.
     """
+    _check_values_dtype(values_dtype)
     stored: dict[str, Tensor] = {}
     table: dict[str, dict[str, object]] = {}
+    narrowed = False
     for name, tensor in state.items():
         if KEY_SEPARATOR in name:
             raise ExportError(
@@ -102,12 +160,35 @@ def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
                 f"tensor {name!r} has dtype {dtype_name!r}, which the sparse format does not store; "
                 f"convert it to one of {sorted(_DTYPES)}"
             )
-        encoding, parts = _encode_tensor(tensor.detach().cpu())
-        table[name] = {"encoding": encoding, "shape": list(tensor.shape), "dtype": dtype_name}
+        source = tensor.detach().cpu()
+        entry: dict[str, object] = {"encoding": "", "shape": list(tensor.shape), "dtype": dtype_name}
+        if _narrows(source.dtype, values_dtype):
+            assert values_dtype is not None
+            narrow = source.to(values_dtype)
+            _check_range(name, source, narrow)
+            source, narrowed = narrow, True
+            entry["values_dtype"] = str(values_dtype).removeprefix("torch.")
+        encoding, parts = _encode_tensor(source)
+        entry["encoding"] = encoding
+        table[name] = entry
         for suffix, part in parts.items():
             stored[name + suffix] = part
-    metadata = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": json.dumps(table)}
+    version = FORMAT_VERSION if narrowed else "1"
+    metadata = {"format": FORMAT_NAME, "version": version, "tensors": json.dumps(table)}
     return stored, metadata
+
+
+def encoding_costs(numel: int, nnz: int, item: int) -> dict[str, int]:
+    """Payload bytes of each encoding for ``numel`` elements of ``item`` bytes, ``nnz`` of them non-zero.
+
+    Without the header entry a sparse encoding adds; see ``docs/sparse-safetensors.md``.
+    """
+    index_item = 4 if numel < _INT32_LIMIT else 8
+    return {
+        "dense": numel * item,
+        "bitmask": nnz * item + math.ceil(numel / 8),
+        "indices": nnz * (item + index_item),
+    }
 
 
 def _encode_tensor(tensor: Tensor) -> tuple[str, dict[str, Tensor]]:
@@ -115,14 +196,10 @@ def _encode_tensor(tensor: Tensor) -> tuple[str, dict[str, Tensor]]:
         return "dense", {"": tensor.clone(memory_format=torch.contiguous_format)}
     flat = canonicalize_zeros(tensor).reshape(-1)
     nonzero = flat.view(_SPARSE_DTYPES[tensor.dtype]) != 0
-    numel, nnz, item = flat.numel(), int(nonzero.sum()), flat.element_size()
+    numel, nnz = flat.numel(), int(nonzero.sum())
     index_dtype = torch.int32 if numel < _INT32_LIMIT else torch.int64
-    index_item = 4 if index_dtype is torch.int32 else 8
-    costs = {
-        "dense": numel * item,
-        "bitmask": nnz * item + math.ceil(numel / 8) + _HEADER_ENTRY_BYTES,
-        "indices": nnz * (item + index_item) + _HEADER_ENTRY_BYTES,
-    }
+    costs = encoding_costs(numel, nnz, flat.element_size())
+    costs = {name: cost + (0 if name == "dense" else _HEADER_ENTRY_BYTES) for name, cost in costs.items()}
     encoding = min(costs, key=costs.__getitem__)  # ties keep the first: dense, then bitmask
     if encoding == "dense":
         return "dense", {"": flat.reshape(tensor.shape)}  # canonicalize_zeros already copied
@@ -151,6 +228,7 @@ class _Entry:
     encoding: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    values_dtype: torch.dtype  # the dtype the elements are stored in; ``dtype`` unless narrowed (version 2)
 
     @property
     def numel(self) -> int:
@@ -173,10 +251,11 @@ def _parse_metadata(metadata: dict[str, str] | None) -> dict[str, _Entry]:
             f"not an adapmtl sparse file (format {found!r}, expected {FORMAT_NAME!r}); load it with safetensors instead"
         )
     assert metadata is not None
-    if metadata.get("version") != FORMAT_VERSION:
+    version = metadata.get("version")
+    if version not in READ_VERSIONS:
         raise ExportError(
-            f"unknown sparse format version {metadata.get('version')!r} (this adapmtl reads "
-            f"{FORMAT_VERSION!r}); upgrade adapmtl or re-export the file"
+            f"unknown sparse format version {version!r} (this adapmtl reads {list(READ_VERSIONS)!r}); "
+            "upgrade adapmtl or re-export the file"
         )
     try:
         table = json.loads(metadata.get("tensors", ""))
@@ -184,12 +263,17 @@ def _parse_metadata(metadata: dict[str, str] | None) -> dict[str, _Entry]:
         raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
     if not isinstance(table, dict):
         raise ExportError(f"sparse file metadata 'tensors' is {type(table).__name__!r}, expected an object")
-    return {name: _parse_entry(name, raw) for name, raw in table.items()}
+    return {name: _parse_entry(name, raw, version) for name, raw in table.items()}
 
 
-def _parse_entry(name: str, raw: object) -> _Entry:
-    if not isinstance(raw, dict) or set(raw) != {"encoding", "shape", "dtype"}:
-        raise _corrupt(name, f"entry {raw!r} must have exactly 'encoding', 'shape' and 'dtype'")
+_FIELDS = {"encoding", "shape", "dtype"}
+
+
+def _parse_entry(name: str, raw: object, version: str) -> _Entry:
+    allowed = [_FIELDS] if version == "1" else [_FIELDS, _FIELDS | {"values_dtype"}]
+    if not isinstance(raw, dict) or set(raw) not in allowed:
+        fields = "'encoding', 'shape' and 'dtype'" + ("" if version == "1" else " (and optionally 'values_dtype')")
+        raise _corrupt(name, f"entry {raw!r} must have exactly {fields}")
     encoding, shape, dtype = raw["encoding"], raw["shape"], raw["dtype"]
     if encoding not in ("dense", "bitmask", "indices"):
         raise _corrupt(name, f"unknown encoding {encoding!r}")
@@ -201,7 +285,14 @@ def _parse_entry(name: str, raw: object) -> _Entry:
         raise _corrupt(name, f"shape {shape!r} is impossibly large")
     if encoding != "dense" and _DTYPES[dtype] not in _SPARSE_DTYPES:
         raise _corrupt(name, f"dtype {dtype!r} cannot use encoding {encoding!r}")
-    return _Entry(encoding, tuple(shape), _DTYPES[dtype])
+    values_dtype = _DTYPES[dtype]
+    if "values_dtype" in raw:
+        narrow = raw["values_dtype"]
+        allowed_names = [str(d).removeprefix("torch.") for d in VALUES_DTYPES.values()]
+        if narrow not in allowed_names or not _narrows(_DTYPES[dtype], _DTYPES[narrow]):
+            raise _corrupt(name, f"values_dtype {narrow!r} does not narrow dtype {dtype!r}")
+        values_dtype = _DTYPES[narrow]
+    return _Entry(encoding, tuple(shape), _DTYPES[dtype], values_dtype)
 
 
 _Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -225,12 +316,12 @@ def _check_layout(table: dict[str, _Entry], stored: _Layout) -> None:
 def _layout_problem(name: str, entry: _Entry, stored: _Layout) -> str | None:
     if entry.encoding == "dense":
         shape, dtype = stored[name]
-        if shape != entry.shape or dtype != entry.dtype:
-            return f"stored as {list(shape)!r} {dtype}, declared {list(entry.shape)!r} {entry.dtype}"
+        if shape != entry.shape or dtype != entry.values_dtype:
+            return f"stored as {list(shape)!r} {dtype}, declared {list(entry.shape)!r} {entry.values_dtype}"
         return None
     values_shape, values_dtype = stored[name + "::values"]
-    if len(values_shape) != 1 or values_dtype != entry.dtype:
-        return f"values are {list(values_shape)!r} {values_dtype}, expected one dimension of {entry.dtype}"
+    if len(values_shape) != 1 or values_dtype != entry.values_dtype:
+        return f"values are {list(values_shape)!r} {values_dtype}, expected one dimension of {entry.values_dtype}"
     if values_shape[0] > entry.numel:
         return f"{values_shape[0]} values for a tensor of {entry.numel} elements"
     if entry.encoding == "bitmask":
@@ -248,18 +339,18 @@ def _layout_problem(name: str, entry: _Entry, stored: _Layout) -> str | None:
 
 def _decode_tensor(name: str, entry: _Entry, tensors: dict[str, Tensor]) -> Tensor:
     if entry.encoding == "dense":
-        return canonicalize_zeros(tensors[name])
+        return canonicalize_zeros(tensors[name]).to(entry.dtype)
     values, numel = tensors[name + "::values"], entry.numel
-    bits = values.view(_SPARSE_DTYPES[entry.dtype])
+    bits = values.view(_SPARSE_DTYPES[entry.values_dtype])
     if bool(((bits == 0) | (bits == torch.iinfo(bits.dtype).min)).any()):
         raise _corrupt(name, "stored values contain zeros")
     if entry.encoding == "bitmask":
         positions = _mask_positions(name, tensors[name + "::mask"], numel, values.numel())
     else:
         positions = _index_positions(name, tensors[name + "::indices"], numel)
-    flat = torch.zeros(numel, dtype=entry.dtype)
+    flat = torch.zeros(numel, dtype=entry.values_dtype)
     flat[positions] = values
-    return flat.reshape(entry.shape)
+    return flat.reshape(entry.shape).to(entry.dtype)  # widening is exact, so the round trip stays bit-exact
 
 
 def _mask_positions(name: str, packed: Tensor, numel: int, count: int) -> Tensor:
@@ -282,13 +373,16 @@ def _index_positions(name: str, indices: Tensor, numel: int) -> Tensor:
     return positions
 
 
-def save_sparse(state: dict[str, Tensor], path: Path) -> SparseStats:
+def save_sparse(state: dict[str, Tensor], path: Path, *, values_dtype: torch.dtype | None = None) -> SparseStats:
     """Encode ``state`` and write it to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    ``values_dtype`` (``torch.float16`` or ``torch.bfloat16``) stores wider float tensors rounded to it; the
+    file then decodes to ``cast_state(state, values_dtype)``.
 
     Raises:
         ExportError: the state cannot be encoded or the file cannot be written.
     """
-    stored, metadata = encode_sparse(state)
+    stored, metadata = encode_sparse(state, values_dtype=values_dtype)
     path = Path(path)
     try:
         tmp_name = _create_temp_beside(path)
@@ -303,14 +397,32 @@ def save_sparse(state: dict[str, Tensor], path: Path) -> SparseStats:
     except OSError as exc:
         raise ExportError(f"cannot write sparse file {str(path)!r} ({exc}); check the folder") from exc
     encodings: dict[str, int] = {}
-    for entry in json.loads(metadata["tensors"]).values():
+    theoretical = 0
+    for name, entry in json.loads(metadata["tensors"]).items():
         encodings[entry["encoding"]] = encodings.get(entry["encoding"], 0) + 1
+        theoretical += _best_payload(name, entry, stored)
     return SparseStats(
         dense_bytes=sum(t.numel() * t.element_size() for t in state.values()),
         sparse_bytes=path.stat().st_size,
         tensors=len(state),
         encodings=encodings,
+        payload_bytes=sum(t.numel() * t.element_size() for t in stored.values()),
+        theoretical_bytes=theoretical,
+        values_dtype=None if values_dtype is None else str(values_dtype).removeprefix("torch."),
     )
+
+
+def _best_payload(name: str, entry: dict[str, object], stored: dict[str, Tensor]) -> int:
+    """The smallest of the three encodings' payloads for one encoded tensor (header entries not counted)."""
+    if entry["encoding"] == "dense":
+        tensor = stored[name]
+        if tensor.dtype not in _SPARSE_DTYPES or tensor.numel() == 0:
+            return tensor.numel() * tensor.element_size()
+        nnz = int((canonicalize_zeros(tensor).reshape(-1).view(_SPARSE_DTYPES[tensor.dtype]) != 0).sum())
+        return min(encoding_costs(tensor.numel(), nnz, tensor.element_size()).values())
+    values = stored[name + "::values"]
+    numel = math.prod(entry["shape"])  # type: ignore[arg-type]
+    return min(encoding_costs(numel, values.numel(), values.element_size()).values())
 
 
 def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from adapmtl_cli.engine import StepInfo
 from adapmtl_cli.report import report_markdown
+from adapmtl_cli.report_data import load_runs
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -138,7 +139,8 @@ def test_report_json_equals_report_file(pruned_run: CliRun) -> None:
 def test_report_markdown(pruned_run: CliRun) -> None:
     result = invoke("report", pruned_run.path, "--markdown")
     assert result.exit_code == 0, result.output
-    assert result.stdout.rstrip("\n") == report_markdown(read_report(pruned_run.path)).rstrip("\n")
+    [view] = load_runs([pruned_run.path])
+    assert result.stdout.rstrip("\n") == report_markdown(view.report, baseline=view.baseline).rstrip("\n")
     assert "| component | kind | tasks | params | sparsity | threshold |" in result.stdout
 
 

@@ -39,10 +39,10 @@ def test_sparsity_inside_open_interval(sparsity: float) -> None:
 
 
 def test_all_problems_on_one_line() -> None:
-    message = _error(sparsity=2, steps=0, lr=-1, granularity="channel")
+    message = _error(sparsity=2, steps=0, lr=-1, method="channel")
     parts = message.split("; ")
-    assert [p.split(":")[0] for p in parts] == ["--sparsity", "--steps", "--lr", "--granularity"]
-    assert "(got 2)" in parts[0] and "(got 0)" in parts[1]
+    assert [p.split(":")[0] for p in parts] == ["--method", "--sparsity", "--steps", "--lr"]
+    assert "(got 2)" in parts[1] and "(got 0)" in parts[2]
 
 
 def test_missing_required_values_are_named() -> None:

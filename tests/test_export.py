@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 from tiny_models import HardShared
 from torch import Tensor, nn
 
+from adapmtl_cli import export as export_module
 from adapmtl_cli.errors import ExportError
 from adapmtl_cli.export import (
+    OnnxExport,
     OnnxParity,
     check_onnx_parity,
     check_sparse_roundtrip,
@@ -144,6 +146,54 @@ def test_fixed_batch_and_opset_are_honoured(tmp_path: Path) -> None:
         check_onnx_parity(wrapper, path, [_images(3)], TASKS)
 
 
+def test_export_reports_what_it_wrote(exported: tuple[nn.Module, Path]) -> None:
+    wrapper, path = exported
+    written = export_onnx(wrapper, _images(1), path.with_name("again.onnx"), TASKS, exporter="legacy")
+    assert isinstance(written, OnnxExport)
+    assert written.opset == onnx.load(str(written.path)).opset_import[0].version >= 17
+    assert written.bytes == written.path.stat().st_size
+    assert written.external_data is None and written.sparse_initializers == 0
+    written.path.unlink()
+
+
+def test_sparse_initializers_are_smaller_and_match(tmp_path: Path) -> None:
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    dense = export_onnx(wrapper, _images(1), tmp_path / "dense.onnx", TASKS, exporter="legacy")
+    sparse = export_onnx(
+        wrapper, _images(1), tmp_path / "sparse.onnx", TASKS, exporter="legacy", sparse_initializers=True
+    )
+    assert sparse.sparse_initializers > 0 and sparse.bytes < dense.bytes
+    graph = onnx.load(str(sparse.path)).graph
+    assert len(graph.sparse_initializer) == sparse.sparse_initializers
+    for tensor in graph.sparse_initializer:
+        assert tensor.indices.data_type == onnx.TensorProto.INT64  # the ONNX spec's only index type
+        assert list(tensor.indices.dims) == list(tensor.values.dims)  # flat positions, one per value
+    parity = check_onnx_parity(wrapper, sparse.path, [_images(1, seed=5), _images(3, seed=6)], TASKS)
+    assert parity.max_abs_diff < 1e-4
+
+
+def test_external_data_is_written_beside_the_graph_and_cleaned_up(tmp_path: Path) -> None:
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    path = tmp_path / "model.onnx"
+    written = export_onnx(wrapper, _images(1), path, TASKS, exporter="legacy", external_data=True)
+    assert written.external_data == tmp_path / "model.onnx.data"
+    assert written.bytes == path.stat().st_size + written.external_data.stat().st_size
+    assert path.stat().st_size < 20_000 < written.external_data.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    onnx.checker.check_model(str(path), full_check=True)
+    check_onnx_parity(wrapper, path, [_images(2, seed=7)], TASKS)
+    export_onnx(wrapper, _images(1), path, TASKS, exporter="legacy", external_data=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # the stale data file is gone
+
+
+def test_external_data_is_chosen_automatically_above_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 10_000)  # stands in for 2 GiB
+    wrapper = _TupleOutputs(_pruned_model(), TASKS)
+    written = export_onnx(wrapper, _images(1), tmp_path / "big.onnx", TASKS)
+    assert written.external_data == tmp_path / "big.onnx.data" and written.exporter == "dynamo"
+    check_onnx_parity(wrapper, written.path, [_images(3, seed=8)], TASKS)
+
+
 def test_unknown_exporter_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"unknown ONNX exporter 'torchscript'"):
         export_onnx(HardShared(), _images(1), tmp_path / "m.onnx", TASKS, exporter="torchscript")
@@ -183,6 +233,14 @@ def test_sparse_round_trip_check_passes_and_catches_differences(tmp_path: Path) 
     retyped = {**state, "heads.depth.2.bias": state["heads.depth.2.bias"].double()}
     with pytest.raises(ExportError, match="is torch.float32 .*expected torch.float64"):
         check_sparse_roundtrip(retyped, tmp_path / "m.sparse.safetensors")
+
+
+def test_sparse_round_trip_with_narrow_values_compares_with_the_rounded_weights(tmp_path: Path) -> None:
+    state = _pruned_model().state_dict()
+    save_sparse(state, tmp_path / "h.safetensors", values_dtype=torch.float16)
+    check_sparse_roundtrip(state, tmp_path / "h.safetensors", values_dtype=torch.float16)
+    with pytest.raises(ExportError, match="values differ"):
+        check_sparse_roundtrip(state, tmp_path / "h.safetensors")
 
 
 def test_sparse_round_trip_treats_negative_zero_as_zero(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Report loading and rendering (Markdown and the rich view) on the shared pruned run."""
+"""Report loading and rendering: exact Markdown/CSV of a tiny hand-made report, the rich views on the shared run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from rich.console import Console
 
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.report import load_report, report_markdown, report_renderable
+from adapmtl_cli.report import compare_renderable, load_report, report_markdown, report_renderable
+from adapmtl_cli.report_data import RunView
+from adapmtl_cli.report_text import compare_markdown, report_csv
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -60,11 +62,125 @@ def test_markdown_has_every_component_and_metric(report: RunReport) -> None:
         assert f"{c.sparsity:.2%}" in md
     for task, tm in report.tasks.items():
         for metric, dense in tm.dense.items():
-            assert f"| {task} | {metric} |" in md
             row = next(line for line in md.splitlines() if line.startswith(f"| {task} | {metric} |"))
-            assert row.endswith(f"| {_fmt(dense)} | {_fmt(tm.pruned[metric])} |"), row
+            assert f"| {_fmt(dense)} | {_fmt(tm.pruned[metric])} | {tm.pruned[metric] - dense:+.4f}" in row, row
     assert f"achieved {report.overall_sparsity:.2%}" in md
     assert f"**Δ_T** {report.delta_t.overall:+.2f}%" in md
+
+
+def _tiny(**update: object) -> RunReport:
+    rep = RunReport(
+        method="adapmtl",
+        weighting="adaptive",
+        target_sparsity=0.5,
+        overall_sparsity=0.5,
+        prunable_params=200,
+        zeros=100,
+        steps=10,
+        wall_seconds=3.2,
+        components=[
+            {
+                "name": "backbone",
+                "kind": "backbone",
+                "tasks": ["seg", "depth"],
+                "params": 120,
+                "zeros": 72,
+                "sparsity": 0.6,
+                "threshold": 0.0123,
+            },
+            {
+                "name": "head:seg",
+                "kind": "head",
+                "tasks": ["seg"],
+                "params": 80,
+                "zeros": 28,
+                "sparsity": 0.35,
+                "threshold": 0.02,
+            },
+        ],
+        layers=[
+            {"name": "enc.conv2", "component": "backbone", "params": 100, "zeros": 65, "sparsity": 0.65},
+            {"name": "head.seg", "component": "head:seg", "params": 80, "zeros": 28, "sparsity": 0.35},
+            {"name": "enc.conv10", "component": "backbone", "params": 20, "zeros": 7, "sparsity": 0.35},
+        ],
+        tasks={
+            "seg": {"dense": {"miou": 0.5}, "pruned": {"miou": 0.55}, "higher_is_better": {"miou": True}},
+            "depth": {"dense": {"abs_err": 0.2}, "pruned": {"abs_err": 0.25}, "higher_is_better": {"abs_err": False}},
+        },
+        delta_t={"per_task": {"seg": 10.0, "depth": -25.0}, "overall": -7.5, "convention": "conv"},
+        task_weights={"seg": 0.8, "depth": 1.2},
+    )
+    return rep.model_copy(update=update)
+
+
+TINY_MARKDOWN = """\
+**Sparsity**: target 50.00%, achieved 50.00% (100 of 200 prunable weights); method `adapmtl`, weighting `adaptive`, \
+10 steps, 3 s
+
+| component | kind | tasks | params | sparsity | threshold |
+|---|---|---|---:|---:|---:|
+| backbone | backbone | seg,depth | 120 | 60.00% | 0.0123 |
+| head:seg | head | seg | 80 | 35.00% | 0.02 |
+
+| task | metric | better | dense | pruned | change |
+|---|---|---|---:|---:|---:|
+| seg | miou | ↑ | 0.5000 | 0.5500 | +0.0500 (+10.0%) |
+| depth | abs_err | ↓ | 0.2000 | 0.2500 | +0.0500 (-25.0%) |
+
+**Δ_T** -7.50% (seg +10.00, depth -25.00). conv; baseline: B
+
+Task weights at the last step: seg 0.8000, depth 1.2000
+
+| layer | component | params | sparsity | threshold |
+|---|---|---:|---:|---:|
+| enc.conv2 | backbone | 100 | 65.00% | - |
+| enc.conv10 | backbone | 20 | 35.00% | - |
+| head.seg | head:seg | 80 | 35.00% | - |
+"""
+
+
+def test_markdown_of_a_tiny_report_exactly() -> None:
+    assert report_markdown(_tiny(), layers=True, sort="sparsity", baseline="baseline: B") == TINY_MARKDOWN
+
+
+def test_compare_markdown_bolds_the_best_value_only_where_runs_differ() -> None:
+    md = compare_markdown([RunView("a", _tiny()), RunView("b", _tiny(overall_sparsity=0.4, wall_seconds=1.0))])
+    lines = md.splitlines()
+    assert lines[0].startswith("Comparing 2 runs; best per row: higher sparsity")
+    assert "| achieved sparsity | **50.00%** | 40.00% |" in lines
+    assert "| wall time | 3 s | **1 s** |" in lines
+    assert "| target sparsity | 50.00% | 50.00% |" in lines  # a setting: never bold
+    assert "| seg miou ↑ pruned | 0.5500 | 0.5500 |" in lines  # a tie: nobody is best
+    assert "| Δ_T overall | -7.50 | -7.50 |" in lines
+    assert not any("enc.conv2" in line for line in lines)
+
+
+def test_compare_handles_runs_with_different_components() -> None:
+    other = _tiny(components=_tiny().components[:1])
+    md = compare_markdown([RunView("a", _tiny()), RunView("b", other)])
+    assert "| head:seg sparsity | 35.00% | - |" in md.splitlines()
+
+
+def test_csv_of_a_tiny_report_starts_with_the_summary_at_full_precision() -> None:
+    lines = report_csv([RunView("a", _tiny())]).splitlines()
+    assert lines[:5] == [
+        "section,name,field,value",
+        "summary,,method,adapmtl",
+        "summary,,weighting,adaptive",
+        "summary,,target_sparsity,0.5",
+        "summary,,overall_sparsity,0.5",
+    ]
+    assert "summary,,wall_seconds,3.2" in lines
+    assert 'component,backbone,tasks,"seg,depth"' in lines
+    assert "metric,depth.abs_err,better,lower" in lines
+    assert "layer,enc.conv10,threshold," in lines
+
+
+def test_compare_renderable_marks_the_best_with_a_star() -> None:
+    text = _render(compare_renderable([RunView("a", _tiny()), RunView("b", _tiny(overall_sparsity=0.4))]))
+    line = next(x for x in text.splitlines() if "achieved sparsity" in x)
+    assert "50.00% ★" in line and "40.00% ★" not in line
+    assert "★ best per row" in text
 
 
 def test_renderable_shows_sparsity_components_and_metrics(report: RunReport) -> None:

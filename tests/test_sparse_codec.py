@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import Tensor
 from adapmtl_cli.errors import ExportError
 from adapmtl_cli.sparse_codec import (
     canonicalize_zeros,
+    cast_state,
     decode_sparse,
     encode_sparse,
     load_sparse,
@@ -134,6 +136,114 @@ def test_reserved_separator_in_key_is_rejected() -> None:
         encode_sparse({"a::values": torch.zeros(3)})
 
 
+@functools.cache
+def _model_like_state(sparsity: float) -> dict[str, Tensor]:
+    """A ResNet-stage-sized state_dict: big sparse convs plus the small dense tensors around them (read-only)."""
+    state: dict[str, Tensor] = {}
+    for i, (cout, cin) in enumerate([(256, 128), (256, 256), (512, 256), (512, 512)]):
+        state[f"layer{i}.conv.weight"] = _sparse_tensor((cout, cin, 3, 3), sparsity, torch.float32, seed=i)
+        for stat in ("weight", "bias", "running_mean", "running_var"):
+            state[f"layer{i}.bn.{stat}"] = torch.rand(cout)
+        state[f"layer{i}.bn.num_batches_tracked"] = torch.tensor(100)
+    return state
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
+@pytest.mark.parametrize("values_dtype", [None, torch.float16])
+def test_file_is_within_two_percent_of_the_better_encoding(
+    tmp_path: Path, sparsity: float, values_dtype: torch.dtype | None
+) -> None:
+    state = _model_like_state(sparsity)
+    stats = save_sparse(state, tmp_path / "m.safetensors", values_dtype=values_dtype)
+    assert stats.theoretical_bytes <= stats.payload_bytes < stats.sparse_bytes
+    assert stats.sparse_bytes <= 1.02 * stats.theoretical_bytes
+    if sparsity == 0.9 and values_dtype is None:
+        assert stats.sparse_bytes <= 0.14 * stats.dense_bytes  # the acceptance bound for fp32 values
+
+
+# --- narrow values (format version 2) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_dtype", [torch.float16, torch.bfloat16])
+def test_narrow_values_decode_to_the_cast_state_in_the_original_dtypes(
+    tmp_path: Path, values_dtype: torch.dtype
+) -> None:
+    state = {
+        "conv.weight": _sparse_tensor((64, 32, 3, 3), 0.9, torch.float32),
+        "fc.weight": _sparse_tensor((100, 100), 0.99, torch.float64, seed=2),
+        "bn.running_var": torch.rand(64) + 0.5,
+        "half.weight": _sparse_tensor((40, 40), 0.9, torch.float16, seed=3),  # not wider: stored as is
+        "steps": torch.tensor(3),
+    }
+    state["conv.weight"].view(-1)[:5] = torch.tensor([1e-9, -1e-9, -0.0, 1.0 + 2**-20, float("inf")])
+    stats = save_sparse(state, tmp_path / "n.safetensors", values_dtype=values_dtype)
+    _, metadata = encode_sparse(state, values_dtype=values_dtype)
+    assert metadata["version"] == "2"
+    table = json.loads(metadata["tensors"])
+    assert table["conv.weight"]["dtype"] == "float32"
+    assert table["conv.weight"]["values_dtype"] == str(values_dtype).removeprefix("torch.")
+    assert "values_dtype" not in table["half.weight"] and "values_dtype" not in table["steps"]
+    loaded = load_sparse(tmp_path / "n.safetensors")
+    want = cast_state(state, values_dtype)
+    for name, tensor in state.items():
+        assert loaded[name].dtype == tensor.dtype
+        _assert_bit_equal(loaded[name], want[name])
+    assert torch.equal(loaded["half.weight"], state["half.weight"])
+    assert stats.values_dtype == str(values_dtype).removeprefix("torch.")
+
+
+def test_narrow_values_halve_the_file(tmp_path: Path) -> None:
+    state = _model_like_state(0.9)
+    wide = save_sparse(state, tmp_path / "w.safetensors")
+    narrow = save_sparse(state, tmp_path / "h.safetensors", values_dtype=torch.float16)
+    # bitmask at 90%: (0.1 * 2 + 1/8) / (0.1 * 4 + 1/8) of the payload
+    assert narrow.sparse_bytes <= 0.63 * wide.sparse_bytes
+
+
+def test_files_without_narrow_values_stay_version_1() -> None:
+    _, metadata = encode_sparse({"w": torch.zeros(3, dtype=torch.float16)}, values_dtype=torch.float16)
+    assert metadata["version"] == "1"
+
+
+def test_float16_overflow_is_refused() -> None:
+    with pytest.raises(ExportError, match=r"tensor 'bn.running_var' holds 1e\+05, beyond the range of float16.*bf16"):
+        encode_sparse({"bn.running_var": torch.tensor([1.0, 1e5])}, values_dtype=torch.float16)
+    encode_sparse({"bn.running_var": torch.tensor([1.0, 1e5])}, values_dtype=torch.bfloat16)
+
+
+def test_unsupported_values_dtype_is_refused() -> None:
+    with pytest.raises(ExportError, match="values dtype torch.int8 is not supported"):
+        encode_sparse({"w": torch.zeros(3)}, values_dtype=torch.int8)
+
+
+@pytest.mark.parametrize(
+    ("version", "values_dtype", "message"),
+    [
+        (
+            "1",
+            "float16",
+            "must have exactly 'encoding', 'shape' and 'dtype'; the file is corrupt",
+        ),
+        ("2", "float64", "values_dtype 'float64' does not narrow dtype 'float32'"),
+        ("2", "int8", "values_dtype 'int8' does not narrow"),
+    ],
+)
+def test_rejects_bad_values_dtype(tmp_path: Path, version: str, values_dtype: str, message: str) -> None:
+    tensors, metadata = encode_sparse({"w": _sparse_tensor((64, 64), 0.9, torch.float32)}, values_dtype=torch.float16)
+    path = _write_raw(
+        tmp_path / "d.safetensors", tensors, {**_with_table(metadata, values_dtype=values_dtype), "version": version}
+    )
+    with pytest.raises(ExportError, match=message):
+        load_sparse(path)
+
+
+def test_rejects_values_stored_wider_than_declared(tmp_path: Path) -> None:
+    tensors, metadata = encode_sparse({"w": _sparse_tensor((64, 64), 0.9, torch.float32)}, values_dtype=torch.float16)
+    tensors["w::values"] = tensors["w::values"].float()
+    with pytest.raises(ExportError, match=r"values are \[\d+\] torch.float32, expected one dimension of torch.float16"):
+        load_sparse(_write_raw(tmp_path / "x.safetensors", tensors, metadata))
+
+
 # --- malformed files ---------------------------------------------------------------------------
 
 
@@ -149,8 +259,8 @@ def _with_table(metadata: dict[str, str], **changes: object) -> dict[str, str]:
 
 def test_rejects_unknown_version(tmp_path: Path) -> None:
     tensors, metadata = _valid_parts()
-    path = _write_raw(tmp_path / "v.safetensors", tensors, {**metadata, "version": "2"})
-    with pytest.raises(ExportError, match=r"unknown sparse format version '2'"):
+    path = _write_raw(tmp_path / "v.safetensors", tensors, {**metadata, "version": "3"})
+    with pytest.raises(ExportError, match=r"unknown sparse format version .3."):
         load_sparse(path)
 
 
@@ -266,10 +376,13 @@ def test_crafted_shape_is_also_refused_by_decode_sparse() -> None:
     sparsity=st.floats(0.0, 1.0),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
     seed=st.integers(0, 2**16),
+    values_dtype=st.sampled_from([None, torch.float16, torch.bfloat16]),
 )
-def test_property_round_trip(shape: list[int], sparsity: float, dtype: torch.dtype, seed: int) -> None:
+def test_property_round_trip(
+    shape: list[int], sparsity: float, dtype: torch.dtype, seed: int, values_dtype: torch.dtype | None
+) -> None:
     tensor = _sparse_tensor(tuple(shape), sparsity, dtype, seed)
     if tensor.numel():
         tensor.view(-1)[0] = -0.0
-    decoded = decode_sparse(*encode_sparse({"t": tensor}))
-    _assert_bit_equal(decoded["t"], tensor)
+    decoded = decode_sparse(*encode_sparse({"t": tensor}, values_dtype=values_dtype))
+    _assert_bit_equal(decoded["t"], cast_state({"t": tensor}, values_dtype)["t"])

@@ -1,0 +1,170 @@
+"""The pruning-method contract, and the two families every method belongs to.
+
+A ``Pruner`` owns the trainable wrapper around the user's model, its optimizer parameter groups, the sparsity
+target over the run and what happens after each optimizer step; the engine only runs the loop. Both families
+land exactly on the requested overall sparsity at the last step:
+
+* ``ThresholdPruner`` — learnable soft thresholds (AdapMTL, STR variants) with the level controller of
+  ``schedule.py``: gradients split the sparsity between groups, one common offset sets the level.
+* ``MaskPruner`` — binary masks chosen by a score (magnitude, task importance) at fixed count, either once at
+  the start (one-shot + fine-tune) or on a cubic schedule (gradual magnitude pruning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from adapmtl_cli.discover import ComponentMap
+from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
+from adapmtl_cli.schedule import LevelController, cubic_target
+from adapmtl_cli.thresholds import (
+    LayerSparsity,
+    ThresholdedModel,
+    bake_,
+    init_thresholds_,
+    inject_thresholds_,
+    measure_layers,
+)
+
+Batches = Callable[[], Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]]
+"""A fresh iterator over a few training batches (for methods that score weights with task gradients)."""
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may use when it is built."""
+
+    model: nn.Module
+    cmap: ComponentMap
+    sparsity: float
+    steps: int
+    ramp_end: float
+    calibration: Batches | None = None
+    task_losses: Callable[[nn.Module, tuple[torch.Tensor, dict[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = (
+        None
+    )
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    """One pruning method applied to one model."""
+
+    name: str
+    module: nn.Module
+    """The wrapper to train (the user's model plus any learnable pruning parameters)."""
+
+    def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]: ...
+
+    def target_at(self, step: int) -> float:
+        """Scheduled overall sparsity after ``step`` optimizer steps."""
+        ...
+
+    def after_step_(self, step: int) -> float:
+        """Apply the method after optimizer step ``step`` (1-based); return the overall sparsity now."""
+        ...
+
+    def measure(self) -> list[LayerSparsity]: ...
+
+    def thresholds(self) -> dict[str, float]:
+        """Per group, the current threshold (empty for mask methods)."""
+        ...
+
+    def bake_(self) -> nn.Module:
+        """Plain weights with exact zeros; returns the user's model (the pruner is spent)."""
+        ...
+
+
+def _weights_and_rest(module: nn.Module, special: set[int]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    ordinary = [p for p in module.parameters() if p.requires_grad and id(p) not in special]
+    extra = [p for p in module.parameters() if p.requires_grad and id(p) in special]
+    return ordinary, extra
+
+
+class ThresholdPruner:
+    """Soft thresholds (one per component, per layer or global) driven onto a cubic schedule."""
+
+    def __init__(self, name: str, ctx: MethodContext, granularity: str) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.tm: ThresholdedModel = inject_thresholds_(ctx.model, ctx.cmap, granularity)
+        init_thresholds_(self.tm, 0.0)
+        self.module: nn.Module = self.tm
+        self._controller: LevelController | None = None
+
+    def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
+        weights, bank = _weights_and_rest(self.tm, {id(p) for p in self.tm.bank.parameters()})
+        return [
+            {"params": weights, "lr": lr, "weight_decay": 0.0},
+            {"params": bank, "lr": threshold_lr, "weight_decay": 0.0},
+        ]
+
+    def target_at(self, step: int) -> float:
+        return cubic_target(step, self.ctx.steps, self.ctx.sparsity, 0.0, self.ctx.ramp_end)
+
+    def after_step_(self, step: int) -> float:
+        if self._controller is None:
+            self._controller = LevelController(self.tm)
+        fit = self._controller.step_(step - 1, self.target_at(step), exact=step >= self.ctx.steps)
+        return fit.sparsity
+
+    def measure(self) -> list[LayerSparsity]:
+        return measure_layers(self.tm)
+
+    def thresholds(self) -> dict[str, float]:
+        return self.tm.bank.values()
+
+    def bake_(self) -> nn.Module:
+        return bake_(self.tm)
+
+
+class MaskPruner:
+    """Binary masks from a score; ``gradual=False`` prunes once before step 1, ``True`` on a cubic schedule."""
+
+    def __init__(self, name: str, ctx: MethodContext, *, gradual: bool, update_every: int | None = None) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.gradual = gradual
+        self.mm: MaskedModel = inject_masks_(ctx.model, ctx.cmap)
+        self.module: nn.Module = self.mm
+        self.total = sum(self.mm.raw_weight(f).numel() for f in self.mm.groups)
+        self.update_every = update_every or max(1, ctx.steps // 50)
+        if not gradual:
+            self.apply_(ctx.sparsity)
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Higher = keep. Subclasses override (default: magnitude of the effective weight)."""
+        from adapmtl_cli.masks import effective_magnitudes
+
+        return effective_magnitudes(self.mm)
+
+    def apply_(self, sparsity: float) -> None:
+        keep_top_(self.mm, self.scores(), self.total - int(round(sparsity * self.total)))
+
+    def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
+        del threshold_lr
+        return [{"params": [p for p in self.mm.parameters() if p.requires_grad], "lr": lr, "weight_decay": 0.0}]
+
+    def target_at(self, step: int) -> float:
+        if not self.gradual:
+            return self.ctx.sparsity
+        return cubic_target(step, self.ctx.steps, self.ctx.sparsity, 0.0, self.ctx.ramp_end)
+
+    def after_step_(self, step: int) -> float:
+        if self.gradual and (step % self.update_every == 0 or step >= self.ctx.steps):
+            self.apply_(self.target_at(step))
+        return sum(mask_zeros(self.mm).values()) / self.total
+
+    def measure(self) -> list[LayerSparsity]:
+        zeros = mask_zeros(self.mm)
+        return [LayerSparsity(f, g, self.mm.raw_weight(f).numel(), zeros[f]) for f, g in self.mm.groups.items()]
+
+    def thresholds(self) -> dict[str, float]:
+        return {}
+
+    def bake_(self) -> nn.Module:
+        return bake_masks_(self.mm)

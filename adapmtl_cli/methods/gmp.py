@@ -1,0 +1,14 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017): global magnitude masks on the cubic schedule.
+
+Masks are recomputed every ``steps // 50`` steps from the effective weights, so pruned weights stay pruned.
+"""
+
+from __future__ import annotations
+
+from adapmtl_cli.methods import register_method
+from adapmtl_cli.methods.base import MaskPruner, MethodContext
+
+
+@register_method("gmp")
+def build(ctx: MethodContext) -> MaskPruner:
+    return MaskPruner("gmp", ctx, gradual=True)

@@ -1,0 +1,11 @@
+"""STR-style (Kusupati et al. 2020) baseline: one soft threshold shared by every prunable layer."""
+
+from __future__ import annotations
+
+from adapmtl_cli.methods import register_method
+from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
+
+
+@register_method("str_global")
+def build(ctx: MethodContext) -> ThresholdPruner:
+    return ThresholdPruner("str_global", ctx, "global")
