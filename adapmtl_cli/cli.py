@@ -268,6 +268,7 @@ def inspect(
             )
     ui.show(components_renderable(manifest, not_pruned(prepared), step))
 
+
 @app.command(
     epilog=(
         "Example: adapmtl prune model.pt --factory my_models.py:build --data synthetic --data-dir ./scenes "
@@ -329,7 +330,7 @@ def prune(
 ) -> None:
     """Prune CHECKPOINT to --sparsity with AdapMTL and write a run folder (see `adapmtl report`)."""
     from adapmtl_cli import ui
-    from adapmtl_cli.config_files import prune_config_toml, resolve_prune_config, sync_run_config_toml
+    from adapmtl_cli.config_files import prune_config_toml, resolve_prune_config
     from adapmtl_cli.pipeline import Hooks, run_prune
     from adapmtl_cli.report import report_renderable
 
@@ -340,10 +341,7 @@ def prune(
     live = ui.TrainingProgress(session.quiet, log_format=session.log_format, tensorboard=session.tensorboard)
     with live as progress:
         hooks = Hooks(status=progress.status, on_step=progress.on_step, on_eval=progress.on_eval)
-        try:
-            report = run_prune(cfg, resume=session.resume, overwrite=session.overwrite, hooks=hooks)
-        finally:
-            sync_run_config_toml(Path(cfg.out))
+        report = run_prune(cfg, resume=session.resume, overwrite=session.overwrite, hooks=hooks)
         progress.finished(report, cfg.out)
     if session.log_format == "text":
         if not session.quiet:

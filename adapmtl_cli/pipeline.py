@@ -28,6 +28,7 @@ from adapmtl_cli.config import (
     RunReport,
     TaskMetrics,
 )
+from adapmtl_cli.config_files import sync_run_config_toml
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.discover import ComponentMap, discover_components, parse_head_overrides
 from adapmtl_cli.engine import (
@@ -300,6 +301,8 @@ def run_prune(
         raise
     if not resume:
         write_model(run.config, cfg)
+    # config.toml mirrors config.json so `adapmtl prune --config RUN/config.toml` repeats the run.
+    sync_run_config_toml(run.root)
     write_model(run.components, components_manifest(prepared))
     model = prepared.loaded.model.to(device)
 

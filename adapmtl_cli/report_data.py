@@ -175,7 +175,9 @@ def load_runs(paths: Sequence[Path]) -> list[RunView]:
         raise ConfigError("; ".join(problems))
     labels = run_labels(paths)
     return [
-        RunView(label, rep, _baseline(RunDir(p)), Path(p), read_jsonl(RunDir(p).metrics))
+        RunView(
+            label, rep, _baseline(RunDir(p)), Path(p), [r for r in read_jsonl(RunDir(p).metrics) if "event" not in r]
+        )
         for label, rep, p in zip(labels, reports, paths, strict=True)
     ]
 

@@ -174,7 +174,8 @@ def encode_sparse(
         for suffix, part in parts.items():
             stored[name + suffix] = part
     version = FORMAT_VERSION if narrowed else "1"
-    metadata = {"format": FORMAT_NAME, "version": version, "tensors": json.dumps(table)}
+    # Compact separators: the table is stored JSON-escaped in the header, once per tensor, so spaces add up.
+    metadata = {"format": FORMAT_NAME, "version": version, "tensors": json.dumps(table, separators=(",", ":"))}
     return stored, metadata
 
 

@@ -81,8 +81,13 @@ class ThresholdedModel(nn.Module):
         return self.model(*args, **kwargs)
 
     def layer_modules(self) -> dict[str, nn.Module]:
-        mods = dict(self.model.named_modules())
-        return {fqn: mods[fqn] for fqn in self.groups}
+        # Cached: walking named_modules() on every call cost ~15% of a training step on small models.
+        cache = self.__dict__.get("_layer_cache")
+        if cache is None:
+            mods = dict(self.model.named_modules())
+            cache = {fqn: mods[fqn] for fqn in self.groups}
+            self.__dict__["_layer_cache"] = cache
+        return cache
 
     def raw_weight(self, fqn: str) -> torch.Tensor:
         module = self.layer_modules()[fqn]

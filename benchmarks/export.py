@@ -1,6 +1,6 @@
 """Export benchmark: file sizes of every deployment artefact, and what --shrink buys in onnxruntime.
 
-    python benchmarks/export.py                       # the committed table, a few minutes on 2 CPU cores
+    python benchmarks/export.py                       # the committed table: ~8 min on 2 shared CPU cores
     python benchmarks/export.py --models mobilenet_v2_tiny --sparsities 0.9 --out -   # quick look, stdout only
 
 For each reference model (`adapmtl_cli.models`) and sparsity, the weights are pruned **directly by global
@@ -53,6 +53,7 @@ class Row:
     dense_st: int
     sparse_st: int
     sparse_theory: int
+    sparse_payload: int
     sparse_st_fp16: int
     dense_onnx: int
     sparse_onnx: int
@@ -190,6 +191,7 @@ def measure(name: str, sparsity: float, model: nn.Module, size: tuple[int, int],
         dense_st=files["dense_st"].stat().st_size,
         sparse_st=stats.sparse_bytes,
         sparse_theory=stats.theoretical_bytes,
+        sparse_payload=stats.payload_bytes,
         sparse_st_fp16=fp16.sparse_bytes,
         dense_onnx=files["dense_onnx"].stat().st_size,
         sparse_onnx=files["sparse_onnx"].stat().st_size,
@@ -234,19 +236,21 @@ def render(rows: list[Row], command: str, seconds: float, size: tuple[int, int],
         "",
         "## Sizes (MB; % of the dense safetensors file)",
         "",
-        "sparse st: `model.sparse.safetensors` with fp32 values (`/theory`: file size over the sum, per tensor, of "
-        "the smaller of the bitmask and indices payloads); fp16: with `--values-dtype fp16`. sparse-init ONNX: "
-        "`--sparse-initializers`. gz: `gzip -6` of the file.",
+        "sparse st: `model.sparse.safetensors` with fp32 values. theory: the sum over tensors of the smallest of "
+        "the dense, bitmask and indices payloads; `file/theory` is the whole file over it (header included: about "
+        "250 bytes per tensor), `chosen/theory` the payload the encoder chose over it. fp16: with "
+        "`--values-dtype fp16`. sparse-init ONNX: `--sparse-initializers`. gz: `gzip -6` of the file.",
         "",
-        "| model | sparsity | params | dense st | sparse st | /theory | sparse st fp16 | dense ONNX | "
-        "sparse-init ONNX | gz dense st | gz sparse st | gz dense ONNX | gz sparse-init ONNX |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sparsity | params | dense st | sparse st | file/theory | chosen/theory | sparse st fp16 | "
+        "dense ONNX | sparse-init ONNX | gz dense st | gz sparse st | gz dense ONNX | gz sparse-init ONNX |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d = r.dense_st
         lines.append(
             f"| {r.model} | {r.sparsity:.0%} | {r.params / 1e6:.2f}M | {_mb(d)} | {_mb(r.sparse_st)} "
-            f"({_pct(r.sparse_st, d)}) | {r.sparse_st / r.sparse_theory:.3f} | {_mb(r.sparse_st_fp16)} "
+            f"({_pct(r.sparse_st, d)}) | {r.sparse_st / r.sparse_theory:.3f} | "
+            f"{r.sparse_payload / r.sparse_theory:.4f} | {_mb(r.sparse_st_fp16)} "
             f"({_pct(r.sparse_st_fp16, d)}) | {_mb(r.dense_onnx)} | {_mb(r.sparse_onnx)} ({_pct(r.sparse_onnx, d)}) "
             f"| {_mb(r.gz['dense_st'])} ({_pct(r.gz['dense_st'], d)}) | {_mb(r.gz['sparse_st'])} "
             f"({_pct(r.gz['sparse_st'], d)}) | {_mb(r.gz['dense_onnx'])} ({_pct(r.gz['dense_onnx'], d)}) "
@@ -267,12 +271,12 @@ def render(rows: list[Row], command: str, seconds: float, size: tuple[int, int],
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        shrunk = "-" if r.ms_shrunk is None else f"{r.ms_shrunk:.1f}"
+        shrunk = "-" if r.ms_shrunk is None else f"{r.ms_shrunk:.3g}"
         speedup = "-" if r.ms_shrunk is None else f"{r.ms_dense / r.ms_shrunk:.2f}x"
         lines.append(
             f"| {r.model} | {r.sparsity:.0%} | {r.zero_filters} | {r.removed} | "
             f"{r.params_after / 1e6:.2f}M ({_pct(r.params_after, r.params)}) | {r.flops / 1e9:.3f} | "
-            f"{r.flops_after / 1e9:.3f} ({_pct(r.flops_after, r.flops)}) | {r.ms_dense:.1f} | {shrunk} | {speedup} "
+            f"{r.flops_after / 1e9:.3f} ({_pct(r.flops_after, r.flops)}) | {r.ms_dense:.3g} | {shrunk} | {speedup} "
             f"| {r.parity:.1e} | {r.scale:.3g} |"
         )
     return "\n".join(lines) + "\n"

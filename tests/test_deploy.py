@@ -254,5 +254,5 @@ def test_load_sparse_is_exported_from_the_package(exported_run: CliRun) -> None:
 
 
 def test_importing_the_package_stays_light() -> None:
-    code = "import sys, adapmtl_cli; assert 'torch' not in sys.modules, 'torch imported'; adapmtl_cli.load_sparse"
+    code = "import sys, adapmtl_cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
