@@ -115,18 +115,25 @@ def inject_thresholds_(model: nn.Module, cmap: ComponentMap, granularity: str = 
 
 
 @torch.no_grad()
-def init_thresholds_(tm: ThresholdedModel, sparsity: float) -> None:
-    """Set every threshold to the global magnitude quantile ``sparsity`` of all prunable weights.
+def init_thresholds_(tm: ThresholdedModel, sparsity: float, *, per_group: bool = False) -> None:
+    """Set the thresholds from the weights' own magnitudes.
 
-    Starting from one common threshold means the run begins at global-magnitude allocation; training then moves
-    the groups apart where the task losses say so.
+    ``per_group=False``: every threshold is the global magnitude quantile ``sparsity`` of all prunable weights
+    (one common threshold, as STR's constant initialisation). ``per_group=True``: each group's threshold is the
+    ``sparsity`` quantile of its own weights, so every component starts scale-normalised (equally sparse at the
+    target level) instead of the small-magnitude backbone being pruned hardest; AdapMTL's default. The level
+    controller later rescales all thresholds together, so only their ratios matter.
     """
-    mags = torch.cat([tm.raw_weight(f).detach().abs().flatten().float() for f in tm.groups])
     q = min(max(sparsity, 1e-4), 1 - 1e-4)
-    k = max(1, int(round(q * mags.numel())))
-    t = float(mags.kthvalue(k).values)
-    t = min(max(t, 1e-12), 1 - 1e-6)
+
+    def quantile(fqns: list[str]) -> float:
+        mags = torch.cat([tm.raw_weight(f).detach().abs().flatten().float() for f in fqns])
+        t = float(mags.kthvalue(max(1, int(round(q * mags.numel())))).values)
+        return min(max(t, 1e-12), 1 - 1e-6)
+
+    common = None if per_group else quantile(list(tm.groups))
     for g in tm.bank.groups:
+        t = common if common is not None else quantile([f for f, gg in tm.groups.items() if gg == g])
         tm.bank.logit(g).fill_(math.log(t) - math.log1p(-t))
 
 

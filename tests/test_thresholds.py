@@ -182,6 +182,22 @@ def test_init_thresholds_hits_the_quantile(
     assert abs(overall_sparsity(measure_layers(tm)) - sparsity) <= 2 / total
 
 
+@pytest.mark.parametrize("sparsity", [0.3, 0.9])
+def test_per_group_init_makes_every_component_equally_sparse(
+    branched: nn.Module, tiny_images: Tensor, sparsity: float
+) -> None:
+    tm = inject_thresholds_(branched, _cmap(branched, tiny_images), "component")
+    init_thresholds_(tm, sparsity, per_group=True)
+    assert len(set(tm.bank.logits().values())) == len(tm.bank.groups) > 1
+    per_group: dict[str, list[int]] = {}
+    for s in measure_layers(tm):
+        acc = per_group.setdefault(s.group, [0, 0])
+        acc[0] += s.zeros
+        acc[1] += s.params
+    for zeros, n in per_group.values():
+        assert abs(zeros / n - sparsity) <= 2 / n
+
+
 def test_state_dict_round_trip(hard_shared: nn.Module, tiny_images: Tensor) -> None:
     fresh = copy.deepcopy(hard_shared)
     tm = _thresholded(hard_shared, tiny_images)

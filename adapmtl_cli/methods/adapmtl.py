@@ -8,4 +8,5 @@ from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 
 @register_method("adapmtl", weighting="adaptive")
 def build(ctx: MethodContext) -> ThresholdPruner:
-    return ThresholdPruner("adapmtl", ctx, "component")
+    # Per-component initial thresholds (each component's own magnitude quantile): see docs/architecture.md.
+    return ThresholdPruner("adapmtl", ctx, "component", per_group_init=True)

@@ -88,11 +88,12 @@ def _weights_and_rest(module: nn.Module, special: set[int]) -> tuple[list[nn.Par
 class ThresholdPruner:
     """Soft thresholds (one per component, per layer or global) driven onto a cubic schedule."""
 
-    def __init__(self, name: str, ctx: MethodContext, granularity: str) -> None:
+    def __init__(self, name: str, ctx: MethodContext, granularity: str, *, per_group_init: bool = False) -> None:
         self.name = name
         self.ctx = ctx
         self.tm: ThresholdedModel = inject_thresholds_(ctx.model, ctx.cmap, granularity)
-        init_thresholds_(self.tm, 0.0)
+        # Only the ratios between thresholds matter: the controller sets the level from step 1 on.
+        init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
         self.module: nn.Module = self.tm
         self._controller: LevelController | None = None
 
