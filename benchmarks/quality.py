@@ -128,12 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one benchmark, 90%% only, one seed, 60 steps")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune steps per run (default 300; quick 60)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 2; quick 1)")
+    ap.add_argument(
+        "--sparsities", type=str, default=None, help="comma-separated, e.g. 0.9,0.95 (default 0.9,0.95,0.98)"
+    )
+    ap.add_argument("--benchmarks", type=int, default=None, help="only the first N benchmarks")
+    ap.add_argument("--tag", type=str, default=None, help="write quality-TAG.{md,json} (partial runs)")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    benches = BENCHES[:1] if args.quick else BENCHES
-    sparsities = (0.9,) if args.quick else (0.9, 0.95, 0.98)
+    benches = BENCHES[: args.benchmarks or (1 if args.quick else len(BENCHES))]
+    if args.sparsities:
+        sparsities = tuple(float(v) for v in args.sparsities.split(","))
+    else:
+        sparsities = (0.9,) if args.quick else (0.9, 0.95, 0.98)
     steps = args.steps or (60 if args.quick else 300)
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
     rows: list[dict] = []
@@ -175,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         rows.append({"benchmark": bench.name, "method": "dense", "tasks": dense})
-    suffix = "-quick" if args.quick else ""
+    suffix = f"-{args.tag}" if args.tag else ("-quick" if args.quick else "")
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"quality{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.results / f"quality{suffix}.md").write_text(
         render_markdown(rows, command, steps, time.perf_counter() - started)
     )
