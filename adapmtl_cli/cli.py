@@ -233,23 +233,12 @@ def inspect(
     from adapmtl_cli import ui
     from adapmtl_cli.config_files import resolve_prune_config
     from adapmtl_cli.dryrun import estimate_step, not_pruned
-    from adapmtl_cli.pipeline import components_manifest, prepare
+    from adapmtl_cli.pipeline import components_manifest, prepare_from
     from adapmtl_cli.report import components_renderable
 
     given = {k: v for k, v in _typed_options(ctx).items() if k not in ("as_json", "estimate")}
     cfg, _ = resolve_prune_config(given, config, fallback={"out": "-"})  # inspect writes no run folder
-    prepared = prepare(
-        cfg.checkpoint,
-        factory=cfg.factory,
-        trust_pickle=cfg.trust_pickle,
-        data=cfg.data,
-        data_dir=cfg.data_dir,
-        tasks=cfg.tasks,
-        outputs=cfg.outputs,
-        exclude=cfg.exclude,
-        backbone=cfg.backbone,
-        head=cfg.head,
-    )
+    prepared = prepare_from(cfg)
     manifest = components_manifest(prepared)
     if as_json:
         ui.plain(manifest.model_dump_json(indent=2))

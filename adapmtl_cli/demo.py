@@ -36,13 +36,19 @@ class DemoResult:
     seconds: float
 
 
-def train_dense(data_dir: Path, steps: int, seed: int = 0, lr: float = 2e-3) -> torch.nn.Module:
-    """Train the demo's dense model: plain multitask training with equal task weights."""
+def train_dense(
+    data_dir: Path,
+    steps: int,
+    seed: int = 0,
+    lr: float = 2e-3,
+    build: Callable[[], torch.nn.Module] = deeplab_resnet_tiny,
+) -> torch.nn.Module:
+    """Train a dense reference model (default: the demo's): multitask training, equal weights, cosine LR."""
     torch.manual_seed(seed)
     adapter = get_dataset("synthetic")
     tasks = adapter.tasks(data_dir)
     train = adapter.open(data_dir, "train")
-    model = deeplab_resnet_tiny()
+    model = build()
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))

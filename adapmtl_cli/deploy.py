@@ -26,6 +26,7 @@ from adapmtl_cli.export import (
     save_dense,
 )
 from adapmtl_cli.loading import load_model, load_state_into
+from adapmtl_cli.outputs import OutputMapping
 from adapmtl_cli.rundir import RunDir, read_model, write_model
 from adapmtl_cli.shrink import shrink_model, zero_filters
 from adapmtl_cli.sparse_codec import VALUES_DTYPES, load_sparse, save_sparse
@@ -41,17 +42,10 @@ class TaskOutputs(nn.Module):
     def __init__(self, model: nn.Module, paths: dict[str, list[Any]]) -> None:
         super().__init__()
         self.model = model
-        self.paths = paths
+        self.mapping = OutputMapping(paths={t: tuple(p) for t, p in paths.items()}, how="manifest")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        raw = self.model(x)
-        out = []
-        for path in self.paths.values():
-            node = raw
-            for key in path:
-                node = node[key]
-            out.append(node)
-        return tuple(out)
+        return tuple(self.mapping.select(self.model(x)).values())
 
 
 def load_pruned_model(run: Path) -> tuple[nn.Module, PruneConfig, ComponentsManifest]:

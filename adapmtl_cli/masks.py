@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.discover import ComponentMap
+from adapmtl_cli.thresholds import ParametrizedLayers
 
 
 class WeightMask(nn.Module):
@@ -27,29 +28,8 @@ class WeightMask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
-class MaskedModel(nn.Module):
-    """The user's model with a mask on every prunable layer of the component map."""
-
-    def __init__(self, model: nn.Module, layers: Mapping[str, str]) -> None:
-        super().__init__()
-        self.model = model
-        self.groups = dict(layers)
-        """layer fqn -> component."""
-
-    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return self.model(*args, **kwargs)
-
-    def layer_modules(self) -> dict[str, nn.Module]:
-        # Cached: walking named_modules() on every call cost ~15% of a training step on small models.
-        cache = self.__dict__.get("_layer_cache")
-        if cache is None:
-            mods = dict(self.model.named_modules())
-            cache = {fqn: mods[fqn] for fqn in self.groups}
-            self.__dict__["_layer_cache"] = cache
-        return cache
-
-    def raw_weight(self, fqn: str) -> torch.Tensor:
-        return self.layer_modules()[fqn].parametrizations.weight.original
+class MaskedModel(ParametrizedLayers):
+    """The user's model with a mask on every prunable layer of the component map (groups = components)."""
 
     def mask(self, fqn: str) -> torch.Tensor:
         return self.layer_modules()[fqn].parametrizations.weight[0].mask

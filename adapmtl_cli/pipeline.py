@@ -179,7 +179,8 @@ def components_manifest(p: Prepared) -> ComponentsManifest:
     )
 
 
-def _prepare_from(cfg: PruneConfig, hooks: Hooks) -> Prepared:
+def prepare_from(cfg: PruneConfig, hooks: Hooks | None = None) -> Prepared:
+    """``prepare`` with the loading, data and mapping options of a resolved ``PruneConfig``."""
     return prepare(
         cfg.checkpoint,
         factory=cfg.factory,
@@ -289,7 +290,7 @@ def run_prune(
         get_dataset(cfg.data)
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        prepared = _prepare_from(cfg, hooks)
+        prepared = prepare_from(cfg, hooks)
         if len(prepared.train) < cfg.batch_size:  # type: ignore[arg-type]
             raise ConfigError(
                 f"--batch-size {cfg.batch_size} is larger than the train split ({len(prepared.train)} samples); "  # type: ignore[arg-type]

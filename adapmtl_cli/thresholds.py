@@ -12,7 +12,7 @@ state_dict has each threshold exactly once (the original code stored a copy per 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,15 +67,14 @@ class SoftThreshold(nn.Module):
         return weight - torch.clamp(weight, -t, t)
 
 
-class ThresholdedModel(nn.Module):
-    """The user's model with thresholds injected, plus the bank, as one module (so DDP sees both)."""
+class ParametrizedLayers(nn.Module):
+    """The user's model whose prunable layers carry a weight parametrization; shared by thresholds and masks."""
 
-    def __init__(self, model: nn.Module, bank: ThresholdBank, groups: dict[str, str]) -> None:
+    def __init__(self, model: nn.Module, groups: Mapping[str, str]) -> None:
         super().__init__()
         self.model = model
-        self.bank = bank
-        self.groups = groups
-        """layer fqn -> threshold group."""
+        self.groups = dict(groups)
+        """layer fqn -> group (threshold group, or component for masks)."""
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return self.model(*args, **kwargs)
@@ -90,8 +89,15 @@ class ThresholdedModel(nn.Module):
         return cache
 
     def raw_weight(self, fqn: str) -> torch.Tensor:
-        module = self.layer_modules()[fqn]
-        return module.parametrizations.weight.original
+        return self.layer_modules()[fqn].parametrizations.weight.original
+
+
+class ThresholdedModel(ParametrizedLayers):
+    """The user's model with thresholds injected, plus the bank, as one module (so DDP sees both)."""
+
+    def __init__(self, model: nn.Module, bank: ThresholdBank, groups: dict[str, str]) -> None:
+        super().__init__(model, groups)
+        self.bank = bank
 
 
 def group_of(layer: Layer, granularity: str) -> str:

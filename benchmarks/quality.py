@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from adapmtl_cli.config import RunReport, make_prune_config
-from adapmtl_cli.data import get_dataset
 from adapmtl_cli.data.synthetic import generate_scenes
-from adapmtl_cli.engine import to_device, train_batches
+from adapmtl_cli.demo import train_dense
 from adapmtl_cli.methods import METHODS
 from adapmtl_cli.models import MODELS
 from adapmtl_cli.pipeline import run_prune
@@ -63,22 +62,7 @@ def dense_checkpoint(bench: Bench, cache: Path) -> tuple[Path, Path]:
     if not (root / "ready").is_file():
         print(f"[{bench.name}] generating data and training the dense model ({bench.dense_steps} steps)", flush=True)
         generate_scenes(scenes, train=bench.train, val=bench.val, size=bench.size, seed=bench.data_seed, overwrite=True)
-        adapter = get_dataset("synthetic")
-        tasks = adapter.tasks(scenes)
-        torch.manual_seed(0)
-        model = MODELS[bench.factory]()
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=bench.dense_steps)
-        batches = train_batches(adapter.open(scenes, "train"), 8, 0, 0)
-        for _ in range(bench.dense_steps):
-            x, y = to_device(next(batches), torch.device("cpu"))
-            out = model(x)
-            loss = sum(t.loss(out[t.name], y[t.name]) for t in tasks)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        model = train_dense(scenes, bench.dense_steps, build=MODELS[bench.factory])
         save_torch(ckpt, model.state_dict())
         (root / "ready").write_text("ok\n")
     return ckpt, scenes
