@@ -90,10 +90,44 @@ def _typed_options(ctx: typer.Context) -> dict[str, Any]:
             continue
         if name in ("tasks", "outputs"):
             value = _split(value)
+        elif name in ("data_opt", "layout", "augment"):
+            continue
         elif isinstance(value, Path):
             value = str(value)
         out[name] = value
+    options = _data_options(ctx)
+    if options is not None:
+        out["data_options"] = options
     return out
+
+
+def _parse_data_opts(items: list[str] | None) -> dict[str, str]:
+    """``["normals=adashare", ...]`` -> ``{"normals": "adashare"}``."""
+    from adapmtl_cli.errors import ConfigError
+
+    options: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--data-opt {item!r} must look like KEY=VALUE, e.g. normals=adashare")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _data_options(ctx: typer.Context) -> dict[str, str] | None:
+    """``--data-opt KEY=VALUE`` (repeatable) plus the ``--layout`` and ``--augment`` shorthands; None if unset."""
+
+    def typed(name: str) -> bool:
+        return name in ctx.params and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+
+    if not any(typed(n) for n in ("data_opt", "layout", "augment")):
+        return None
+    options = _parse_data_opts(ctx.params.get("data_opt"))
+    if typed("layout"):
+        options["layout"] = ctx.params["layout"]
+    if typed("augment"):
+        options["augment"] = "true" if ctx.params["augment"] else "false"
+    return options
 
 
 # Shared option definitions, so inspect and prune read the same.
@@ -101,7 +135,20 @@ FACTORY = typer.Option(
     None, "--factory", help="Builds the architecture: 'package.module:function' or 'path/file.py:function'."
 )
 TRUST = typer.Option(False, "--trust-pickle", help="Allow a fully pickled nn.Module (runs code from the file).")
-DATA = typer.Option("synthetic", "--data", help="Dataset adapter: synthetic, nyuv2.")
+DATA = typer.Option(
+    "synthetic",
+    "--data",
+    help="Dataset: synthetic, nyuv2 (MTAN .npy or AdaShare layout, detected), taskonomy, or your own plug-in "
+    "as path/to/plugin.py or package.module.",
+)
+LAYOUT = typer.Option(None, "--layout", help="On-disk layout when --data has several (nyuv2: auto, mtan, adashare).")
+AUGMENT = typer.Option(
+    None, "--augment/--no-augment", help="Random scale-crop and flip of the training split (never of val)."
+)
+DATA_OPT = typer.Option(
+    None, "--data-opt", help="Dataset option KEY=VALUE (repeatable), e.g. normals=adashare; see README."
+)
+WORKERS = typer.Option(0, "--workers", min=0, help="DataLoader worker processes (0: load in the main process).")
 DATA_DIR = typer.Option(..., "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`).")
 TASKS = typer.Option(None, "--tasks", help="Tasks to keep, comma-separated (default: all of the dataset's).")
 OUTPUTS = typer.Option(
@@ -177,20 +224,29 @@ def data_synth(
     ui.success(f"wrote {summary.train} train + {summary.val} val scenes of {h}x{w} to {root} ({summary.seconds:.1f} s)")
 
 
-@data_app.command("check", epilog="Example: adapmtl data check ./scenes")
+@data_app.command(
+    "check", epilog="Examples: adapmtl data check ./scenes  |  adapmtl data check ./nyu --data nyuv2 --layout adashare"
+)
 @handles_errors
 def data_check(
-    root: Path = typer.Argument(..., help="Dataset folder (MTAN/LibMTL .npy layout)."),
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    data: str = typer.Option("nyuv2", "--data", help="Dataset: nyuv2, synthetic, taskonomy or a plug-in."),
+    layout: str | None = LAYOUT,
+    data_opt: list[str] | None = DATA_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Validate a dataset folder and summarise it: samples, image size, tasks, class histogram, invalid depth."""
+    """Validate a dataset folder with the checks `prune` runs, and summarise it: samples, image size, tasks,
+    class histogram, invalid-depth ratio."""
     import json
 
     from adapmtl_cli import ui
-    from adapmtl_cli.data.nyuv2 import describe
+    from adapmtl_cli.data import get_dataset
     from adapmtl_cli.report import dataset_renderable
 
-    desc = describe(root)
+    options = _parse_data_opts(data_opt)
+    if layout is not None:
+        options["layout"] = layout
+    desc = get_dataset(data, options).describe(root)
     if as_json:
         ui.plain(json.dumps(desc, indent=2))
     else:
@@ -213,6 +269,9 @@ def inspect(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`)."
     ),
+    layout: str | None = LAYOUT,
+    augment: bool | None = AUGMENT,
+    data_opt: list[str] | None = DATA_OPT,
     tasks: list[str] | None = TASKS,
     outputs: list[str] | None = OUTPUTS,
     exclude: list[str] | None = EXCLUDE,
@@ -279,6 +338,9 @@ def prune(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`)."
     ),
+    layout: str | None = LAYOUT,
+    augment: bool | None = AUGMENT,
+    data_opt: list[str] | None = DATA_OPT,
     tasks: list[str] | None = TASKS,
     outputs: list[str] | None = OUTPUTS,
     sparsity: float = typer.Option(0.9, "--sparsity", help="Target fraction of zero prunable weights, in (0, 1)."),
@@ -297,12 +359,18 @@ def prune(
     ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="Autocast dtype: auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16; thresholds stay fp32.",
+    ),
     exclude: list[str] | None = EXCLUDE,
     backbone: list[str] | None = BACKBONE,
     head: list[str] | None = HEAD,
     save_every: int = typer.Option(50, "--save-every", help="Save resumable state every N steps."),
     log_every: int = typer.Option(10, "--log-every", help="Measure sparsity and log metrics every N steps."),
     eval_batches: int | None = typer.Option(None, "--eval-batches", help="Evaluate on at most N validation batches."),
+    num_workers: int = WORKERS,
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (its config wins)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),

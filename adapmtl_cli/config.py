@@ -27,6 +27,8 @@ class PruneConfig(_File):
     trust_pickle: bool = False
     data: str = "synthetic"
     data_dir: str
+    data_options: dict[str, str] = Field(default_factory=dict)
+    """The dataset adapter's options (``--data-opt KEY=VALUE``, ``--layout``, ``--augment``)."""
     tasks: list[str] | None = None
     outputs: list[str] | None = None
     method: Literal[
@@ -42,6 +44,8 @@ class PruneConfig(_File):
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype of the forward/backward; thresholds and sparsity arithmetic stay fp32. auto: bf16 on CUDA."""
     out: str
     exclude: list[str] = Field(default_factory=list)
     backbone: list[str] = Field(default_factory=list)

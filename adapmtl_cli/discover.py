@@ -95,15 +95,15 @@ def _common_prefix(names: Sequence[str]) -> str:
 
 def parse_head_overrides(values: Sequence[str], tasks: Sequence[str]) -> dict[str, list[str]]:
     """``["seg=decoder.seg*"]`` -> ``{"segmentation": ["decoder.seg*"]}`` with task aliases resolved."""
-    from adapmtl_cli.tasks import canonical_task_name
+    from adapmtl_cli.tasks import match_task
 
     out: dict[str, list[str]] = {}
     for value in values:
         task, sep, pattern = value.partition("=")
-        canon = canonical_task_name(task)
+        canon = match_task(task, tasks)
         if not sep or not pattern:
             raise ConfigError(f"--head {value!r} must look like TASK=GLOB, e.g. segmentation='heads.seg.*'")
-        if canon not in tasks:
+        if canon is None:
             raise ConfigError(f"--head {value!r} names task {task!r}; the tasks are {', '.join(tasks)}")
         out.setdefault(canon, []).append(pattern)
     return out

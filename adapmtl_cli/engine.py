@@ -69,7 +69,11 @@ class EpochSampler(Sampler[int]):
 
 
 def train_batches(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0) -> Iterator[Any]:
-    """Endless batches in a deterministic order, starting at batch number ``start_step``."""
+    """Endless batches in a deterministic order, starting at batch number ``start_step``.
+
+    A dataset with a ``set_epoch(epoch, seed)`` method (random augmentation) is told each epoch before its
+    loader starts, so its random draws depend on (seed, epoch, index) only and a resumed run sees the same ones.
+    """
     n = len(dataset)  # type: ignore[arg-type]
     if n < batch_size:
         raise DataError(
@@ -80,6 +84,9 @@ def train_batches(dataset: Dataset, batch_size: int, seed: int, start_step: int,
     epoch, within = divmod(start_step, per_epoch)
     while True:
         sampler = EpochSampler(n, seed, epoch, within * batch_size)
+        set_epoch = getattr(dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch, seed)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers)
         yield from loader
         epoch, within = epoch + 1, 0

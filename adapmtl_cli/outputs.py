@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from adapmtl_cli.errors import DiscoveryError
-from adapmtl_cli.tasks import canonical_task_name
+from adapmtl_cli.tasks import match_task
 from adapmtl_cli.tasks.base import TaskSpec
 
 Path_ = tuple[str | int, ...]
@@ -112,8 +112,8 @@ def map_outputs(raw: Any, tasks: Sequence[TaskSpec], batch: int, names: Sequence
         for name, leaf in zip(names, leaves, strict=False):
             if name in ("_", ""):
                 continue
-            task = canonical_task_name(name)
-            if task not in by_name:
+            task = match_task(name, list(by_name))
+            if task is None:
                 raise DiscoveryError(f"--outputs names {name!r}, which is not a task of this dataset ({_need(tasks)})")
             if task in paths:
                 raise DiscoveryError(f"--outputs names task {task!r} twice; give each task one output ('_' skips one)")
@@ -122,7 +122,7 @@ def map_outputs(raw: Any, tasks: Sequence[TaskSpec], batch: int, names: Sequence
     else:
         for leaf in leaves:
             last = leaf.path[-1] if leaf.path else None
-            task = canonical_task_name(last) if isinstance(last, str) else None
+            task = match_task(last, list(by_name)) if isinstance(last, str) else None
             if task in by_name and task not in paths:
                 paths[task] = leaf.path
         by_names = len(paths)

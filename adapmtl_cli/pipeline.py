@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from adapmtl_cli.rundir import (
     write_text,
 )
 from adapmtl_cli.statefiles import load_state, save_state
-from adapmtl_cli.tasks import canonical_task_name
+from adapmtl_cli.tasks import match_task
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.tasks.scores import delta_t
 from adapmtl_cli.weighting import make_weighting
@@ -90,8 +90,8 @@ def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) ->
     by_name = {t.name: t for t in available}
     out = []
     for name in wanted:
-        canon = canonical_task_name(name)
-        if canon not in by_name:
+        canon = match_task(name, list(by_name))
+        if canon is None:
             raise ConfigError(f"--tasks names {name!r}; this dataset has {', '.join(by_name)}")
         out.append(by_name[canon])
     return out
@@ -104,6 +104,7 @@ def prepare(
     trust_pickle: bool,
     data: str,
     data_dir: str,
+    data_options: Mapping[str, str] | None = None,
     tasks: Sequence[str] | None = None,
     outputs: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
@@ -115,7 +116,7 @@ def prepare(
     hooks = hooks or Hooks()
     hooks.status(f"loading {checkpoint}")
     loaded = load_model(Path(checkpoint), factory=factory, trust_pickle=trust_pickle)
-    adapter = get_dataset(data)
+    adapter = get_dataset(data, data_options)
     root = Path(data_dir)
     specs = select_tasks(adapter.tasks(root), tasks)
     train = adapter.open(root, "train")
@@ -187,6 +188,7 @@ def prepare_from(cfg: PruneConfig, hooks: Hooks | None = None) -> Prepared:
         trust_pickle=cfg.trust_pickle,
         data=cfg.data,
         data_dir=cfg.data_dir,
+        data_options=cfg.data_options,
         tasks=cfg.tasks,
         outputs=cfg.outputs,
         exclude=cfg.exclude,
@@ -287,7 +289,7 @@ def run_prune(
     try:
         # Check everything that can be checked before the run folder gets its config: a run that fails here
         # leaves nothing behind, so the corrected command is not refused as "folder already holds a run".
-        get_dataset(cfg.data)
+        get_dataset(cfg.data, cfg.data_options)
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         prepared = prepare_from(cfg, hooks)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data import register_dataset
-from adapmtl_cli.data.base import Sample
+from adapmtl_cli.data.base import Sample, check_options
 from adapmtl_cli.data.synthetic import NYU13_CLASSES
 from adapmtl_cli.errors import DataError
 from adapmtl_cli.tasks import get_task
@@ -191,6 +191,10 @@ class NyuV2Npy:
         kwargs = {"segmentation": {"num_classes": len(NYU13_CLASSES)}}
         return [get_task(TASK_FOLDERS[f], **kwargs.get(TASK_FOLDERS[f], {})) for f in self.task_folders(root)]
 
+    def describe(self, root: Path) -> dict[str, object]:
+        """See :meth:`DatasetAdapter.describe`."""
+        return describe(root)
+
     def open(self, root: Path, split: str) -> NpySplit:
         """Validate ``split`` under ``root`` from the file headers and return it as a dataset.
 
@@ -279,6 +283,7 @@ def describe(root: Path) -> dict[str, object]:
             total += depth.size
     return {
         "root": str(root),
+        "layout": "mtan",
         "splits": splits,
         "tasks": [t.name for t in adapter.tasks(root)],
         "sampled": {"split": sampled.folder.name, "samples": count},
@@ -288,10 +293,12 @@ def describe(root: Path) -> dict[str, object]:
 
 
 @register_dataset("nyuv2")
-def _nyuv2() -> NyuV2Npy:
+def _nyuv2(**options: str) -> NyuV2Npy:
+    check_options("nyuv2", options, {})
     return NyuV2Npy("nyuv2")
 
 
 @register_dataset("synthetic")
-def _synthetic() -> NyuV2Npy:
+def _synthetic(**options: str) -> NyuV2Npy:
+    check_options("synthetic", options, {})
     return NyuV2Npy("synthetic")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapmtl_cli.errors import ConfigError
@@ -45,6 +45,17 @@ def canonical_task_name(name: str) -> str | None:
     return ALIASES.get(name.strip().lower().replace("-", "_"))
 
 
+def match_task(name: str, task_names: Sequence[str]) -> str | None:
+    """Which of ``task_names`` the user or model name ``name`` means: an exact (case-insensitive) match first,
+    then an alias of a built-in kind (``seg`` -> ``segmentation``); None when neither applies."""
+    folded = name.strip().lower()
+    for task in task_names:
+        if task.lower() == folded:
+            return task
+    canon = canonical_task_name(name)
+    return canon if canon in task_names else None
+
+
 def get_task(name: str, **kwargs: Any) -> TaskSpec:
     """Build the task registered as ``name`` (aliases accepted)."""
     key = canonical_task_name(name)
@@ -63,5 +74,6 @@ __all__ = [
     "TaskSpec",
     "canonical_task_name",
     "get_task",
+    "match_task",
     "register_task",
 ]

@@ -36,7 +36,9 @@ class TaskSpec(Protocol):
     """A task kind: what the model must output for it, its loss and its metrics.
 
     Attributes:
-        name: canonical task name (the registry key), e.g. ``"segmentation"``.
+        name: the task's name in its dataset: the key of its target in each sample, of its output, of its
+            metrics. Built-in kinds default to their registry key (``"segmentation"``); a dataset with two
+            tasks of one kind names them apart (``Classification(name="left_digit")``).
         channels: number of output channels the model must produce for this task.
         metrics: the metrics ``new_meter().compute()`` returns, in display order.
     """

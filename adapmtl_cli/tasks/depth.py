@@ -60,7 +60,7 @@ def _align(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torc
 class Depth:
     """Per-pixel depth in metres; ground truth 0 marks a pixel without depth."""
 
-    name: ClassVar[str] = _NAME
+    name: str = _NAME
     channels: ClassVar[int] = 1
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("abs_err", higher_is_better=False, unit="m"),

@@ -66,7 +66,7 @@ def _align(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torc
 class Normal:
     """Per-pixel unit surface normal; an all-zero ground-truth vector marks a pixel without one."""
 
-    name: ClassVar[str] = _NAME
+    name: str = _NAME
     channels: ClassVar[int] = 3
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mean_angle", higher_is_better=False, unit="deg"),

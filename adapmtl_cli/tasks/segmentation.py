@@ -75,7 +75,7 @@ class Segmentation:
     num_classes: int = 13
     ignore_index: int = -1
 
-    name: ClassVar[str] = _NAME
+    name: str = _NAME
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("miou", higher_is_better=True, unit="fraction"),
         MetricSpec("pixel_acc", higher_is_better=True, unit="fraction"),
