@@ -5,8 +5,10 @@ non-zero values in row-major order plus a ``np.packbits`` mask of one bit per el
 values plus their strictly increasing int32 flat indices, int64 from 2**31 elements on). Shapes, dtypes and
 encodings live in the safetensors metadata, so the file stays an ordinary safetensors file. The spec is
 ``docs/sparse-safetensors.md``; decoding is bit-exact, except that -0.0 comes back as +0.0 (a zero is a zero).
-With ``values_dtype`` (format version 2) wider float tensors are stored rounded to float16/bfloat16 and come
-back in their own dtype, bit-exact with respect to :func:`cast_state` of the input.
+Files are written in format version 3 (all sparse payloads packed into one byte blob, a compact table);
+versions 1 and 2 (one safetensors entry per part) are still read. With ``values_dtype`` wider float tensors
+are stored rounded to float16/bfloat16 and come back in their own dtype, bit-exact with respect to
+:func:`cast_state` of the input.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from torch import Tensor
 from adapmtl_cli.errors import ExportError
 
 FORMAT_NAME = "adapmtl-sparse"
-FORMAT_VERSION = "2"
-"""The newest version this module reads and writes; files without ``values_dtype`` are still written as "1"."""
-READ_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+"""The version :func:`save_sparse` writes: every sparse payload packed into one byte blob, a compact table."""
+READ_VERSIONS = ("1", "2", "3")
 KEY_SEPARATOR = "::"
+BLOB_KEY = "::sparse"
+"""The version-3 byte blob's key; state_dict keys cannot collide with it since they may not contain ``::``."""
 
 # Floating dtypes whose -0.0 is the sign bit alone and whose zeros may be dropped; other dtypes stay dense.
 _SPARSE_DTYPES: dict[torch.dtype, torch.dtype] = {
@@ -57,8 +61,9 @@ _DTYPES: dict[str, torch.dtype] = {
 # What ``--values-dtype`` accepts: the narrow float dtypes values may be stored in.
 VALUES_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _INT32_LIMIT = 2**31
-# A sparse encoding adds one safetensors header entry; it must save at least that much to be chosen.
-_HEADER_ENTRY_BYTES = 64
+# In version 3 a sparse tensor costs one compact table entry where a dense one costs one safetensors header
+# entry, about the same; a 16-byte margin keeps tiny tensors (biases of a few elements) dense and readable.
+_HEADER_ENTRY_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,10 @@ def _check_range(name: str, tensor: Tensor, stored: Tensor) -> None:
 def encode_sparse(
     state: dict[str, Tensor], *, values_dtype: torch.dtype | None = None
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Encode a state_dict into the tensors and string metadata of one sparse safetensors file.
+    """Encode a state_dict into its logical parts: the tensors and metadata of a version 1/2 file.
+
+    One key per part (``{name}``, ``{name}::values``, ``{name}::mask`` / ``::indices``); :func:`pack_v3` packs
+    them into the compact version-3 layout that :func:`save_sparse` writes.
 
     Args:
         state: the state_dict; tensors may live on any device and share storage.
@@ -173,7 +181,7 @@ def encode_sparse(
         table[name] = entry
         for suffix, part in parts.items():
             stored[name + suffix] = part
-    version = FORMAT_VERSION if narrowed else "1"
+    version = "2" if narrowed else "1"
     # Compact separators: the table is stored JSON-escaped in the header, once per tensor, so spaces add up.
     metadata = {"format": FORMAT_NAME, "version": version, "tensors": json.dumps(table, separators=(",", ":"))}
     return stored, metadata
@@ -218,9 +226,17 @@ def decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[
     Raises:
         ExportError: the metadata or the tensors are malformed or inconsistent.
     """
-    table = _parse_metadata(metadata)
-    _check_layout(table, {key: (tuple(t.shape), t.dtype) for key, t in tensors.items()})
-    _check_total_size(table, _physical_memory())
+    header = {key: (tuple(t.shape), t.dtype) for key, t in tensors.items()}
+    if _check_format(metadata) == "3":
+        unpacked = _unpack_v3(metadata, header)
+        table, layout = unpacked.table, unpacked.layout
+        _check_layout(table, layout)
+        _check_total_size(table, _physical_memory())
+        tensors = _v3_parts(unpacked, dict(tensors))
+    else:
+        table = _parse_metadata(metadata)
+        _check_layout(table, header)
+        _check_total_size(table, _physical_memory())
     return {name: _decode_tensor(name, entry, tensors) for name, entry in table.items()}
 
 
@@ -246,6 +262,22 @@ def _corrupt(name: str, problem: str) -> ExportError:
 
 
 def _parse_metadata(metadata: dict[str, str] | None) -> dict[str, _Entry]:
+    """The table of a version 1/2 file (logical parts)."""
+    version = _check_format(metadata)
+    assert metadata is not None
+    if version == "3":
+        raise ExportError("a version-3 sparse table needs the file's header; use load_sparse or unpack it first")
+    try:
+        table = json.loads(metadata.get("tensors", ""))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
+    if not isinstance(table, dict):
+        raise ExportError(f"sparse file metadata 'tensors' is {type(table).__name__!r}, expected an object")
+    return {name: _parse_entry(name, raw, version) for name, raw in table.items()}
+
+
+def _check_format(metadata: dict[str, str] | None) -> str:
+    """The format version of a sparse file's metadata, after checking it is ours and readable."""
     found = (metadata or {}).get("format")
     if found != FORMAT_NAME:
         raise ExportError(
@@ -258,13 +290,7 @@ def _parse_metadata(metadata: dict[str, str] | None) -> dict[str, _Entry]:
             f"unknown sparse format version {version!r} (this adapmtl reads {list(READ_VERSIONS)!r}); "
             "upgrade adapmtl or re-export the file"
         )
-    try:
-        table = json.loads(metadata.get("tensors", ""))
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
-    if not isinstance(table, dict):
-        raise ExportError(f"sparse file metadata 'tensors' is {type(table).__name__!r}, expected an object")
-    return {name: _parse_entry(name, raw, version) for name, raw in table.items()}
+    return version
 
 
 _FIELDS = {"encoding", "shape", "dtype"}
@@ -384,11 +410,12 @@ def save_sparse(state: dict[str, Tensor], path: Path, *, values_dtype: torch.dty
         ExportError: the state cannot be encoded or the file cannot be written.
     """
     stored, metadata = encode_sparse(state, values_dtype=values_dtype)
+    packed, packed_metadata = pack_v3(stored, metadata)
     path = Path(path)
     try:
         tmp_name = _create_temp_beside(path)
         try:
-            save_file(stored, tmp_name, metadata=metadata)
+            save_file(packed, tmp_name, metadata=packed_metadata)
             with open(tmp_name, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp_name, path)
@@ -426,6 +453,139 @@ def _best_payload(name: str, entry: dict[str, object], stored: dict[str, Tensor]
     return min(encoding_costs(numel, values.numel(), values.element_size()).values())
 
 
+def _align(offset: int, to: int) -> int:
+    return -(-offset // to) * to
+
+
+def _v3_regions(numel: int, count: int, item: int, encoding: str, offset: int) -> tuple[tuple[int, int], ...]:
+    """Byte ranges of one sparse entry's values and mask/indices in the blob, starting at ``offset``."""
+    values_end = offset + count * item
+    if encoding == "bitmask":
+        return (offset, values_end), (values_end, values_end + math.ceil(numel / 8))
+    index_item = 4 if numel < _INT32_LIMIT else 8
+    start = _align(values_end, index_item)
+    return (offset, values_end), (start, start + count * index_item)
+
+
+def pack_v3(stored: dict[str, Tensor], metadata: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Pack :func:`encode_sparse`'s parts into version 3: dense tensors under their own keys, every sparse
+    payload in one ``uint8`` blob (``::sparse``), and a table listing only what the safetensors header does not
+    already say. See ``docs/sparse-safetensors.md``."""
+    table = json.loads(metadata["tensors"])
+    narrow = next((e["values_dtype"] for e in table.values() if "values_dtype" in e), None)
+    tensors: dict[str, Tensor] = {}
+    compact: dict[str, list[object]] = {}
+    pieces: list[np.ndarray] = []
+    offset = 0
+    for name, entry in table.items():
+        if entry["encoding"] == "dense":
+            tensors[name] = stored[name]
+            compact[name] = ["dense", entry["dtype"]] if "values_dtype" in entry else []
+            continue
+        values = stored[name + "::values"]
+        second = stored[name + ("::mask" if entry["encoding"] == "bitmask" else "::indices")]
+        start = _align(offset, 8)
+        numel = math.prod(entry["shape"])
+        regions = _v3_regions(numel, values.numel(), values.element_size(), entry["encoding"], start)
+        pieces.append(np.zeros(start - offset, np.uint8))
+        pieces.append(values.contiguous().view(torch.uint8).numpy())
+        pieces.append(np.zeros(regions[1][0] - regions[0][1], np.uint8))
+        pieces.append(second.contiguous().view(torch.uint8).numpy())
+        offset = regions[1][1]
+        compact[name] = [entry["encoding"], entry["dtype"], entry["shape"], start, values.numel()]
+    if pieces:
+        tensors[BLOB_KEY] = torch.from_numpy(np.concatenate(pieces))
+    packed = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": json.dumps(compact, separators=(",", ":"))}
+    if narrow is not None:
+        packed["values_dtype"] = narrow
+    return tensors, packed
+
+
+@dataclass(frozen=True)
+class _Unpacked:
+    """A version-3 file seen as its logical version-2 parts: the table, the layout, and where parts lie."""
+
+    table: dict[str, _Entry]
+    layout: _Layout
+    regions: dict[str, tuple[int, int]]  # logical part key -> byte range in the blob
+
+
+def _unpack_v3(metadata: dict[str, str], header: _Layout) -> _Unpacked:
+    """Validate a version-3 table against the safetensors header alone and describe its logical parts."""
+    narrow = metadata.get("values_dtype")
+    if narrow is not None and narrow not in [str(d).removeprefix("torch.") for d in VALUES_DTYPES.values()]:
+        raise ExportError(f"sparse file values_dtype {narrow!r} is not float16 or bfloat16; re-export the file")
+    try:
+        compact = json.loads(metadata.get("tensors", ""))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
+    if not isinstance(compact, dict):
+        raise ExportError(f"sparse file metadata 'tensors' is {type(compact).__name__!r}, expected an object")
+    blob_shape, blob_dtype = header.get(BLOB_KEY, ((0,), torch.uint8))
+    if len(blob_shape) != 1 or blob_dtype != torch.uint8:
+        raise _corrupt(BLOB_KEY, f"blob is {list(blob_shape)!r} {blob_dtype}, expected one dimension of uint8")
+    extra = sorted(set(header) - set(compact) - {BLOB_KEY})
+    if extra:
+        raise ExportError(f"sparse file holds tensors its table does not list ({extra[:5]!r}); re-export it")
+    logical: dict[str, object] = {}
+    layout: _Layout = {}
+    regions: dict[str, tuple[int, int]] = {}
+    end = 0
+    for name, raw in compact.items():
+        if not isinstance(raw, list):
+            raise _corrupt(name, f"table entry {raw!r} is not a list")
+        if not raw or raw[0] == "dense":
+            if name not in header or len(raw) not in (0, 2):
+                raise _corrupt(name, f"dense entry {raw!r} needs a stored tensor and at most its original dtype")
+            shape, dtype = header[name]
+            entry: dict[str, object] = {"encoding": "dense", "shape": list(shape), "dtype": _name(dtype)}
+            if raw:
+                entry.update(dtype=raw[1], values_dtype=narrow)
+            logical[name] = entry
+            layout[name] = (shape, dtype)
+            continue
+        if len(raw) != 5 or raw[0] not in ("bitmask", "indices"):
+            raise _corrupt(name, f"table entry {raw!r} must be [encoding, dtype, shape, offset, count]")
+        encoding, dtype_name, shape, offset, count = raw
+        entry = {"encoding": encoding, "shape": shape, "dtype": dtype_name}
+        if narrow is not None and dtype_name in _DTYPES and _narrows(_DTYPES[dtype_name], _DTYPES[narrow]):
+            entry["values_dtype"] = narrow
+        parsed = _parse_entry(name, entry, "2")
+        if type(offset) is not int or type(count) is not int or offset < end or offset % 8 or count < 0:
+            raise _corrupt(name, f"offset {offset!r} / count {count!r} overlap the previous entry or are misaligned")
+        if count > parsed.numel:
+            raise _corrupt(name, f"{count} values for a tensor of {parsed.numel} elements")
+        logical[name] = entry
+        values, second = _v3_regions(parsed.numel, count, parsed.values_dtype.itemsize, encoding, offset)
+        if second[1] > blob_shape[0]:
+            raise _corrupt(name, f"its bytes {offset}..{second[1]} run past the blob's {blob_shape[0]}")
+        wide = parsed.numel >= _INT32_LIMIT
+        other, part_dtype = ("::mask", torch.uint8) if encoding == "bitmask" else ("::indices", torch.int32)
+        if encoding == "indices" and wide:
+            part_dtype = torch.int64
+        layout[name + "::values"] = ((count,), parsed.values_dtype)
+        layout[name + other] = (((second[1] - second[0]) // part_dtype.itemsize,), part_dtype)
+        regions[name + "::values"], regions[name + other] = values, second
+        end = second[1]
+    if end != blob_shape[0]:
+        raise _corrupt(BLOB_KEY, f"blob holds {blob_shape[0]} bytes but the table accounts for {end}")
+    table = {name: _parse_entry(name, raw, "2") for name, raw in logical.items()}
+    return _Unpacked(table, layout, regions)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _v3_parts(unpacked: _Unpacked, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The logical parts of a version-3 file: dense tensors as read, sparse parts as views into the blob."""
+    blob = tensors.pop(BLOB_KEY, torch.zeros(0, dtype=torch.uint8))
+    parts = dict(tensors)
+    for key, (start, stop) in unpacked.regions.items():
+        parts[key] = blob[start:stop].view(unpacked.layout[key][1])
+    return parts
+
+
 def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor]:
     """Read and validate a sparse file written by :func:`save_sparse`; return the dense state_dict.
 
@@ -437,16 +597,24 @@ def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor
     """
     try:
         with safe_open(str(path), framework="pt") as handle:
-            table = _parse_metadata(handle.metadata())
-            layout: _Layout = {}
+            metadata = handle.metadata()
+            header: _Layout = {}
             for key in handle.keys():
                 piece = handle.get_slice(key)
-                layout[key] = (tuple(piece.get_shape()), _stored_dtype(key, piece.get_dtype()))
+                header[key] = (tuple(piece.get_shape()), _stored_dtype(key, piece.get_dtype()))
+            unpacked = None
+            if _check_format(metadata) == "3":
+                unpacked = _unpack_v3(metadata, header)
+                table, layout = unpacked.table, unpacked.layout
+            else:
+                table, layout = _parse_metadata(metadata), header
             _check_layout(table, layout)
             _check_total_size(table, _physical_memory() if max_bytes is None else max_bytes)
-            tensors = {key: handle.get_tensor(key) for key in layout}
+            tensors = {key: handle.get_tensor(key) for key in header}
     except (OSError, SafetensorError) as exc:
         raise ExportError(f"cannot read sparse file {str(path)!r} ({exc}); check the path") from exc
+    if unpacked is not None:
+        tensors = _v3_parts(unpacked, tensors)
     return {name: _decode_tensor(name, entry, tensors) for name, entry in table.items()}
 
 
