@@ -199,29 +199,48 @@ def demo(
     ui.success(f"demo finished in {result.seconds:.0f} s; run folder {result.run}")
 
 
-@data_app.command("synth", epilog="Example: adapmtl data synth ./scenes --train 256 --val 64 --size 96,128 --seed 0")
+@data_app.command(
+    "synth",
+    epilog="Examples: adapmtl data synth ./scenes --train 256 --val 64 --size 96,128 --seed 0  |  "
+    "adapmtl data synth ./nyu40 --layout nyuv2-adashare  |  adapmtl data synth ./tiny-taskonomy --layout taskonomy",
+)
 @handles_errors
 def data_synth(
-    root: Path = typer.Argument(..., help="Folder to write (MTAN/LibMTL .npy layout)."),
+    root: Path = typer.Argument(..., help="Folder to write."),
+    layout: str = typer.Option(
+        "nyuv2",
+        "--layout",
+        help="On-disk format: nyuv2 (MTAN/LibMTL .npy, 13 classes), nyuv2-adashare (AdaShare/DiSparse/AdapMTL "
+        "PNG + JSON, 40 classes) or taskonomy (Tiny-Taskonomy, 5 tasks).",
+    ),
     train: int = typer.Option(256, "--train", min=1, help="Training samples."),
     val: int = typer.Option(64, "--val", min=1, help="Validation samples."),
-    size: str = typer.Option("96,128", "--size", help="Image height,width."),
+    size: str | None = typer.Option(None, "--size", help="Image height,width (default 96,128; taskonomy 256,256)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier generated folder."),
 ) -> None:
-    """Generate NYU-v2-like indoor scenes (image, 13-class labels, depth, normals) with no download."""
+    """Generate NYU-v2-like indoor scenes (image, labels, depth, normals; for Taskonomy also keypoints and edges)
+    in the exact on-disk format of a real dataset, with no download."""
     from adapmtl_cli import ui
-    from adapmtl_cli.data.synthetic import generate_scenes
+    from adapmtl_cli.data.generate import SYNTH_LAYOUTS, generate
     from adapmtl_cli.errors import ConfigError
 
+    if layout not in SYNTH_LAYOUTS:
+        raise ConfigError(f"--layout {layout!r} is not one of: {', '.join(SYNTH_LAYOUTS)}")
+    text = size or ("256,256" if layout == "taskonomy" else "96,128")
     try:
-        h, w = (int(v) for v in size.split(","))
+        h, w = (int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--size {size!r} must be HEIGHT,WIDTH, e.g. 96,128") from None
+        raise ConfigError(f"--size {text!r} must be HEIGHT,WIDTH, e.g. 96,128") from None
     if h < 16 or w < 16:
-        raise ConfigError(f"--size {size!r} is too small; use at least 16,16")
-    summary = generate_scenes(root, train=train, val=val, size=(h, w), seed=seed, overwrite=overwrite)
-    ui.success(f"wrote {summary.train} train + {summary.val} val scenes of {h}x{w} to {root} ({summary.seconds:.1f} s)")
+        raise ConfigError(f"--size {text!r} is too small; use at least 16,16")
+    with ui.spinner(f"rendering {train + val} scenes ({layout})"):
+        summary = generate(layout, root, train=train, val=val, size=(h, w), seed=seed, overwrite=overwrite)
+    ui.success(
+        f"wrote {summary.train} train + {summary.val} val scenes of {h}x{w} to {root} in the {layout} layout "
+        f"({summary.seconds:.1f} s); check it with: adapmtl data check {root}"
+        + (" --data taskonomy" if layout == "taskonomy" else "")
+    )
 
 
 @data_app.command(

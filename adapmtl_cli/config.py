@@ -127,6 +127,15 @@ class DeltaTEntry(_File):
     skipped: list[str] = Field(default_factory=list)
 
 
+class ScoreEntry(_File):
+    """One more relative score next to Δ_T (Δm, Δ_p), with the convention it follows."""
+
+    overall: float
+    per_task: dict[str, float] = Field(default_factory=dict)
+    higher_is_better: bool
+    convention: str
+
+
 class RunReport(_File):
     """``report.json``: the outcome of a run."""
 
@@ -142,6 +151,8 @@ class RunReport(_File):
     layers: list[LayerSparsity]
     tasks: dict[str, TaskMetrics]
     delta_t: DeltaTEntry
+    scores: dict[str, ScoreEntry] = Field(default_factory=dict)
+    """Δm (``delta_m``) and Δ_p (``delta_p``); absent in reports written before they were added."""
     task_weights: dict[str, float]
     warnings: list[str] = Field(default_factory=list)
 

@@ -26,6 +26,7 @@ from adapmtl_cli.config import (
     LayerSparsity,
     PruneConfig,
     RunReport,
+    ScoreEntry,
     TaskMetrics,
 )
 from adapmtl_cli.config_files import sync_run_config_toml
@@ -58,7 +59,7 @@ from adapmtl_cli.rundir import (
 from adapmtl_cli.statefiles import load_state, save_state
 from adapmtl_cli.tasks import match_task
 from adapmtl_cli.tasks.base import TaskSpec
-from adapmtl_cli.tasks.scores import delta_t
+from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, delta_m, delta_p, delta_t
 from adapmtl_cli.weighting import make_weighting
 
 
@@ -97,6 +98,12 @@ def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) ->
     return out
 
 
+def only_tasks(dataset: Any, specs: Sequence[TaskSpec]) -> Any:
+    """The dataset narrowed to the selected tasks when it can skip the others' files (``select(names)``)."""
+    select = getattr(dataset, "select", None)
+    return select([t.name for t in specs]) if callable(select) else dataset
+
+
 def prepare(
     checkpoint: str,
     *,
@@ -119,8 +126,8 @@ def prepare(
     adapter = get_dataset(data, data_options)
     root = Path(data_dir)
     specs = select_tasks(adapter.tasks(root), tasks)
-    train = adapter.open(root, "train")
-    val = adapter.open(root, "val")
+    train = only_tasks(adapter.open(root, "train"), specs)
+    val = only_tasks(adapter.open(root, "val"), specs)
     if len(train) < 1:  # type: ignore[arg-type]
         raise DataError(f"{data_dir!r} has an empty train split")
     probe = [train[i] for i in range(min(2, len(train)))]  # type: ignore[arg-type]
@@ -510,9 +517,28 @@ def build_report(
         delta_t=DeltaTEntry(
             per_task=dt.per_task, overall=dt.overall, convention=dt.convention, skipped=list(dt.skipped)
         ),
+        scores=other_scores(dense, pruned, specs),
         task_weights=last.task_weights,
         warnings=warnings,
     )
+
+
+def other_scores(dense: Any, pruned: Any, specs: dict[str, TaskSpec]) -> dict[str, ScoreEntry]:
+    """Δm and Δ_p of the pruned metrics against the dense ones, each with its convention."""
+    dp = delta_p(dense, pruned, specs)
+    return {
+        "delta_m": ScoreEntry(
+            overall=delta_m(dense, pruned, specs),
+            higher_is_better=SCORE_CONVENTIONS["delta_m"].higher_is_better,
+            convention=SCORE_CONVENTIONS["delta_m"].text,
+        ),
+        "delta_p": ScoreEntry(
+            overall=dp.overall,
+            per_task=dp.per_task,
+            higher_is_better=SCORE_CONVENTIONS["delta_p"].higher_is_better,
+            convention=SCORE_CONVENTIONS["delta_p"].text,
+        ),
+    }
 
 
 def dense_state_keys(model: nn.Module) -> list[str]:

@@ -27,6 +27,7 @@ from adapmtl_cli.report_data import (
     load_report,
     relative_change,
     rows,
+    score_lines,
     sorted_layers,
 )
 from adapmtl_cli.report_text import SECTION_TITLES, compare_json, compare_markdown, report_csv, report_markdown
@@ -133,7 +134,7 @@ def report_renderable(
         (f"{dt.overall:+.2f}%", "bold green" if dt.overall >= 0 else "bold red"),
         f"  ({per})",
     )
-    notes = [dt.convention, baseline or DEFAULT_BASELINE]
+    notes = [dt.convention, baseline or DEFAULT_BASELINE, *score_lines(report)]
     if report.task_weights:
         notes.append(_weights_line(report))
     if dt.skipped:
@@ -293,25 +294,32 @@ def _duration(seconds: float) -> str:
 
 
 def dataset_renderable(desc: dict) -> Group:
-    """``data check``'s view of ``data.nyuv2.describe``: splits, tasks, class histogram, invalid depth."""
+    """``data check``'s view of an adapter's ``describe``: splits, tasks, class histogram, invalid depth."""
     splits = Table(title=f"Dataset {desc['root']}", title_justify="left")
     for col in ("split", "folder", "samples", "size"):
         splits.add_column(col, justify="right" if col == "samples" else "left")
     for name, info in desc["splits"].items():
         splits.add_row(name, info["folder"], str(info["samples"]), "x".join(map(str, info["size"])))
-    classes = Table(
-        title=f"Label pixels in the first {desc['sampled']['samples']} {desc['sampled']['split']} samples",
-        title_justify="left",
+    parts: list[RenderableType] = [splits]
+    if desc.get("class_pixels") is not None:
+        sampled = desc.get("sampled") or {}
+        classes = Table(
+            title=f"Label pixels in the first {sampled.get('samples', '?')} {sampled.get('split', '')} samples",
+            title_justify="left",
+        )
+        classes.add_column("class")
+        classes.add_column("pixels", justify="right")
+        classes.add_column("share", justify="right")
+        total = max(1, sum(desc["class_pixels"].values()))
+        for cls, n in desc["class_pixels"].items():
+            classes.add_row(cls, f"{n:,}", f"{n / total:.1%}")
+        parts.append(classes)
+    ratio = desc.get("depth_invalid_ratio")
+    layout = f"layout: {desc['layout']}; " if desc.get("layout") else ""
+    parts.append(
+        Text(
+            f"{layout}tasks: {', '.join(desc['tasks'])}; invalid depth pixels: "
+            + (f"{ratio:.1%}" if ratio is not None else "no depth")
+        )
     )
-    classes.add_column("class")
-    classes.add_column("pixels", justify="right")
-    classes.add_column("share", justify="right")
-    total = max(1, sum(desc["class_pixels"].values()))
-    for cls, n in desc["class_pixels"].items():
-        classes.add_row(cls, f"{n:,}", f"{n / total:.1%}")
-    ratio = desc["depth_invalid_ratio"]
-    tail = Text(
-        f"tasks: {', '.join(desc['tasks'])}; invalid depth pixels: "
-        + (f"{ratio:.1%}" if ratio is not None else "no depth")
-    )
-    return Group(splits, classes, tail)
+    return Group(*parts)

@@ -296,6 +296,10 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
         add("delta_t", "Δ_T", task, "signed", lambda r, t=task: r.delta_t.per_task[t], +1)
     add("delta_t", "Δ_T", "overall", "signed", lambda r: r.delta_t.overall, +1)
     add("delta_t", "Δ_T", "skipped", "text", lambda r: ",".join(r.delta_t.skipped), human=False)
+    for key, symbol in (("delta_m", "Δm"), ("delta_p", "Δ_p")):
+        if any(key in rep.scores for rep in reps):
+            better = next(rep.scores[key].higher_is_better for rep in reps if key in rep.scores)
+            add("score", symbol, "overall", "float", lambda r, k=key: r.scores[k].overall, 1 if better else -1)
     for task in _union(rep.task_weights for rep in reps):
         add("task_weight", "weight", task, "float", lambda r, t=task: r.task_weights[t])
     n_warn = max((len(rep.warnings) for rep in reps), default=0)
@@ -327,3 +331,13 @@ def _union(groups: Iterable[Iterable[str]]) -> list[str]:
         for k in g:
             seen.setdefault(k, None)
     return list(seen)
+
+
+def score_lines(report: RunReport) -> list[str]:
+    """One line per extra score (Δm, Δ_p): its value and its convention."""
+    symbols = {"delta_m": ("Δm", "{:+.2f}%"), "delta_p": ("Δ_p", "{:+.4f}")}
+    lines = []
+    for key, entry in report.scores.items():
+        symbol, fmt = symbols.get(key, (key, "{:+.4g}"))
+        lines.append(f"{symbol} {fmt.format(entry.overall)}: {entry.convention}")
+    return lines

@@ -20,6 +20,7 @@ from adapmtl_cli.report_data import (
     fmt,
     relative_change,
     rows,
+    score_lines,
     sorted_layers,
 )
 from adapmtl_cli.report_text import SECTION_TITLES, compare_json
@@ -144,7 +145,8 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
     per = ", ".join(f"{escape(t)} {v:+.2f}" for t, v in dt.per_task.items())
     cls = "good" if dt.overall >= 0 else "bad"
     parts.append(f'<p><b>Δ_T</b> <span class="{cls}"><b>{dt.overall:+.2f}%</b></span> ({per})</p>')
-    parts.append(f'<p class="note">{escape(dt.convention)}<br>{escape(run.baseline)}</p>')
+    extra = "".join(f"<br>{escape(line)}" for line in score_lines(r))
+    parts.append(f'<p class="note">{escape(dt.convention)}<br>{escape(run.baseline)}{extra}</p>')
     if dt.skipped:
         parts.append(f'<p class="note">skipped (dense value 0): {escape(", ".join(dt.skipped))}</p>')
     if r.task_weights:

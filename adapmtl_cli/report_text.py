@@ -13,13 +13,23 @@ import json
 from collections.abc import Sequence
 
 from adapmtl_cli.config import RunReport
-from adapmtl_cli.report_data import BEST_RULE, Row, RunView, fmt, relative_change, rows, sorted_layers
+from adapmtl_cli.report_data import (
+    BEST_RULE,
+    Row,
+    RunView,
+    fmt,
+    relative_change,
+    rows,
+    score_lines,
+    sorted_layers,
+)
 
 SECTION_TITLES = {
     "summary": "Summary",
     "component": "Sparsity per component",
     "metric": "Task metrics on the validation split",
     "delta_t": "Δ_T (higher is better)",
+    "score": "Other scores (Δm: lower is better; Δ_p: higher is better)",
     "task_weight": "Final task weights",
     "warning": "Warnings",
     "layer": "Sparsity per layer",
@@ -62,6 +72,7 @@ def report_markdown(
     lines[-1] += baseline or "baseline: the dense model on the validation split"
     if report.delta_t.skipped:
         lines[-1] += f"; skipped (dense value 0): {', '.join(report.delta_t.skipped)}"
+    lines += [f"\n{line}" for line in score_lines(report)]
     if report.task_weights:
         weights = ", ".join(f"{t} {fmt(w, 'float')}" for t, w in report.task_weights.items())
         lines += ["", f"Task weights at the last step: {weights}"]

@@ -45,6 +45,6 @@ def get_dataset(name: str, options: Mapping[str, str] | None = None) -> DatasetA
     )
 
 
-from adapmtl_cli.data import nyuv2  # noqa: E402,F401  (registration side effects)
+from adapmtl_cli.data import nyuv2, taskonomy  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["DATASETS", "DatasetAdapter", "Sample", "get_dataset", "is_plugin_reference", "register_dataset"]

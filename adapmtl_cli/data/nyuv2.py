@@ -1,51 +1,62 @@
-"""NYU-v2 in the MTAN/LibMTL ``.npy`` layout, registered as ``nyuv2`` and as ``synthetic`` (same layout).
+"""NYU-v2 in the MTAN/LibMTL ``.npy`` layout, and the ``nyuv2``/``synthetic`` registrations that pick a layout.
 
 ``root/{train,val}/{image,label,depth,normal}/{i}.npy`` holds one HWC array per sample, ``i = 0..N-1``:
 image (H, W, 3) RGB in [0, 1]; label (H, W) class ids 0..12 stored as floats, -1 = ignore; depth (H, W, 1) or
 (H, W) metres, 0 = invalid; normal (H, W, 3) unit vectors, all-zero = invalid. ``open`` checks the layout from
 the ``.npy`` headers alone (names, counts, shapes, dtypes, truncation), so a bad folder fails at once with the
 file named, while the per-item loads stay light.
+
+``--data nyuv2`` detects the layout of each root (:func:`detect_layout`): ``nyu_v2_3task.json`` means the
+AdaShare layout (``nyuv2_adashare.py``), a ``train/``, ``val/`` or ``test/`` folder the MTAN one.
+``--data synthetic`` is the MTAN layout. Both take ``augment=true`` (``augment.py``, train split only).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data import register_dataset
-from adapmtl_cli.data.base import Sample, check_options
-from adapmtl_cli.data.synthetic import NYU13_CLASSES
-from adapmtl_cli.errors import DataError
+from adapmtl_cli.data.augment import AugmentedSplit
+from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option
+from adapmtl_cli.data.synthetic import ADASHARE_FOLDERS, ADASHARE_JSON, NYU13_CLASSES
+from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec
+
+if TYPE_CHECKING:
+    from adapmtl_cli.data.nyuv2_adashare import NyuV2AdaShare
 
 TASK_FOLDERS = {"label": "segmentation", "depth": "depth", "normal": "normal"}
 """Task folder -> task name, in the order tasks are reported."""
 
 _INDEX_NAME = re.compile(r"0|[1-9][0-9]*")
 _TRAILING = {"image": ((3,),), "label": ((),), "depth": ((1,), ()), "normal": ((3,),)}
-_MAX_PROBLEMS = 5
+MAX_PROBLEMS = 5
 _DESCRIBE_SAMPLES = 64
 
 
-def _q(path: Path) -> str:
+def quoted(path: Path) -> str:
+    """``path`` as it appears in error messages: the string in quotes."""
     return repr(str(path))
 
 
-def _raise_all(problems: list[str]) -> None:
+def raise_problems(problems: list[str]) -> None:
     """Raise one ``DataError`` listing the first few problems, if there are any."""
     if problems:
-        more = len(problems) - _MAX_PROBLEMS
-        shown = problems[:_MAX_PROBLEMS] + ([f"and {more} more"] if more > 0 else [])
+        more = len(problems) - MAX_PROBLEMS
+        shown = problems[:MAX_PROBLEMS] + ([f"and {more} more"] if more > 0 else [])
         raise DataError("; ".join(shown))
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a ``.npy`` file from its header; also refuses pickled and truncated files."""
     try:
         with open(path, "rb") as f:
@@ -60,26 +71,37 @@ def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
                 f.seek(array.offset)
             if dtype.hasobject:
                 raise DataError(
-                    f"{_q(path)} holds Python objects (dtype {str(dtype)!r}); unpickling is refused, "
+                    f"{quoted(path)} holds Python objects (dtype {str(dtype)!r}); unpickling is refused, "
                     "save plain numeric arrays with numpy.save"
                 )
             expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
             actual = os.fstat(f.fileno()).st_size
     except (OSError, ValueError, EOFError) as exc:
-        msg = f"{_q(path)} is not a readable .npy file ({exc}); re-save it with numpy.save"
+        msg = f"{quoted(path)} is not a readable .npy file ({exc}); re-save it with numpy.save"
         raise DataError(msg) from None
     if actual < expected:
-        raise DataError(f"{_q(path)} is truncated ({actual} bytes, its header needs {expected}); re-copy it")
+        raise DataError(f"{quoted(path)} is truncated ({actual} bytes, its header needs {expected}); re-copy it")
     if dtype.kind not in "biuf":
-        raise DataError(f"{_q(path)} has dtype {str(dtype)!r}; expected a numeric array (float or int)")
+        raise DataError(f"{quoted(path)} has dtype {str(dtype)!r}; expected a numeric array (float or int)")
     return tuple(shape), dtype
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """The array stored in ``path`` (pickles refused), checked to be finite when it is a float array."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{quoted(path)} cannot be read ({exc}); re-save it with numpy.save") from None
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{quoted(path)} holds NaN or infinite values; fix or drop this sample")
+    return array
 
 
 def _indexed_files(folder: Path) -> tuple[int, list[str]]:
     """How many ``{i}.npy`` files ``folder`` holds, and what is wrong with their names."""
     stems = [p.stem for p in folder.glob("*.npy")]
     problems = [
-        f"{_q(folder / (s + '.npy'))} is not named by a sample index; name files 0.npy, 1.npy, ..."
+        f"{quoted(folder / (s + '.npy'))} is not named by a sample index; name files 0.npy, 1.npy, ..."
         for s in sorted(stems)
         if not _INDEX_NAME.fullmatch(s)
     ]
@@ -88,33 +110,43 @@ def _indexed_files(folder: Path) -> tuple[int, list[str]]:
     missing = sorted(set(range(len(stems))) - {int(s) for s in stems})
     if missing:
         problems.append(
-            f"{_q(folder)} holds {len(stems)} files but {missing[0]}.npy is missing; files must be named "
+            f"{quoted(folder)} holds {len(stems)} files but {missing[0]}.npy is missing; files must be named "
             f"0.npy..{len(stems) - 1}.npy with no gaps"
         )
     return len(stems), problems
 
 
+def _other_layout(root: Path) -> str:
+    """A hint for error messages when ``root`` is in the AdaShare layout instead."""
+    if (root / ADASHARE_JSON).is_file():
+        return f" (it holds {ADASHARE_JSON}, the AdaShare layout: use --data nyuv2 with layout auto or adashare)"
+    return ""
+
+
 def _resolve_split(root: Path, split: str) -> Path:
     """The folder of ``split``; ``val`` falls back to ``test/`` (and ``test`` to ``val/``) when absent."""
     if not root.is_dir():
-        raise DataError(f"dataset root {_q(root)} does not exist; pass the folder that holds train/ and val/")
+        raise DataError(f"dataset root {quoted(root)} does not exist; pass the folder that holds train/ and val/")
     candidates = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}.get(split)
     if candidates is None:
         raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
     for name in candidates:
         if (root / name).is_dir():
             return root / name
-    raise DataError(f"split folder {_q(root / split)} does not exist; pass a root holding train/ and val/")
+    raise DataError(
+        f"split folder {quoted(root / split)} does not exist; pass a root holding train/ and val/{_other_layout(root)}"
+    )
 
 
 def _reference_split(root: Path) -> Path:
     """The split whose task folders define the dataset's tasks: train if present, else val."""
     if not root.is_dir():
-        raise DataError(f"dataset root {_q(root)} does not exist; pass the folder that holds train/ and val/")
+        raise DataError(f"dataset root {quoted(root)} does not exist; pass the folder that holds train/ and val/")
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
             return root / name
-    raise DataError(f"dataset root {_q(root)} holds no train/ or val/ folder; expected the MTAN .npy layout")
+    hint = _other_layout(root)
+    raise DataError(f"dataset root {quoted(root)} holds no train/ or val/ folder; expected the MTAN .npy layout{hint}")
 
 
 class NpySplit(Dataset[Sample]):
@@ -131,14 +163,7 @@ class NpySplit(Dataset[Sample]):
 
     def array(self, folder: str, index: int) -> np.ndarray:
         """The raw stored array of ``folder`` for sample ``index``, checked to be finite."""
-        path = self.folder / folder / f"{index}.npy"
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{_q(path)} cannot be read ({exc}); re-save it with numpy.save") from None
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise DataError(f"{_q(path)} holds NaN or infinite values; fix or drop this sample")
-        return array
+        return load_npy(self.folder / folder / f"{index}.npy")
 
     def label(self, index: int) -> np.ndarray:
         """The class ids of sample ``index`` as int64, checked to lie in -1..12."""
@@ -147,7 +172,7 @@ class NpySplit(Dataset[Sample]):
         if low < -1 or high >= len(NYU13_CLASSES):
             path = self.folder / "label" / f"{index}.npy"
             bad = low if low < -1 else high
-            raise DataError(f"{_q(path)} holds class id {bad!r}; NYU-13 labels are 0..12 with -1 = ignore")
+            raise DataError(f"{quoted(path)} holds class id {bad!r}; NYU-13 labels are 0..12 with -1 = ignore")
         return label
 
     def __getitem__(self, index: int) -> Sample:
@@ -171,10 +196,16 @@ def _channels_first(array: np.ndarray) -> np.ndarray:
 
 
 class NyuV2Npy:
-    """Adapter for the MTAN/LibMTL NYU-v2 ``.npy`` layout (``nyuv2``), also used for synthetic scenes."""
+    """Adapter for the MTAN/LibMTL NYU-v2 ``.npy`` layout (``nyuv2``), also used for synthetic scenes.
 
-    def __init__(self, name: str = "nyuv2") -> None:
+    Args:
+        name: the ``--data`` value it was built for.
+        augment: wrap the train split in :class:`AugmentedSplit` (random scale and flip, normal x negated).
+    """
+
+    def __init__(self, name: str = "nyuv2", *, augment: bool = False) -> None:
         self.name = name
+        self.augment = augment
 
     def task_folders(self, root: Path) -> tuple[str, ...]:
         """The task folders of the reference split (train, else val), in the fixed task order."""
@@ -182,7 +213,7 @@ class NyuV2Npy:
         found = tuple(f for f in TASK_FOLDERS if (reference / f).is_dir())
         if not found:
             raise DataError(
-                f"{_q(reference)} holds no task folder (label/, depth/ or normal/); expected the MTAN .npy layout"
+                f"{quoted(reference)} holds no task folder (label/, depth/ or normal/); expected the MTAN .npy layout"
             )
         return found
 
@@ -195,8 +226,10 @@ class NyuV2Npy:
         """See :meth:`DatasetAdapter.describe`."""
         return describe(root)
 
-    def open(self, root: Path, split: str) -> NpySplit:
+    def open(self, root: Path, split: str) -> NpySplit | AugmentedSplit:
         """Validate ``split`` under ``root`` from the file headers and return it as a dataset.
+
+        With ``augment``, the train split comes wrapped in :class:`AugmentedSplit`.
 
         Raises:
             DataError: a folder is missing, file names have gaps, counts differ between folders, or a file
@@ -206,46 +239,49 @@ class NyuV2Npy:
         folder = _resolve_split(root, split)
         task_folders = self.task_folders(root)
         if not (folder / "image").is_dir():
-            raise DataError(f"{_q(folder / 'image')} does not exist; every split needs an image/ folder")
+            raise DataError(f"{quoted(folder / 'image')} does not exist; every split needs an image/ folder")
         length, problems = _indexed_files(folder / "image")
         if length == 0:
-            raise DataError(f"{_q(folder / 'image')} holds no .npy files; expected 0.npy, 1.npy, ...")
+            raise DataError(f"{quoted(folder / 'image')} holds no .npy files; expected 0.npy, 1.npy, ...")
         for name in task_folders:
             sub = folder / name
             if not sub.is_dir():
-                reference = _q(_reference_split(root))
-                problems.append(f"{_q(folder)} lacks the {name}/ folder that {reference} has")
+                reference = quoted(_reference_split(root))
+                problems.append(f"{quoted(folder)} lacks the {name}/ folder that {reference} has")
                 continue
             count, naming = _indexed_files(sub)
             if count != length:
                 problems.append(
-                    f"{_q(sub)} holds {count} files but {_q(folder / 'image')} holds {length}; every task "
+                    f"{quoted(sub)} holds {count} files but {quoted(folder / 'image')} holds {length}; every task "
                     "folder needs one file per image"
                 )
             else:
                 problems += naming
-        _raise_all(problems)
+        raise_problems(problems)
         size = _check_shapes(folder, length, task_folders)
-        return NpySplit(folder, length, size, task_folders)
+        data = NpySplit(folder, length, size, task_folders)
+        if self.augment and split == "train":
+            return AugmentedSplit(data, {TASK_FOLDERS[f]: TASK_FOLDERS[f] for f in task_folders})
+        return data
 
 
 def _check_shapes(folder: Path, length: int, task_folders: tuple[str, ...]) -> tuple[int, int]:
     """The common (H, W) of a split, after checking every file's header against it."""
     first = folder / "image" / "0.npy"
-    shape, _ = _read_header(first)
+    shape, _ = read_npy_header(first)
     if len(shape) != 3 or shape[2] != 3:
-        raise DataError(f"{_q(first)} has shape {shape!r}; expected (H, W, 3) RGB")
+        raise DataError(f"{quoted(first)} has shape {shape!r}; expected (H, W, 3) RGB")
     size = (shape[0], shape[1])
     problems = []
     for name in ("image", *task_folders):
         allowed = [size + trailing for trailing in _TRAILING[name]]
         for i in range(length):
             path = folder / name / f"{i}.npy"
-            shape, _ = _read_header(path)
+            shape, _ = read_npy_header(path)
             if shape not in allowed:
                 wanted = " or ".join(repr(a) for a in allowed)
-                problems.append(f"{_q(path)} has shape {shape!r}, expected {wanted} to match {_q(first)}")
-    _raise_all(problems)
+                problems.append(f"{quoted(path)} has shape {shape!r}, expected {wanted} to match {quoted(first)}")
+    raise_problems(problems)
     return size
 
 
@@ -266,10 +302,12 @@ def describe(root: Path) -> dict[str, object]:
             if root.is_dir():
                 continue
             raise
-        opened[split] = data = adapter.open(root, split)
+        opened[split] = data = adapter.open(root, split)  # type: ignore[assignment]  # never augmented
         splits[split] = {"folder": folder.name, "samples": len(data), "size": list(data.size)}
     if not opened:
-        raise DataError(f"dataset root {_q(root)} holds no train/ or val/ folder; expected the MTAN layout")
+        raise DataError(
+            f"dataset root {quoted(root)} holds no train/ or val/ folder; expected the MTAN layout{_other_layout(root)}"
+        )
     sampled = opened["val"] if "val" in opened else opened["train"]
     count = min(len(sampled), _DESCRIBE_SAMPLES)
     pixels = np.zeros(len(NYU13_CLASSES) + 1, dtype=np.int64)
@@ -292,13 +330,110 @@ def describe(root: Path) -> dict[str, object]:
     }
 
 
+LAYOUTS = ("auto", "mtan", "adashare")
+_ADASHARE_ONLY = ("normals", "input")
+_OPTIONS = {
+    "layout": "auto (default: from the folder's files), mtan or adashare",
+    "augment": "true or false (default): random scale and horizontal flip of the train split",
+    "normals": "unit (default) or adashare: the AdaShare layout's normal targets",
+    "input": "caffe-bgr (default) or rgb01: the AdaShare layout's image encoding",
+}
+
+
+def detect_layout(root: Path) -> str:
+    """``"adashare"`` when ``root`` holds ``nyu_v2_3task.json``, ``"mtan"`` when it holds a split folder.
+
+    The JSON wins when both are present. A root with a ``train/``, ``val/`` or ``test/`` folder counts as MTAN
+    even when that folder is incomplete, so the MTAN checks can say what is missing.
+
+    Raises:
+        DataError: ``root`` does not exist, or matches neither layout (the message says what each needs).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset root {quoted(root)} does not exist; pass the folder that holds train/ and val/ (MTAN "
+            f"layout) or {ADASHARE_JSON} (AdaShare layout)"
+        )
+    if (root / ADASHARE_JSON).is_file():
+        return "adashare"
+    if any((root / split).is_dir() for split in ("train", "val", "test")):
+        return "mtan"
+    found = [f"{name}/" for name in ADASHARE_FOLDERS if (root / name).is_dir()]
+    hint = f" (it has {', '.join(found)} but no {ADASHARE_JSON})" if found else ""
+    raise DataError(
+        f"dataset root {quoted(root)} is in neither NYU-v2 layout{hint}: the MTAN layout needs train/ and val/ "
+        f"(or test/) folders, each with image/, label/, depth/, normal/ holding 0.npy, 1.npy, ...; the AdaShare "
+        f"layout needs {ADASHARE_JSON} listing img/, seg/, normal_mask/ and depth/ files"
+    )
+
+
+class NyuV2:
+    """``--data nyuv2`` with ``layout=auto``: opens each root with the adapter of the layout found there.
+
+    Args:
+        name: the ``--data`` value.
+        augment: passed on to the layout's adapter.
+        adashare_options: ``normals``/``input`` as given; a ``ConfigError`` when the root is in the MTAN layout.
+    """
+
+    def __init__(
+        self, name: str = "nyuv2", *, augment: bool = False, adashare_options: Mapping[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.augment = augment
+        self.adashare_options = dict(adashare_options or {})
+
+    def resolve(self, root: Path) -> NyuV2Npy | NyuV2AdaShare:
+        """The adapter for ``root``'s layout (see :func:`detect_layout`)."""
+        if detect_layout(root) == "mtan":
+            if self.adashare_options:
+                given = ", ".join(f"{k}={v!r}" for k, v in self.adashare_options.items())
+                raise ConfigError(
+                    f"--data {self.name} option {given} applies to the AdaShare layout only, but {quoted(Path(root))} "
+                    "is in the MTAN layout; drop it"
+                )
+            return NyuV2Npy(self.name, augment=self.augment)
+        return _adashare(self.name, self.augment, self.adashare_options)
+
+    def tasks(self, root: Path) -> list[TaskSpec]:
+        """The tasks of the layout found at ``root``."""
+        return self.resolve(root).tasks(root)
+
+    def open(self, root: Path, split: str) -> Dataset[Sample]:
+        """``split`` of the layout found at ``root``."""
+        return self.resolve(root).open(root, split)
+
+    def describe(self, root: Path) -> dict[str, object]:
+        """See :meth:`DatasetAdapter.describe`; ``layout`` says which layout was found."""
+        return self.resolve(root).describe(root)
+
+
+def _adashare(name: str, augment: bool, options: Mapping[str, str]) -> NyuV2AdaShare:
+    from adapmtl_cli.data.nyuv2_adashare import NyuV2AdaShare  # it imports this module: import it on first use
+
+    return NyuV2AdaShare(
+        name, augment=augment, normals=options.get("normals", "unit"), input_format=options.get("input", "caffe-bgr")
+    )
+
+
 @register_dataset("nyuv2")
-def _nyuv2(**options: str) -> NyuV2Npy:
-    check_options("nyuv2", options, {})
-    return NyuV2Npy("nyuv2")
+def _nyuv2(**options: str) -> NyuV2 | NyuV2Npy | NyuV2AdaShare:
+    check_options("nyuv2", options, _OPTIONS)
+    layout = choice_option("nyuv2", "layout", options.get("layout", "auto"), LAYOUTS)
+    augment = bool_option("nyuv2", "augment", options["augment"]) if "augment" in options else False
+    adashare_options = {k: options[k] for k in _ADASHARE_ONLY if k in options}
+    if layout == "mtan":
+        if adashare_options:
+            given = ", ".join(f"{k}={v!r}" for k, v in adashare_options.items())
+            raise ConfigError(f"--data nyuv2 option {given} applies to layout=adashare only, not layout=mtan; drop it")
+        return NyuV2Npy("nyuv2", augment=augment)
+    adapter = _adashare("nyuv2", augment, adashare_options)  # checks the option values even when auto
+    return adapter if layout == "adashare" else NyuV2("nyuv2", augment=augment, adashare_options=adashare_options)
 
 
 @register_dataset("synthetic")
 def _synthetic(**options: str) -> NyuV2Npy:
-    check_options("synthetic", options, {})
-    return NyuV2Npy("synthetic")
+    check_options("synthetic", options, {"augment": _OPTIONS["augment"]})
+    augment = bool_option("synthetic", "augment", options["augment"]) if "augment" in options else False
+    return NyuV2Npy("synthetic", augment=augment)

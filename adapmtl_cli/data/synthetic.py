@@ -1,4 +1,4 @@
-"""Procedural NYU-v2-like indoor scenes, written in the MTAN ``.npy`` layout.
+"""Procedural NYU-v2-like indoor scenes, written in the MTAN ``.npy`` layout or the AdaShare PNG/JSON layout.
 
 Each scene is a room box (floor, ceiling, four walls) with furniture boxes standing on the floor and flat
 patches (window, picture, tv, book shelf) on the walls, seen by a camera with the NYU Kinect intrinsics.
@@ -10,7 +10,13 @@ Kinect-like invalid pixels (border, holes, shadows at depth edges, out of range)
 label -1; label -1 also marks thin unlabelled strips at class boundaries, as in the real annotations.
 
 Pure numpy and deterministic: sample ``i`` of a split comes from ``np.random.default_rng([seed, split, i])``,
-so any prefix of a larger generation is identical to a smaller one.
+so any prefix of a larger generation is identical to a smaller one, and both layouts hold the same scenes.
+
+The AdaShare layout (``layout="adashare"``, datasets.md §1b) stores the same scenes the way AdaShare, DiSparse
+and AdapMTL ship NYU-v2: ``img/XXXX.png`` RGB uint8 (``round(255 * image)``), ``seg/XXXX.png`` 8-bit gray with
+the NYU-40 id of each class (:data:`NYU13_TO_NYU40`) and 255 = unlabelled, ``normal_mask/XXXX.png`` RGB
+``round((n + 1) / 2 * 255)`` with (255, 255, 255) = invalid, and ``depth/XXXX.npy`` float32 (H, W) metres,
+*filled* (the true ray-cast depth everywhere, as in the real pack), plus ``nyu_v2_3task.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from adapmtl_cli.errors import ConfigError, DataError
 
@@ -32,14 +39,37 @@ NYU13_CLASSES = (
 )  # fmt: skip
 """The 13 NYU-v2 classes in MTAN/LibMTL order; the index is the class id."""
 
+NYU40_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
+    "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box",
+    "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
+    "otherfurniture", "otherprop",
+)  # fmt: skip
+"""Gupta et al.'s 40 NYU-v2 classes; the index (their 1-based id minus 1) is the class id of the AdaShare layout."""
+
+NYU13_TO_NYU40 = {
+    "bed": "bed", "books": "books", "ceiling": "ceiling", "chair": "chair", "floor": "floor",
+    "furniture": "otherfurniture", "objects": "otherprop", "picture": "picture", "sofa": "sofa", "table": "table",
+    "tv": "television", "wall": "wall", "window": "window",
+}  # fmt: skip
+"""The NYU-40 class the generator writes for each of its 13 classes in the AdaShare layout: the same name where
+NYU-40 has it, ``tv`` -> ``television``, and the catch-all classes for the generic ``furniture`` and ``objects``."""
+
 SPLITS = ("train", "val")
 FOLDERS = ("image", "label", "depth", "normal")
 MANIFEST = "synthetic.json"
+LAYOUTS = ("mtan", "adashare")
+ADASHARE_JSON = "nyu_v2_3task.json"
+ADASHARE_FOLDERS = ("img", "seg", "normal_mask", "depth")
+"""The AdaShare layout's folders, in the order of each JSON entry."""
 _FORMAT_VERSION = 1
 
 _KINECT = (518.857901, 519.469611, 325.582449, 253.736166)  # fx, fy, cx, cy at 480x640
 _MIN_RANGE, _MAX_RANGE = 0.4, 10.0
 _ID = {name: i for i, name in enumerate(NYU13_CLASSES)}
+# 13-class id + 1 -> NYU-40 id as stored in seg PNGs (index 0 is the unlabelled -1).
+_SEG_LUT = np.array([255] + [NYU40_CLASSES.index(NYU13_TO_NYU40[c]) for c in NYU13_CLASSES], dtype=np.uint8)
 
 _Box = tuple[np.ndarray, np.ndarray, int]  # world-space min corner, max corner, class id
 _Patch = tuple[int, int, tuple[float, float], tuple[float, float], int]  # axis, side, u range, y range, class id
@@ -266,7 +296,8 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int]) -> dict[str, n
     Returns:
         ``image`` (H, W, 3) float32 in [0, 1]; ``label`` (H, W) float32 class ids 0..12 or -1;
         ``depth`` (H, W, 1) float32 metres, 0 = invalid; ``normal`` (H, W, 3) float32 camera-frame unit
-        vectors, 0 = invalid.
+        vectors, 0 = invalid; ``depth_filled`` (H, W) float32 metres, the ray-cast depth of every pixel
+        before the Kinect-like invalidation (what the AdaShare layout stores).
     """
     h, w = size
     room = np.array([rng.uniform(3.0, 8.0), rng.uniform(2.4, 3.0), rng.uniform(3.0, 8.0)])
@@ -294,6 +325,24 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int]) -> dict[str, n
         "label": np.where(unlabelled, -1, label).astype(np.float32),
         "depth": np.where(bad, 0.0, depth)[..., None].astype(np.float32),
         "normal": normal.astype(np.float32),
+        "depth_filled": depth.astype(np.float32),
+    }
+
+
+def adashare_arrays(scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The four AdaShare-layout arrays of a rendered scene, keyed by folder (see the module docstring).
+
+    ``img`` (H, W, 3) uint8 RGB; ``seg`` (H, W) uint8 NYU-40 ids, 255 = unlabelled; ``normal_mask`` (H, W, 3)
+    uint8 RGB, (255, 255, 255) = invalid; ``depth`` (H, W) float32 filled metres.
+    """
+    normal = scene["normal"].astype(np.float64)
+    encoded = np.clip(np.rint((normal + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8)
+    encoded[~normal.any(axis=-1)] = 255
+    return {
+        "img": np.clip(np.rint(scene["image"].astype(np.float64) * 255.0), 0, 255).astype(np.uint8),
+        "seg": _SEG_LUT[scene["label"].astype(np.int64) + 1],
+        "normal_mask": encoded,
+        "depth": scene["depth_filled"].astype(np.float32),
     }
 
 
@@ -305,14 +354,29 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _save_png(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) ``array`` as PNG through a temporary name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, content: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def _write_manifest(root: Path, params: dict[str, object], complete: bool) -> None:
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({**params, "complete": complete}, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
+    _write_json(root / MANIFEST, {**params, "complete": complete})
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
-    """Create ``root``, or clear the sample files of an earlier generation (any folder if ``overwrite``)."""
+def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
+    """Create ``root`` with ``layout``'s folders, after clearing the sample files of an earlier generation.
+
+    The files of *both* layouts are cleared, so a folder regenerated in the other layout is never detected
+    as the old one. A folder holding anything else is refused unless ``overwrite`` is set.
+    """
     if root.exists() and not root.is_dir():
         raise DataError(f"output {str(root)!r} is a file, not a folder; pass a folder path")
     if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file() and not overwrite:
@@ -320,12 +384,37 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
             f"output folder {str(root)!r} is not empty and holds no earlier synthetic data ({MANIFEST}); "
             "pass an empty or new folder, or overwrite=True"
         )
-    for split in SPLITS:
-        for folder in FOLDERS:
-            sub = root / split / folder
-            sub.mkdir(parents=True, exist_ok=True)
-            for stale in [*sub.glob("*.npy"), *sub.glob(".*.tmp")]:
+    mtan = [root / split / folder for split in SPLITS for folder in FOLDERS]
+    adashare = [root / folder for folder in ADASHARE_FOLDERS]
+    for sub in mtan + adashare:
+        if sub.is_dir():
+            suffix = "*.png" if sub.parent == root and sub.name != "depth" else "*.npy"
+            for stale in [*sub.glob(suffix), *sub.glob(".*.tmp")]:
                 stale.unlink()
+    (root / ADASHARE_JSON).unlink(missing_ok=True)
+    for sub in adashare if layout == "mtan" else mtan:
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if layout == "adashare":
+        for split in SPLITS:
+            if (root / split).is_dir() and not any((root / split).iterdir()):
+                (root / split).rmdir()
+    for sub in mtan if layout == "mtan" else adashare:
+        sub.mkdir(parents=True, exist_ok=True)
+
+
+def _check_parameters(train: int, val: int, size: tuple[int, int], seed: int, layout: str) -> None:
+    problems = []
+    if train < 1 or val < 1:
+        problems.append(f"sample counts must be at least 1, got train={train!r} val={val!r}")
+    if len(size) != 2 or min(size) < 8:
+        problems.append(f"size must be (height, width) with both at least 8, got {size!r}")
+    if seed < 0:
+        problems.append(f"seed must be a non-negative integer, got {seed!r}")
+    if layout not in LAYOUTS:
+        problems.append(f"layout {layout!r} must be one of: {', '.join(LAYOUTS)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def generate_scenes(
@@ -337,52 +426,71 @@ def generate_scenes(
     seed: int = 0,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    layout: str = "mtan",
 ) -> SceneSummary:
-    """Render ``train`` + ``val`` scenes into ``root`` in the MTAN layout, ``root/{split}/{folder}/{i}.npy``.
+    """Render ``train`` + ``val`` scenes into ``root`` in the MTAN or the AdaShare layout.
+
+    ``layout="mtan"`` writes ``root/{split}/{folder}/{i}.npy`` (13 classes). ``layout="adashare"`` writes the
+    same scenes as ``root/{img,seg,normal_mask,depth}/XXXX.{png,npy}`` named ``0001``, ``0002``, ... (train
+    first, then val) and ``root/nyu_v2_3task.json`` with ``train``, ``test`` (= val), and ``train1``/``train2``
+    (the first and second half of train; train1 takes the odd one out); the JSON is written last.
 
     ``root/synthetic.json`` records the parameters; it also marks the folder as ours, so regenerating into it
     replaces the old samples. Any other non-empty folder is refused unless ``overwrite`` is set, and even then
-    only ``{split}/{image,label,depth,normal}/*.npy`` files are removed.
+    only the sample files of the two layouts (``{split}/{image,label,depth,normal}/*.npy``,
+    ``{img,seg,normal_mask,depth}/*.{png,npy}``) and ``nyu_v2_3task.json`` are removed.
 
     Args:
         on_progress: called with ``(done, total)`` after each sample.
+        layout: ``"mtan"`` or ``"adashare"``.
 
     Raises:
-        ConfigError: a count, size or seed is out of range.
+        ConfigError: a count, size, seed or layout is out of range.
         DataError: ``root`` is a file, or a non-empty folder not made by this generator.
     """
-    problems = []
-    if train < 1 or val < 1:
-        problems.append(f"sample counts must be at least 1, got train={train!r} val={val!r}")
-    if len(size) != 2 or min(size) < 8:
-        problems.append(f"size must be (height, width) with both at least 8, got {size!r}")
-    if seed < 0:
-        problems.append(f"seed must be a non-negative integer, got {seed!r}")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    _check_parameters(train, val, size, seed, layout)
     root = Path(root)
     start = time.perf_counter()
-    _prepare_root(root, overwrite)
+    _prepare_root(root, overwrite, layout)
     size = (int(size[0]), int(size[1]))
     params: dict[str, object] = {
         "format_version": _FORMAT_VERSION,
-        "layout": "mtan-npy",
+        "layout": "mtan-npy" if layout == "mtan" else "adashare",
         "train": train,
         "val": val,
         "size": list(size),
         "seed": seed,
-        "classes": list(NYU13_CLASSES),
+        "classes": list(NYU13_CLASSES if layout == "mtan" else NYU40_CLASSES),
+        **({"class_map": NYU13_TO_NYU40} if layout == "adashare" else {}),
         "intrinsics": dict(zip(("fx", "fy", "cx", "cy"), kinect_intrinsics(size), strict=True)),
     }
     _write_manifest(root, params, complete=False)
     total, done = train + val, 0
+    entries: dict[str, list[list[str]]] = {"train": [], "test": []}
     for split_id, (split, count) in enumerate(zip(SPLITS, (train, val), strict=True)):
         for i in range(count):
             scene = render_scene(np.random.default_rng([seed, split_id, i]), size)
-            for folder in FOLDERS:
-                _save_npy(root / split / folder / f"{i}.npy", scene[folder])
+            if layout == "mtan":
+                for folder in FOLDERS:
+                    _save_npy(root / split / folder / f"{i}.npy", scene[folder])
+            else:
+                entries["train" if split == "train" else "test"].append(_save_adashare(root, done + 1, scene))
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
+    if layout == "adashare":
+        half = (train + 1) // 2
+        entries |= {"train1": entries["train"][:half], "train2": entries["train"][half:]}
+        _write_json(root / ADASHARE_JSON, entries)
     _write_manifest(root, params, complete=True)
     return SceneSummary(root, train, val, size, seed, time.perf_counter() - start)
+
+
+def _save_adashare(root: Path, number: int, scene: dict[str, np.ndarray]) -> list[str]:
+    """Write sample ``number`` (1-based) in the AdaShare layout; return its JSON entry (root-relative paths)."""
+    entry = []
+    for folder, array in adashare_arrays(scene).items():
+        relative = f"{folder}/{number:04d}.{'npy' if folder == 'depth' else 'png'}"
+        (_save_npy if folder == "depth" else _save_png)(root / relative, array)
+        entry.append(relative)
+    return entry

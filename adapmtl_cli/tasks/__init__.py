@@ -25,6 +25,15 @@ ALIASES: dict[str, str] = {
     "surface_normal": "normal",
     "surface_normals": "normal",
     "sn": "normal",
+    "classification": "classification",
+    "multilabel": "multilabel",
+    "regression": "regression",
+    "keypoints": "keypoints",
+    "keypoint": "keypoints",
+    "keypoints2d": "keypoints",
+    "edges": "edges",
+    "edge": "edges",
+    "edge_texture": "edges",
 }
 
 
@@ -56,7 +65,7 @@ def match_task(name: str, task_names: Sequence[str]) -> str | None:
     return canon if canon in task_names else None
 
 
-def get_task(name: str, **kwargs: Any) -> TaskSpec:
+def get_task(name: str, /, **kwargs: Any) -> TaskSpec:
     """Build the task registered as ``name`` (aliases accepted)."""
     key = canonical_task_name(name)
     if key is None or key not in TASKS:
@@ -64,7 +73,13 @@ def get_task(name: str, **kwargs: Any) -> TaskSpec:
     return TASKS[key](**kwargs)
 
 
-from adapmtl_cli.tasks import depth, normal, segmentation  # noqa: E402,F401  (registration side effects)
+from adapmtl_cli.tasks import (  # noqa: E402,F401  (registration side effects)
+    classification,  # noqa: E402,F401  (registration side effects)
+    dense_regression,  # noqa: E402,F401  (registration side effects)
+    depth,
+    normal,
+    segmentation,
+)
 
 __all__ = [
     "ALIASES",

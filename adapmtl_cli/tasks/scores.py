@@ -7,6 +7,10 @@ With ``B`` the dense metric, ``N`` the pruned one and ``s = +1`` for a higher-is
   Checked against the paper's table: seg (19.94, 48.71) -> (20.16, 49.14) gives Δ_T1 = 1.99.
 - Δm (CAGrad / Nash-MTL / FAMO): ``-mean_k s_k (N_k - B_k) / B_k × 100`` flat over all metrics of all tasks.
   Negative = better than dense (it is a drop).
+- Δ_p (LibMTL ``count_improvement``): per task ``Δ_pi = mean_j s_j (N_ij - B_ij) / B_ij``, **averaged** over the
+  task's metrics (AdaShare's Δ_T, as a fraction); ``Δ_p`` = mean of ``Δ_pi`` over tasks. Positive = better.
+
+:data:`SCORE_CONVENTIONS` describes each score (sign, averaging, unit, baseline) for renderers.
 
 A metric whose dense value is 0 (or not finite) has no relative change; both scores skip it, and Δ_T lists it
 in ``skipped`` as ``"task.metric"``. A task with every metric skipped is left out of the task mean.
@@ -31,7 +35,53 @@ DELTA_M_CONVENTION = (
     "lower is better, 0 = same as dense"
 )
 
+DELTA_P_CONVENTION = (
+    "Δ_p (LibMTL count_improvement): per task, mean over its metrics of ±(pruned − dense)/dense (+ when the "
+    "metric improves), then the mean over tasks, as a fraction; higher is better, 0 = same as dense"
+)
+
 Metrics = Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class ScoreConvention:
+    """How one relative score is defined, for renderers to print next to it.
+
+    Attributes:
+        symbol: how reports write the score (``"Δ_T"``).
+        higher_is_better: whether a larger score means the pruned model did better.
+        averaging: how the signed relative changes of the metrics are combined.
+        unit: ``"percent"`` or ``"fraction"``.
+        baseline: what the changes are relative to.
+        source: where the definition comes from.
+        text: the one-line summary (the ``*_CONVENTION`` string).
+    """
+
+    symbol: str
+    higher_is_better: bool
+    averaging: str
+    unit: str
+    baseline: str
+    source: str
+    text: str
+
+
+_BASELINE = "the dense model's metrics (each change is relative to the dense value; dense 0 is skipped)"
+SCORE_CONVENTIONS: dict[str, ScoreConvention] = {
+    "delta_t": ScoreConvention(
+        "Δ_T", True, "sum over each task's metrics, then mean over tasks", "percent", _BASELINE,
+        "AdapMTL (Table 2 of the paper)", DELTA_T_CONVENTION,
+    ),
+    "delta_m": ScoreConvention(
+        "Δm", False, "flat mean over all metrics of all tasks", "percent", _BASELINE,
+        "CAGrad / Nash-MTL / FAMO", DELTA_M_CONVENTION,
+    ),
+    "delta_p": ScoreConvention(
+        "Δ_p", True, "mean over each task's metrics, then mean over tasks", "fraction", _BASELINE,
+        "LibMTL count_improvement (AdaShare's Δ_T without the × 100)", DELTA_P_CONVENTION,
+    ),
+}  # fmt: skip
+"""Score function name -> its convention."""
 
 
 @dataclass(frozen=True)
@@ -103,3 +153,33 @@ def delta_m(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> f
     changes, _ = _improvements(dense, pruned, specs)
     flat = [value for values in changes.values() for value in values]
     return -sum(flat) / len(flat) if flat else math.nan
+
+
+@dataclass(frozen=True)
+class DeltaP:
+    """Δ_p of a pruned model against its dense baseline (LibMTL's ``count_improvement``).
+
+    Attributes:
+        per_task: Δ_pi per task (a fraction, averaged over the task's metrics); tasks whose metrics were all
+            skipped are absent.
+        overall: mean of ``per_task``; NaN when no metric could be compared at all.
+        convention: one line stating the formula and sign, for reports.
+        skipped: ``"task.metric"`` entries left out because the dense value is 0 or not finite.
+    """
+
+    per_task: dict[str, float]
+    overall: float
+    convention: str
+    skipped: tuple[str, ...] = ()
+
+
+def delta_p(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> DeltaP:
+    """LibMTL's Δ_p of ``pruned`` against ``dense`` (``{task: {metric: value}}``) as a fraction; higher is better.
+
+    Raises:
+        ConfigError: a task or metric of ``dense`` is unknown to ``specs`` or missing from ``pruned``.
+    """
+    changes, skipped = _improvements(dense, pruned, specs)
+    per_task = {task: sum(values) / len(values) / 100.0 for task, values in changes.items()}
+    overall = sum(per_task.values()) / len(per_task) if per_task else math.nan
+    return DeltaP(per_task=per_task, overall=overall, convention=DELTA_P_CONVENTION, skipped=tuple(skipped))

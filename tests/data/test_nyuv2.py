@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import DATASETS, DatasetAdapter, get_dataset
-from adapmtl_cli.data.nyuv2 import NyuV2Npy, describe
+from adapmtl_cli.data.augment import AugmentedSplit, augment_sample
+from adapmtl_cli.data.nyuv2 import NpySplit, NyuV2, NyuV2Npy, describe, detect_layout
 from adapmtl_cli.data.synthetic import NYU13_CLASSES, generate_scenes
 from adapmtl_cli.errors import DataError
 
@@ -202,3 +203,40 @@ def test_describe(source):
     assert sum(pixels.values()) == 3 * H * W and pixels["ignore"] > 0
     invalid = sum(int((np.load(source / "val" / "depth" / f"{i}.npy") == 0).sum()) for i in range(3))
     assert info["depth_invalid_ratio"] == pytest.approx(invalid / (3 * H * W))
+
+
+def test_auto_layout_detects_mtan(root):
+    adapter = get_dataset("nyuv2")
+    assert isinstance(adapter, NyuV2) and detect_layout(root) == "mtan"
+    assert adapter.describe(root)["layout"] == "mtan"
+    assert [t.channels for t in adapter.tasks(root)] == [13, 1, 3]
+    explicit = get_dataset("nyuv2", {"layout": "mtan"})
+    assert isinstance(explicit, NyuV2Npy) and explicit.name == "nyuv2"
+    shutil.rmtree(root / "val")
+    shutil.rmtree(root / "train" / "image")  # an incomplete MTAN root still gets the MTAN checks
+    assert detect_layout(root) == "mtan"
+    with pytest.raises(DataError) as info:
+        adapter.open(root, "train")
+    assert f"{str(root / 'train' / 'image')!r} does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["nyuv2", "synthetic"])
+def test_augment_wraps_the_train_split_only(source, name):
+    adapter = get_dataset(name, {"augment": "true"})
+    assert adapter.name == name
+    train, plain = adapter.open(source, "train"), NyuV2Npy().open(source, "train")
+    assert isinstance(train, AugmentedSplit) and train.flip_normal_x
+    assert isinstance(adapter.open(source, "val"), NpySplit)
+    assert isinstance(get_dataset(name, {"augment": "false"}).open(source, "train"), NpySplit)
+    train.set_epoch(2, seed=5)
+    for i in range(len(train)):
+        image, targets = train[i]
+        expected = augment_sample(plain[i], train.kinds, train.draw(i, (H, W)))
+        assert torch.equal(image, expected[0]) and all(torch.equal(targets[k], expected[1][k]) for k in targets)
+
+
+def test_an_adashare_root_opened_as_mtan_says_so(tmp_path):
+    generate_scenes(tmp_path, train=1, val=1, size=(16, 16), layout="adashare")
+    for adapter in (get_dataset("synthetic"), get_dataset("nyuv2", {"layout": "mtan"})):
+        with pytest.raises(DataError, match=r"\(it holds nyu_v2_3task.json, the AdaShare layout: use --data nyuv2 "):
+            adapter.open(tmp_path, "train")

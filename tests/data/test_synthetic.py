@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from adapmtl_cli.data.synthetic import (
     FOLDERS,
     NYU13_CLASSES,
+    NYU13_TO_NYU40,
+    NYU40_CLASSES,
     SceneSummary,
+    adashare_arrays,
     generate_scenes,
     kinect_intrinsics,
     render_scene,
@@ -38,7 +42,7 @@ def _points(depth: np.ndarray) -> np.ndarray:
 
 def test_render_shapes_and_dtypes(scenes):
     h, w = SIZE
-    expected = {"image": (h, w, 3), "label": (h, w), "depth": (h, w, 1), "normal": (h, w, 3)}
+    expected = {"image": (h, w, 3), "label": (h, w), "depth": (h, w, 1), "normal": (h, w, 3), "depth_filled": (h, w)}
     for scene in scenes[:4]:
         assert {k: v.shape for k, v in scene.items()} == expected
         assert all(v.dtype == np.float32 for v in scene.values())
@@ -182,3 +186,113 @@ def test_default_generation_is_fast(tmp_path: Path):
     summary = generate_scenes(tmp_path)
     assert (summary.train, summary.val, summary.size) == (256, 64, (96, 128))
     assert time.perf_counter() - start < 15.0
+
+
+# --- the AdaShare layout -------------------------------------------------------------------------------------
+
+# Gupta's 1-based NYU-40 ids, minus 1, of the generator's 13 classes (hand-copied from the NYU-40 list).
+NYU40_ID = {
+    "bed": 3, "books": 22, "ceiling": 21, "chair": 4, "floor": 1, "furniture": 38, "objects": 39,
+    "picture": 10, "sofa": 5, "table": 6, "tv": 24, "wall": 0, "window": 8,
+}  # fmt: skip
+
+
+def test_nyu40_names_and_the_class_map():
+    assert len(NYU40_CLASSES) == 40 and len(set(NYU40_CLASSES)) == 40
+    assert (NYU40_CLASSES[0], NYU40_CLASSES[21], NYU40_CLASSES[24], NYU40_CLASSES[39]) == (
+        "wall",
+        "ceiling",
+        "television",
+        "otherprop",
+    )
+    assert {c: NYU40_CLASSES.index(NYU13_TO_NYU40[c]) for c in NYU13_CLASSES} == NYU40_ID
+
+
+def test_filled_depth_is_the_depth_before_invalidation(scenes):
+    for s in scenes[:8]:
+        filled, depth = s["depth_filled"], s["depth"][..., 0]
+        assert filled.dtype == np.float32 and filled.min() > 0
+        valid = depth > 0
+        np.testing.assert_array_equal(filled[valid], depth[valid])
+        assert (~valid).any()
+
+
+def test_adashare_encoding_by_hand():
+    image = np.array([[[0.0, 0.5, 1.0], [0.2, 0.002, 0.998]]], np.float32)  # (1, 2, 3)
+    scene = {
+        "image": image,
+        "label": np.array([[-1, NYU13_CLASSES.index("window")]], np.float32),
+        "normal": np.array([[[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]], np.float32),
+        "depth_filled": np.array([[1.5, 7.25]], np.float32),
+    }
+    arrays = adashare_arrays(scene)
+    assert {k: (v.shape, v.dtype) for k, v in arrays.items()} == {
+        "img": ((1, 2, 3), np.uint8),
+        "seg": ((1, 2), np.uint8),
+        "normal_mask": ((1, 2, 3), np.uint8),
+        "depth": ((1, 2), np.float32),
+    }
+    # round(255 * x): 127.5 rounds half to even (128), 0.51 -> 1, 254.49 -> 254
+    assert arrays["img"].tolist() == [[[0, 128, 255], [51, 1, 254]]]
+    assert arrays["seg"].tolist() == [[255, 8]]
+    # (n + 1) / 2 * 255: 1 -> 255, 0 -> 127.5 -> 128, -1 -> 0; the zero (invalid) normal -> white
+    assert arrays["normal_mask"].tolist() == [[[255, 255, 255], [255, 128, 0]]]
+    assert arrays["depth"].tolist() == [[1.5, 7.25]]
+
+
+def test_generate_writes_the_adashare_layout(tmp_path):
+    calls = []
+    generate_scenes(
+        tmp_path, train=5, val=2, size=(24, 32), seed=5, layout="adashare", on_progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(k, 7) for k in range(1, 8)]
+    index = json.loads((tmp_path / "nyu_v2_3task.json").read_text())
+    entry = lambda n: [f"img/{n:04d}.png", f"seg/{n:04d}.png", f"normal_mask/{n:04d}.png", f"depth/{n:04d}.npy"]  # noqa: E731
+    assert index == {
+        "train": [entry(n) for n in range(1, 6)],
+        "test": [entry(6), entry(7)],
+        "train1": [entry(n) for n in range(1, 4)],
+        "train2": [entry(4), entry(5)],
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "depth", "img", "normal_mask", "nyu_v2_3task.json", "seg", "synthetic.json"
+    ]  # fmt: skip
+    for folder, mode in (("img", "RGB"), ("seg", "L"), ("normal_mask", "RGB")):
+        with Image.open(tmp_path / folder / "0007.png") as im:
+            assert (im.format, im.mode, im.size) == ("PNG", mode, (32, 24))
+    depth = np.load(tmp_path / "depth" / "0007.npy")
+    assert depth.shape == (24, 32) and depth.dtype == np.float32
+    scene = render_scene(np.random.default_rng([5, 1, 1]), (24, 32))  # the second val scene
+    np.testing.assert_array_equal(depth, scene["depth_filled"])
+    with Image.open(tmp_path / "seg" / "0007.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), adashare_arrays(scene)["seg"])
+    manifest = json.loads((tmp_path / "synthetic.json").read_text())
+    assert (manifest["layout"], manifest["complete"], manifest["classes"]) == ("adashare", True, list(NYU40_CLASSES))
+    assert manifest["class_map"] == NYU13_TO_NYU40
+
+
+def test_switching_layouts_in_one_folder_leaves_no_trace_of_the_other(tmp_path):
+    generate_scenes(tmp_path, train=2, val=1, size=(16, 16), layout="mtan")
+    generate_scenes(tmp_path, train=2, val=1, size=(16, 16), layout="adashare")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "depth", "img", "normal_mask", "nyu_v2_3task.json", "seg", "synthetic.json"
+    ]  # fmt: skip
+    generate_scenes(tmp_path, train=1, val=1, size=(16, 16), layout="mtan")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic.json", "train", "val"]
+
+
+def test_overwrite_removes_only_adashare_sample_files(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not empty"):
+        generate_scenes(tmp_path, train=1, val=1, size=(16, 16), layout="adashare")
+    generate_scenes(tmp_path, train=2, val=1, size=(16, 16), layout="adashare", overwrite=True)
+    generate_scenes(tmp_path, train=1, val=1, size=(16, 16), layout="adashare")
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["0001.png", "0002.png", "keep.txt"]
+    assert sorted(p.name for p in (tmp_path / "depth").iterdir()) == ["0001.npy", "0002.npy"]
+
+
+def test_unknown_layout_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"layout 'npy' must be one of: mtan, adashare"):
+        generate_scenes(tmp_path / "x", train=1, val=1, layout="npy")
+    assert not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""Δ_T and Δm against the AdapMTL paper's Table 2 and their sign and identity properties."""
+"""Δ_T, Δm and Δ_p: the AdapMTL paper's Table 2, hand-computed examples, sign and identity properties."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from hypothesis import strategies as st
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
 from adapmtl_cli.tasks.normal import Normal
-from adapmtl_cli.tasks.scores import DeltaT, delta_m, delta_t
+from adapmtl_cli.tasks.scores import (
+    DELTA_M_CONVENTION,
+    DELTA_P_CONVENTION,
+    DELTA_T_CONVENTION,
+    SCORE_CONVENTIONS,
+    DeltaP,
+    DeltaT,
+    delta_m,
+    delta_p,
+    delta_t,
+)
 from adapmtl_cli.tasks.segmentation import Segmentation
 
 
@@ -141,3 +151,70 @@ def test_rising_higher_is_better_metric_scores_better(base: float, factor: float
     assert result.overall > 0
     assert result.overall == pytest.approx((factor - 1) * 100)
     assert delta_m(dense, pruned, SPECS) == pytest.approx(-result.overall)
+
+
+# --- Δ_p (LibMTL count_improvement) and the three scores side by side -----------------------------------
+
+
+def test_perfect_copy_scores_zero_on_every_score() -> None:
+    result = delta_p(DENSE, DENSE, SPECS)
+    assert isinstance(result, DeltaP)
+    assert result.overall == 0.0 and result.per_task == {"segmentation": 0.0, "normal": 0.0, "depth": 0.0}
+    assert delta_t(DENSE, DENSE, SPECS).overall == 0.0 and delta_m(DENSE, DENSE, SPECS) == 0.0
+
+
+def test_mixed_directions_within_one_task() -> None:
+    dense = {"depth": {"abs_err": 2.0, "delta1": 0.5}}
+    pruned = {"depth": {"abs_err": 1.0, "delta1": 0.45}}  # +50 % and -10 %
+    assert delta_p(dense, pruned, SPECS).per_task == pytest.approx({"depth": 0.2})  # mean (50 - 10)/2 %, a fraction
+    assert delta_t(dense, pruned, SPECS).per_task == pytest.approx({"depth": 40.0})  # summed, percent
+    assert delta_m(dense, pruned, SPECS) == pytest.approx(-20.0)  # flat mean, sign flipped
+
+
+def test_known_two_task_example() -> None:
+    dense = {"segmentation": {"miou": 0.5, "pixel_acc": 0.8}, "normal": {"mean_angle": 20.0}}
+    # miou +10 %, pixel_acc -5 %, mean_angle 20 -> 25 degrees is -25 %
+    pruned = {"segmentation": {"miou": 0.55, "pixel_acc": 0.76}, "normal": {"mean_angle": 25.0}}
+    p = delta_p(dense, pruned, SPECS)
+    assert p.per_task == pytest.approx({"segmentation": 0.025, "normal": -0.25})
+    assert p.overall == pytest.approx(-0.1125)
+    t = delta_t(dense, pruned, SPECS)
+    assert t.per_task == pytest.approx({"segmentation": 5.0, "normal": -25.0})
+    assert t.overall == pytest.approx(-10.0)
+    assert delta_m(dense, pruned, SPECS) == pytest.approx(20.0 / 3)  # -(10 - 5 - 25) / 3
+
+
+def test_delta_p_skips_zero_dense_metrics_like_delta_t() -> None:
+    dense = {"depth": {"abs_err": 0.0, "delta1": 0.5}}
+    pruned = {"depth": {"abs_err": 0.1, "delta1": 0.55}}
+    result = delta_p(dense, pruned, SPECS)
+    assert result.skipped == ("depth.abs_err",)
+    assert result.per_task == pytest.approx({"depth": 0.1}) and result.overall == pytest.approx(0.1)
+    assert math.isnan(delta_p({"depth": {"abs_err": 0.0}}, {"depth": {"abs_err": 1.0}}, SPECS).overall)
+
+
+def test_delta_p_reports_mismatches() -> None:
+    with pytest.raises(ConfigError, match="pruned metrics lack depth.delta1"):
+        delta_p({"depth": {"delta1": 0.5}}, {"depth": {}}, SPECS)
+
+
+@given(base=_values, new=_values)
+def test_one_metric_per_task_makes_delta_p_delta_t_over_100(base: float, new: float) -> None:
+    dense = {"normal": {"mean_angle": base}, "segmentation": {"miou": base}}
+    pruned = {"normal": {"mean_angle": new}, "segmentation": {"miou": new}}
+    assert delta_p(dense, pruned, SPECS).overall == pytest.approx(delta_t(dense, pruned, SPECS).overall / 100)
+    assert delta_p(dense, pruned, SPECS).overall == pytest.approx(0.0, abs=1e-12)  # the two changes cancel
+
+
+def test_score_conventions_describe_every_score() -> None:
+    assert set(SCORE_CONVENTIONS) == {"delta_t", "delta_m", "delta_p"}
+    t, m, p = SCORE_CONVENTIONS["delta_t"], SCORE_CONVENTIONS["delta_m"], SCORE_CONVENTIONS["delta_p"]
+    assert (t.symbol, t.higher_is_better, t.unit) == ("Δ_T", True, "percent")
+    assert (m.symbol, m.higher_is_better, m.unit) == ("Δm", False, "percent")
+    assert (p.symbol, p.higher_is_better, p.unit) == ("Δ_p", True, "fraction")
+    assert (t.text, m.text, p.text) == (DELTA_T_CONVENTION, DELTA_M_CONVENTION, DELTA_P_CONVENTION)
+    assert "sum" in t.averaging and "flat" in m.averaging and "mean over each task" in p.averaging
+    assert delta_p(DENSE, ADAPMTL, SPECS).convention == DELTA_P_CONVENTION
+    for convention in SCORE_CONVENTIONS.values():
+        assert "dense" in convention.baseline and "\n" not in convention.text
+        assert ("higher is better" in convention.text) == convention.higher_is_better
