@@ -71,7 +71,7 @@ def _scale_target(kind: str, target: torch.Tensor, d: AugmentDraw, size: tuple[i
         return _resize(window.float(), size, "nearest") / d.scale
     valid = _resize(window.ne(0).any(dim=0, keepdim=True).float(), size, "nearest")[0] > 0.5
     smooth = _resize(window.float(), size, "bilinear")
-    length = smooth.norm(dim=0)
+    length = smooth.square().sum(dim=0).sqrt()  # much faster than norm(dim=0) over the channel axis on CPU
     valid &= length > 1e-6
     return torch.where(valid, smooth / length.clamp_min(1e-6), torch.zeros_like(smooth))
 
