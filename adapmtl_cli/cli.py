@@ -366,7 +366,7 @@ def prune(
     steps: int = typer.Option(300, "--steps", help="Fine-tuning steps (the sparsity ramps over the first 75%)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate of the weights."),
-    threshold_lr: float = typer.Option(0.01, "--threshold-lr", help="Adam learning rate of the threshold logits."),
+    threshold_lr: float = typer.Option(0.002, "--threshold-lr", help="Adam learning rate of the threshold logits."),
     method: str = typer.Option(
         "adapmtl",
         "--method",
@@ -374,7 +374,10 @@ def prune(
         "disparse.",
     ),
     weighting: str | None = typer.Option(
-        None, "--weighting", help="Task-loss weights: adaptive or equal (default: adaptive for adapmtl, else equal)."
+        None,
+        "--weighting",
+        help="Task-loss weights: adaptive (loss growth relative to the dense level), paper (the paper's step-to-step "
+        "estimator) or equal (default: adaptive for adapmtl, else equal).",
     ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),

@@ -38,8 +38,8 @@ class PruneConfig(_File):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-4, gt=0.0, allow_inf_nan=False)
-    threshold_lr: float = Field(0.01, gt=0.0, allow_inf_nan=False)
-    weighting: Literal["adaptive", "equal"] | None = None
+    threshold_lr: float = Field(0.002, gt=0.0, allow_inf_nan=False)
+    weighting: Literal["adaptive", "paper", "equal"] | None = None
     """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
     seed: int = 0

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting, make_weighting
+from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting, RelativeWeighting, make_weighting
 
 TASKS = ["segmentation", "depth", "normal"]
 
@@ -38,7 +38,8 @@ def test_equal_weighting() -> None:
 
 
 def test_make_weighting() -> None:
-    weighting = make_weighting("adaptive", TASKS, 400)
+    assert isinstance(make_weighting("adaptive", TASKS, 400), RelativeWeighting)
+    weighting = make_weighting("paper", TASKS, 400)
     assert isinstance(weighting, AdaptiveWeighting)
     assert (weighting.warmup_steps, weighting.window) == (100, 10)
     with pytest.raises(ValueError, match="'uncertainty'"):
@@ -114,3 +115,50 @@ def test_adaptive_weights_are_non_negative_and_sum_to_task_count(losses: list[tu
         weights = weighting.weights()
         assert all(w >= 0 and math.isfinite(w) for w in weights.values())
         assert sum(weights.values()) == pytest.approx(3.0)
+
+
+# --- the default estimator: loss relative to its dense level ------------------------------------------------
+
+
+def test_relative_weights_are_one_until_every_baseline_is_measured() -> None:
+    weighting = RelativeWeighting(["a", "b"], 500)  # baseline: the first 10 losses
+    assert weighting.base_steps == 10
+    for step in range(9):
+        weighting.update(step, {"a": 1.0, "b": 0.1})
+        assert weighting.weights() == {"a": 1.0, "b": 1.0}
+    weighting.update(9, {"a": 1.0, "b": math.nan})  # b's baseline still lacks one finite loss
+    assert weighting.weights() == {"a": 1.0, "b": 1.0}
+    weighting.update(10, {"a": 1.0, "b": 0.1})
+    assert weighting.weights() != {"a": 1.0, "b": 1.0}
+
+
+def test_relative_weights_ignore_each_loss_scale() -> None:
+    # Both losses stay at their dense level: equal reaction, so w_i ∝ 1 / B_i -> the 10x smaller loss weighs 10x.
+    weighting = RelativeWeighting(["ce", "cos"], 100, min_base=3, base=0.0)
+    for step in range(20):
+        weighting.update(step, {"ce": 2.0, "cos": 0.2})
+    weights = weighting.weights()
+    assert weights["cos"] == pytest.approx(10 * weights["ce"])
+    assert sum(weights.values()) == pytest.approx(2.0)
+    # weighted losses are then equal: each task's relative change counts alike
+    assert weights["ce"] * 2.0 == pytest.approx(weights["cos"] * 0.2)
+
+
+def test_relative_weights_follow_the_reaction_to_pruning() -> None:
+    # Same dense level; "fragile" doubles while "robust" stays: fragile gets 2/3 of the total weight of 2.
+    weighting = RelativeWeighting(["fragile", "robust"], 100, min_base=3, base=0.0, ema=0.0)
+    for step in range(3):
+        weighting.update(step, {"fragile": 1.0, "robust": 1.0})
+    weighting.update(3, {"fragile": 2.0, "robust": 1.0})
+    assert weighting.weights() == pytest.approx({"fragile": 4 / 3, "robust": 2 / 3})
+
+
+def test_relative_state_round_trips_through_json() -> None:
+    a, b = RelativeWeighting(TASKS, 200), RelativeWeighting(TASKS, 200)
+    for step in range(30):
+        a.update(step, _losses(step))
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for step in range(30, 40):
+        a.update(step, _losses(step))
+        b.update(step, _losses(step))
+        assert a.weights() == b.weights()
