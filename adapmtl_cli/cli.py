@@ -58,16 +58,19 @@ def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from adapmtl_cli import ui
+        from adapmtl_cli.distributed import reports_error
 
         try:
             return fn(*args, **kwargs)
         except AdapmtlError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            ui.error(str(exc))
+            if reports_error(exc):  # under torchrun, one rank prints what every rank raised
+                ui.error(str(exc))
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            ui.error("interrupted; the last saved state is kept (continue with --resume)")
+        except KeyboardInterrupt as exc:
+            if reports_error(exc):
+                ui.error("interrupted; the last saved state is kept (continue with --resume)")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -364,7 +367,9 @@ def prune(
     outputs: list[str] | None = OUTPUTS,
     sparsity: float = typer.Option(0.9, "--sparsity", help="Target fraction of zero prunable weights, in (0, 1)."),
     steps: int = typer.Option(300, "--steps", help="Fine-tuning steps (the sparsity ramps over the first 75%)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(
+        8, "--batch-size", help="Global batch per step (under torchrun, split evenly over the processes)."
+    ),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate of the weights."),
     threshold_lr: float = typer.Option(0.002, "--threshold-lr", help="Adam learning rate of the threshold logits."),
     method: str = typer.Option(
@@ -410,12 +415,17 @@ def prune(
     """Prune CHECKPOINT to --sparsity with AdapMTL and write a run folder (see `adapmtl report`)."""
     from adapmtl_cli import ui
     from adapmtl_cli.config_files import prune_config_toml, resolve_prune_config
+    from adapmtl_cli.distributed import is_main_process
     from adapmtl_cli.pipeline import Hooks, run_prune
     from adapmtl_cli.report import report_renderable
 
     cfg, session = resolve_prune_config(_typed_options(ctx), config)
     if print_config:
         ui.plain(prune_config_toml(cfg))
+        return
+    if not is_main_process():  # under torchrun, rank 0 alone shows progress and the report
+        hooks = Hooks()
+        run_prune(cfg, resume=session.resume, overwrite=session.overwrite, hooks=hooks)
         return
     live = ui.TrainingProgress(session.quiet, log_format=session.log_format, tensorboard=session.tensorboard)
     with live as progress:
@@ -439,9 +449,13 @@ def resume(
 ) -> None:
     """Continue an interrupted `adapmtl prune` run from its last intact saved state, with its saved options."""
     from adapmtl_cli import ui
+    from adapmtl_cli.distributed import is_main_process
     from adapmtl_cli.pipeline import Hooks, resume_prune
     from adapmtl_cli.report import report_renderable
 
+    if not is_main_process():  # under torchrun, rank 0 alone shows progress and the report
+        resume_prune(run, trust_pickle=trust_pickle, hooks=Hooks())
+        return
     with ui.TrainingProgress(quiet) as progress:
         hooks = Hooks(status=ui.status, on_step=progress.on_step, on_eval=progress.on_eval)
         report = resume_prune(run, trust_pickle=trust_pickle, hooks=hooks)

@@ -32,10 +32,20 @@ from adapmtl_cli.config import (
 from adapmtl_cli.config_files import sync_run_config_toml
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.discover import ComponentMap, discover_components, parse_head_overrides
+from adapmtl_cli.distributed import (
+    World,
+    agree,
+    check_batch_size,
+    process_group,
+    rank_device,
+    run_on_main,
+    world_from_env,
+)
 from adapmtl_cli.engine import (
     LoopState,
     Rollback,
     StepInfo,
+    autocast_dtype,
     evaluate,
     finetune,
     resolve_device,
@@ -214,6 +224,7 @@ def _state_dict_for_save(state: LoopState) -> dict[str, Any]:
         "rng": state.rng,
         "elapsed": state.elapsed,
         "rollbacks": state.rollbacks,
+        "scaler": state.scaler,
     }
 
 
@@ -277,51 +288,88 @@ def run_prune(
 ) -> RunReport:
     """The ``prune`` command: fine-tune with soft thresholds to ``cfg.sparsity`` and write the run folder.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this: each trains a DDP copy on its share of
+    every global batch, rank 0 alone writes the run folder and reports progress (``hooks`` are silent on the
+    others), and every rank returns rank 0's report.
+
     Raises:
         AdapmtlError subclasses for every user-fixable problem; ``KeyboardInterrupt`` after saving state.
     """
     hooks = hooks or Hooks()
+    world = world_from_env()
+    if not world.distributed:
+        return _prune(cfg, resume, overwrite, hooks, world)
+    with process_group(world, _device_type(cfg, resume)) as world:
+        return _prune(cfg, resume, overwrite, hooks if world.is_main else Hooks(), world)
+
+
+def _device_type(cfg: PruneConfig, resume: bool) -> str:
+    """The kind of device the run will train on, which picks the process group's backend."""
+    name = cfg.device
+    if resume and RunDir(Path(cfg.out)).is_run():
+        try:
+            name = read_model(RunDir(Path(cfg.out)).config, PruneConfig).device
+        except ConfigError:
+            pass
+    try:
+        return resolve_device(name).type
+    except ConfigError:
+        return "cpu"  # the same error comes again once the group is up, where all ranks agree on it
+
+
+def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world: World) -> RunReport:
     started = time.perf_counter()
     fresh = not Path(cfg.out).exists()
-    run = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
-    if resume:
-        saved = read_model(run.config, PruneConfig)
-        if saved.trust_pickle and not cfg.trust_pickle:
-            # A run folder may come from someone else: its config must not unpickle anything on its own.
-            raise ConfigError(
-                f"the run in {str(run.root)!r} was made with --trust-pickle: resuming unpickles "
-                f"{saved.checkpoint!r} again, which runs code from it; pass --trust-pickle if you trust it"
-            )
-        cfg = saved
-    try:
+    run = run_on_main(world, lambda: prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite))
+
+    def setup() -> tuple[PruneConfig, torch.device, Prepared]:
         # Check everything that can be checked before the run folder gets its config: a run that fails here
         # leaves nothing behind, so the corrected command is not refused as "folder already holds a run".
-        get_dataset(cfg.data, cfg.data_options)
-        device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        prepared = prepare_from(cfg, hooks)
-        if len(prepared.train) < cfg.batch_size:  # type: ignore[arg-type]
+        resolved = cfg
+        if resume:
+            saved = read_model(run.config, PruneConfig)
+            if saved.trust_pickle and not cfg.trust_pickle:
+                # A run folder may come from someone else: its config must not unpickle anything on its own.
+                raise ConfigError(
+                    f"the run in {str(run.root)!r} was made with --trust-pickle: resuming unpickles "
+                    f"{saved.checkpoint!r} again, which runs code from it; pass --trust-pickle if you trust it"
+                )
+            resolved = saved
+        get_dataset(resolved.data, resolved.data_options)
+        device = rank_device(resolve_device(resolved.device), world)
+        autocast_dtype(resolved.precision, device.type)
+        check_batch_size(resolved.batch_size, world)
+        torch.manual_seed(resolved.seed)
+        prepared = prepare_from(resolved, hooks)
+        if len(prepared.train) < resolved.batch_size:  # type: ignore[arg-type]
             raise ConfigError(
-                f"--batch-size {cfg.batch_size} is larger than the train split ({len(prepared.train)} samples); "  # type: ignore[arg-type]
-                "lower --batch-size"
+                f"--batch-size {resolved.batch_size} is larger than the train split ({len(prepared.train)} "  # type: ignore[arg-type]
+                "samples); lower --batch-size"
             )
+        return resolved, device, prepared
+
+    try:
+        cfg, device, prepared = agree(world, setup)
     except BaseException:
-        if fresh and run.root.is_dir() and not any(run.root.iterdir()):
+        if world.is_main and fresh and run.root.is_dir() and not any(run.root.iterdir()):
             run.root.rmdir()
         raise
-    if not resume:
-        write_model(run.config, cfg)
-    # config.toml mirrors config.json so `adapmtl prune --config RUN/config.toml` repeats the run.
-    sync_run_config_toml(run.root)
-    write_model(run.components, components_manifest(prepared))
+
+    def write_setup() -> None:
+        if not resume:
+            write_model(run.config, cfg)
+        # config.toml mirrors config.json so `adapmtl prune --config RUN/config.toml` repeats the run.
+        sync_run_config_toml(run.root)
+        write_model(run.components, components_manifest(prepared))
+
+    run_on_main(world, write_setup)
     model = prepared.loaded.model.to(device)
 
-    dense_metrics: dict[str, dict[str, float]]
-    if resume and run.dense_metrics.is_file():
-        dense_metrics = json.loads(run.dense_metrics.read_text())
-    else:
+    def dense() -> dict[str, dict[str, float]]:
+        if resume and run.dense_metrics.is_file():
+            return json.loads(run.dense_metrics.read_text())  # type: ignore[no-any-return]
         hooks.status("evaluating the dense model on the validation split")
-        dense_metrics = evaluate(
+        metrics = evaluate(
             model,
             prepared.val,
             prepared.tasks,
@@ -330,8 +378,13 @@ def run_prune(
             cfg.batch_size,
             cfg.eval_batches,
             on_batch=_eval_cb(hooks, "dense"),
+            precision=cfg.precision,
         )
-        write_text(run.dense_metrics, json.dumps(dense_metrics, indent=2) + "\n")
+        write_text(run.dense_metrics, json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    # Evaluation (in eval mode, under no_grad) changes no weight or buffer, so rank 0 alone can do it.
+    dense_metrics = run_on_main(world, dense)
 
     pruner = build_pruner(
         cfg.method,
@@ -350,25 +403,29 @@ def run_prune(
     pruner.module.to(device)
     names = [t.name for t in prepared.tasks]
     weighting = make_weighting(weighting_name(cfg), names, cfg.steps)
-    state = _load_state(run, hooks) if resume else None
+    state = agree(world, lambda: _load_state(run, hooks) if resume else None)
     if resume:
-        _truncate_metrics(run, state.step if state is not None else 0)
+        run_on_main(world, lambda: _truncate_metrics(run, state.step if state is not None else 0))
     if state is not None and state.step >= cfg.steps:
         hooks.status(f"run already finished {state.step} steps; rebuilding its outputs")
 
     def on_log(info: StepInfo) -> None:
-        append_jsonl(run.metrics, info.record())
+        run_on_main(world, lambda: append_jsonl(run.metrics, info.record()))
 
     def on_rollback(event: Rollback) -> None:
-        # The steps after event.step run again and are logged again, as after a resume.
-        _truncate_metrics(run, event.step)
-        append_jsonl(run.metrics, event.record())
-        hooks.status(
-            f"{event.reason}; rolled back to step {event.step} and halved the learning rates "
-            f"(rollback {event.attempt} of at most {event.max_attempts})"
-        )
+        def write() -> None:
+            # The steps after event.step run again and are logged again, as after a resume.
+            _truncate_metrics(run, event.step)
+            append_jsonl(run.metrics, event.record())
+            hooks.status(
+                f"{event.reason}; rolled back to step {event.step} and halved the learning rates "
+                f"(rollback {event.attempt} of at most {event.max_attempts})"
+            )
 
-    hooks.status(f"fine-tuning {cfg.steps} steps to {cfg.sparsity:.1%} sparsity on {device}")
+        run_on_main(world, write)
+
+    where = f"{device}" if not world.distributed else f"{world.world_size} processes ({device.type})"
+    hooks.status(f"fine-tuning {cfg.steps} steps to {cfg.sparsity:.1%} sparsity on {where}")
     last = finetune(
         pruner,
         prepared.train,
@@ -385,9 +442,11 @@ def run_prune(
         save_every=cfg.save_every,
         num_workers=cfg.num_workers,
         resume=state,
+        precision=cfg.precision,
+        world=world,
         on_step=hooks.on_step,
         on_log=on_log,
-        on_save=lambda s: _save_state(run, s),
+        on_save=lambda s: run_on_main(world, lambda: _save_state(run, s)),
         on_rollback=on_rollback,
     )
 
@@ -395,34 +454,39 @@ def run_prune(
     thresholds = pruner.thresholds()
     model = pruner.bake_()
     _check_baked(model, layer_stats)
-    hooks.status("evaluating the pruned model on the validation split")
-    pruned_metrics = evaluate(
-        model,
-        prepared.val,
-        prepared.tasks,
-        prepared.mapping,
-        device,
-        cfg.batch_size,
-        cfg.eval_batches,
-        on_batch=_eval_cb(hooks, "pruned"),
-    )
-    _check_finite(pruned_metrics)
-    from safetensors.torch import save as save_safetensors
 
-    cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes(run.weights, save_safetensors(cpu_state, metadata={"format": "pt"}))
-    report = build_report(
-        cfg,
-        prepared,
-        layer_stats,
-        thresholds,
-        dense_metrics,
-        pruned_metrics,
-        last,
-        time.perf_counter() - started,
-    )
-    write_model(run.report, report)
-    return report
+    def finish() -> RunReport:
+        hooks.status("evaluating the pruned model on the validation split")
+        pruned_metrics = evaluate(
+            model,
+            prepared.val,
+            prepared.tasks,
+            prepared.mapping,
+            device,
+            cfg.batch_size,
+            cfg.eval_batches,
+            on_batch=_eval_cb(hooks, "pruned"),
+            precision=cfg.precision,
+        )
+        _check_finite(pruned_metrics)
+        from safetensors.torch import save as save_safetensors
+
+        cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        write_bytes(run.weights, save_safetensors(cpu_state, metadata={"format": "pt"}))
+        report = build_report(
+            cfg,
+            prepared,
+            layer_stats,
+            thresholds,
+            dense_metrics,
+            pruned_metrics,
+            last,
+            time.perf_counter() - started,
+        )
+        write_model(run.report, report)
+        return report
+
+    return run_on_main(world, finish)
 
 
 def _eval_cb(hooks: Hooks, label: str) -> Callable[[int, int], None] | None:

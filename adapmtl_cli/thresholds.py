@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,47 @@ class ThresholdBank(nn.Module):
         return {g: float(self.logit(g)) for g in self.groups}
 
 
+class _SoftThresholdFn(torch.autograd.Function):
+    """``w - clamp(w, -t, t)`` with a hand-written backward: the same values and gradients, less memory traffic.
+
+    Autograd's version saves ``w`` and, in the backward, builds boolean masks (slow on the CPU) and full-size
+    gradients for both of the clamp's bounds. Here the backward reads only the output ``y`` (which the next
+    layer keeps anyway): with ``s = sign(y)``, nonzero exactly where ``|w| > t`` (the difference of two
+    distinct floats is never zero), ``dL/dw = g * s * s`` and ``dL/dt = -sum(g * s)`` (clamp passes the
+    gradient to its upper bound where ``w > t``, to its lower bound ``-t`` where ``w < -t``). A pruned weight's
+    gradient may be ``-0.0`` where autograd gives ``+0.0``: equal values, and Adam's update is identical.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if weight.device.type == "cpu":
+            # Scalar bounds: clamp is five times faster than with tensor bounds on the CPU (no device sync
+            # here), and the subtraction can reuse the clamp's buffer.
+            v = float(t)
+            out = torch.clamp(weight, -v, v)
+            torch.sub(weight, out, out=out)
+        else:
+            out = weight - torch.clamp(weight, -t, t)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (out,) = ctx.saved_tensors
+        sign = out.sign()
+        grad_w = grad * sign
+        grad_t = -grad_w.sum()
+        return grad_w.mul_(sign), grad_t
+
+
+def soft_threshold(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``sign(w) * relu(|w| - t)`` computed as ``w - clamp(w, -t, t)``, differentiable in ``w`` and ``t``.
+
+    ``t`` is a 0-d tensor of ``weight``'s dtype.
+    """
+    return _SoftThresholdFn.apply(weight, t)  # type: ignore[no-any-return]
+
+
 class SoftThreshold(nn.Module):
     """Parametrization ``w -> w - clamp(w, -t, t)`` with ``t = sigmoid(bank[group])``."""
 
@@ -64,7 +106,7 @@ class SoftThreshold(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         t = self._bank.value(self.group).to(weight.dtype)
-        return weight - torch.clamp(weight, -t, t)
+        return soft_threshold(weight, t)
 
 
 class ParametrizedLayers(nn.Module):

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from adapmtl_cli.data import get_dataset
-from adapmtl_cli.engine import EpochSampler, evaluate, train_batches
-from adapmtl_cli.errors import AdapmtlError
+from adapmtl_cli.discover import discover_components
+from adapmtl_cli.engine import EpochSampler, StepInfo, evaluate, finetune, train_batches
+from adapmtl_cli.errors import AdapmtlError, ConfigError
+from adapmtl_cli.methods import MethodContext, build_pruner
+from adapmtl_cli.methods.base import Pruner
+from adapmtl_cli.outputs import map_outputs
 from adapmtl_cli.pipeline import prepare
+from adapmtl_cli.tasks import get_task
+from adapmtl_cli.weighting import EqualWeighting
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -112,3 +118,66 @@ def test_evaluate_max_batches_limits_the_pass(checkpoint: Path, scenes: Path) ->
         on_batch=lambda i, n: calls.append((i, n)),
     )
     assert calls == [(1, 1)]
+
+
+# --- precision ------------------------------------------------------------------------------------
+
+
+class _Scenes(Dataset):
+    """Eight random (image, {segmentation, depth}) pairs at 32x48."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(8, 3, 32, 48, generator=g)
+        self.seg = torch.randint(0, 13, (8, 32, 48), generator=g)
+        self.depth = torch.rand(8, 1, 32, 48, generator=g) + 0.5
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {"segmentation": self.seg[i], "depth": self.depth[i]}
+
+
+def _finetune(precision: str, steps: int = 6) -> tuple[Pruner, StepInfo]:
+    from tiny_models import HardShared
+
+    torch.manual_seed(0)
+    model = HardShared(tasks={"segmentation": 13, "depth": 1})
+    data = _Scenes()
+    specs = [get_task("segmentation", num_classes=13), get_task("depth")]
+    raw = model(data.x[:2])
+    mapping = map_outputs(raw, specs, batch=2)
+    cmap = discover_components(model, mapping.select(raw), [s.name for s in specs])
+    pruner = build_pruner("adapmtl", MethodContext(model=model, cmap=cmap, sparsity=0.8, steps=steps, ramp_end=0.5))
+    info = finetune(
+        pruner,
+        data,
+        specs,
+        mapping,
+        device=torch.device("cpu"),
+        steps=steps,
+        batch_size=4,
+        lr=1e-3,
+        threshold_lr=1e-2,
+        weighting=EqualWeighting([s.name for s in specs]),
+        seed=0,
+        log_every=3,
+        precision=precision,
+    )
+    return pruner, info
+
+
+def test_bf16_on_the_cpu_trains_to_the_exact_target() -> None:
+    pruner, info = _finetune("bf16")
+    bf16_losses = info.task_losses
+    assert info.step == 6 and info.sparsity is not None and abs(info.sparsity - 0.8) <= 0.001
+    assert all(p.dtype == torch.float32 for p in pruner.module.parameters())  # autocast never casts the weights
+    assert all(math.isfinite(v) for v in bf16_losses.values())
+    _, fp32 = _finetune("fp32")
+    assert fp32.task_losses != bf16_losses  # bf16 really ran: the numbers differ in their last bits
+
+
+def test_fp16_on_the_cpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--precision fp16 is not supported on cpu"):
+        _finetune("fp16", steps=1)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from adapmtl_cli.cli import app
 from adapmtl_cli.config import RunReport
 
-FACTORIES = '''
+FACTORIES = """
 from adapmtl_cli.models import deeplab_resnet_tiny
 
 
@@ -27,7 +27,7 @@ def nyu40():
 
 def taskonomy5():
     return deeplab_resnet_tiny(tasks={"segmentation": 17, "normal": 3, "depth": 1, "keypoints": 1, "edges": 1})
-'''
+"""
 
 CASES = {
     # layout for `data synth`, --data, factory, expected tasks, extra prune options

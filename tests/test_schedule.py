@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from adapmtl_cli import schedule
 from adapmtl_cli.discover import Component, ComponentMap, Layer
-from adapmtl_cli.schedule import cubic_target, fit_level_
+from adapmtl_cli.schedule import LevelController, cubic_target, fit_level_
 from adapmtl_cli.thresholds import ThresholdedModel, init_thresholds_, inject_thresholds_, measure_layers
 
 # --- cubic_target --------------------------------------------------------------------------------
@@ -130,3 +132,120 @@ def test_fit_level_moves_down_as_well_as_up() -> None:
     fit = fit_level_(tm, 0.5)
     assert fit.delta < 0
     assert abs(_zeros(tm) / fit.total - 0.5) <= 0.001
+
+
+# --- the exact counter against a full sort -------------------------------------------------------
+
+
+def _reference_fit(tm: ThresholdedModel, target: float, iters: int = 60) -> tuple[float, int]:
+    """The controller as first written: bisection on counts from fully sorted magnitudes (slow, obviously exact)."""
+    mags = [
+        torch.sort(torch.cat([tm.raw_weight(f).detach().abs().flatten() for f, g in tm.groups.items() if g == grp]))
+        for grp in tm.bank.groups
+    ]
+    mags = [m.values for m in mags]
+    logits = torch.stack([tm.bank.logit(g).detach().float() for g in tm.bank.groups])
+
+    def count(delta: float) -> int:
+        t = torch.sigmoid((logits + delta).float())
+        return sum(int(torch.searchsorted(m, t[i : i + 1], right=True)) for i, m in enumerate(mags))
+
+    total = sum(m.numel() for m in mags)
+    want = int(round(target * total))
+    if count(0.0) == want:
+        return 0.0, want
+    lo, hi = -40.0, 40.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) < want else (lo, mid)
+    c_lo, c_hi = count(lo), count(hi)
+    return (lo, c_lo) if abs(c_lo - want) < abs(c_hi - want) else (hi, c_hi)
+
+
+def _random_groups(seed: int, sizes: tuple[int, ...]) -> ThresholdedModel:
+    """One conv per group with weights of very different scales, logits spread around their quantiles."""
+    torch.manual_seed(seed)
+    model = nn.Module()
+    layers = []
+    for i, n in enumerate(sizes):
+        conv = nn.Conv2d(n, 1, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.mul_(10.0 ** (i - 1))
+            conv.weight[0, : n // 10].zero_()  # exact zeros (ties at |w| = 0) count as pruned at any threshold
+        model.add_module(f"c{i}", conv)
+        layers.append(Layer(f"c{i}", f"head:t{i}", n, "Conv2d"))
+    components = tuple(Component(x.component, "head", (), (x.fqn,), x.params, x.params, "") for x in layers)
+    tm = inject_thresholds_(
+        model, ComponentMap(tuple(f"t{i}" for i in range(len(sizes))), components, tuple(layers), (), ())
+    )
+    init_thresholds_(tm, 0.5, per_group=True)
+    with torch.no_grad():
+        for i, g in enumerate(tm.bank.groups):
+            tm.bank.logit(g).add_(0.7 * i - 1.0)
+    return tm
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 3000), min_size=1, max_size=4).map(tuple),
+    st.floats(0.0, 1.0),
+)
+def test_fit_level_equals_the_full_sort_bisection(seed: int, sizes: tuple[int, ...], target: float) -> None:
+    delta, zeros = _reference_fit(_random_groups(seed, sizes), target)
+    # 32 samples: these small models take the bracket-and-band path that large ones take
+    for sample in (schedule._SAMPLE, 32):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(schedule, "_SAMPLE", sample)
+            tm = _random_groups(seed, sizes)
+            fit = fit_level_(tm, target)
+        assert (fit.delta, fit.zeros) == (delta, zeros)
+        assert fit.zeros == _zeros(tm)
+
+
+@pytest.mark.parametrize("wrong", [2, 10])
+@pytest.mark.parametrize("target", [0.0, 0.37, 0.9, 1.0])
+def test_a_wrong_bracket_is_never_trusted(monkeypatch: pytest.MonkeyPatch, target: float, wrong: int) -> None:
+    """Brackets that miss the target are rejected: widened (2 wrong guesses) or all weights counted (10)."""
+    monkeypatch.setattr(schedule, "_SAMPLE", 256)  # a bracket even for this small model
+    tm, reference = _random_groups(7, (5000, 300, 40)), _random_groups(7, (5000, 300, 40))
+    guesses: list[tuple[float | None, float | None]] = []
+    tried: list[tuple[float | None, float | None]] = []
+    approximate, try_band = schedule._ZeroCounter._approximate, schedule._ZeroCounter._try_band
+
+    def guess(self: schedule._ZeroCounter, margin: int) -> tuple[float | None, float | None]:
+        guesses.append(approximate(self, margin))
+        return (40.0, 40.0) if len(guesses) <= wrong else guesses[-1]
+
+    def spy(self: schedule._ZeroCounter, lo: float | None, hi: float | None) -> bool:
+        tried.append((lo, hi))
+        return try_band(self, lo, hi)
+
+    monkeypatch.setattr(schedule._ZeroCounter, "_approximate", guess)
+    monkeypatch.setattr(schedule._ZeroCounter, "_try_band", spy)
+    fit = fit_level_(tm, target)
+    assert (fit.delta, fit.zeros) == _reference_fit(reference, target)
+    assert tried[: min(wrong, 4)] == [(40.0, 40.0)] * min(wrong, 4)
+    assert len(tried) == (3 if wrong == 2 else 5)
+    if wrong == 10:
+        assert tried[-1] == (None, None)
+
+
+def test_controller_keeps_no_state_between_steps() -> None:
+    """Resuming builds a fresh controller: it must decide exactly as the one that ran all along."""
+    tm = _lopsided()
+    controller = LevelController(tm)
+    for step, target in enumerate([0.2, 0.5, 0.7]):
+        controller.step_(step, target)
+    with torch.no_grad():
+        tm.model.big.parametrizations.weight.original.mul_(1.01)
+    other = copy.deepcopy(tm)
+    assert controller.step_(3, 0.8) == LevelController(other).step_(3, 0.8)
+    assert tm.bank.logits() == other.bank.logits()
+
+
+def test_fit_level_reads_channels_last_weights() -> None:
+    tm = _lopsided()
+    other = copy.deepcopy(tm).to(memory_format=torch.channels_last)
+    assert not other.raw_weight("big").is_contiguous()
+    assert fit_level_(tm, 0.9) == fit_level_(other, 0.9)

@@ -19,6 +19,7 @@ from adapmtl_cli.thresholds import (
     inject_thresholds_,
     measure_layers,
     overall_sparsity,
+    soft_threshold,
 )
 
 TASKS = ("segmentation", "depth", "normal")
@@ -207,3 +208,48 @@ def test_state_dict_round_trip(hard_shared: nn.Module, tiny_images: Tensor) -> N
     with torch.no_grad():
         a, b = _outputs(tm, tiny_images), _outputs(other, tiny_images)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- the hand-written backward -------------------------------------------------------------------
+
+
+def _autograd_reference(w: Tensor, s: Tensor) -> Tensor:
+    t = torch.sigmoid(s.float())
+    return w - torch.clamp(w, -t, t)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_soft_threshold_matches_autograd_values_and_gradients(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(64, 32, 3, 3, generator=g) * 0.05
+    s = torch.tensor(-3.5)
+    t = torch.sigmoid(s)
+    w[0, 0, 0, :2] = torch.stack([t, -t])  # exactly on the threshold: pruned, no gradient either way
+    upstream = torch.randn(w.shape, generator=g)
+    results = []
+    for custom in (True, False):
+        wi, si = w.clone().requires_grad_(), s.clone().requires_grad_()
+        out = soft_threshold(wi, torch.sigmoid(si.float())) if custom else _autograd_reference(wi, si)
+        out.backward(upstream)
+        results.append((out.detach(), wi.grad, si.grad))
+    (out, gw, gs), (ref_out, ref_gw, ref_gs) = results
+    assert torch.equal(out, ref_out) and not torch.any((out == 0) & torch.signbit(out))
+    assert torch.equal(gw, ref_gw)  # weight gradients: bit for bit
+    assert out[0, 0, 0, :2].tolist() == [0.0, 0.0] and gw[0, 0, 0, :2].tolist() == [0.0, 0.0]
+    # threshold gradient: the same sum, added up in another order
+    torch.testing.assert_close(gs, ref_gs, rtol=1e-5, atol=1e-7)
+    assert gs != 0
+
+
+def test_thresholded_weight_stays_fp32_under_bf16_autocast(hard_shared: nn.Module, tiny_images: Tensor) -> None:
+    tm = _thresholded(hard_shared, tiny_images).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = tm(tiny_images)
+        weights = {fqn: m.weight for fqn, m in tm.layer_modules().items()}
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    measured = {m.fqn: m.zeros for m in measure_layers(tm)}
+    assert {fqn: int((w == 0).sum()) for fqn, w in weights.items()} == measured
+    sum(o.float().square().mean() for o in outputs.values()).backward()
+    assert all(
+        tm.bank.logit(g).grad is not None and tm.bank.logit(g).grad.dtype == torch.float32 for g in tm.bank.groups
+    )
