@@ -95,12 +95,33 @@ def _typed_options(ctx: typer.Context) -> dict[str, Any]:
             value = _split(value)
         elif name in ("data_opt", "layout", "augment"):
             continue
+        elif name == "component_sparsity":
+            value = _parse_bounds(value)
         elif isinstance(value, Path):
             value = str(value)
         out[name] = value
     options = _data_options(ctx)
     if options is not None:
         out["data_options"] = options
+    return out
+
+
+def _parse_bounds(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``["backbone=0.5:0.8"]`` -> ``{"backbone": (0.5, 0.8)}``; ``NAME=:0.8`` and ``NAME=0.5:`` leave a side open."""
+    from adapmtl_cli.errors import ConfigError
+
+    out: dict[str, tuple[float, float]] = {}
+    for item in items or []:
+        name, sep, span = item.partition("=")
+        low, colon, high = span.partition(":")
+        try:
+            if not sep or not colon or not name.strip():
+                raise ValueError
+            out[name.strip()] = (float(low) if low.strip() else 0.0, float(high) if high.strip() else 1.0)
+        except ValueError:
+            raise ConfigError(
+                f"--component-sparsity {item!r} must look like NAME=MIN:MAX, e.g. backbone=0.5:0.85 or 'head:seg=:0.9'"
+            ) from None
     return out
 
 
@@ -377,6 +398,12 @@ def prune(
         "--method",
         help="adapmtl (default), or a baseline: str_global, str_layer, magnitude_oneshot, gmp, uniform_magnitude, "
         "disparse.",
+    ),
+    component_sparsity: list[str] | None = typer.Option(
+        None,
+        "--component-sparsity",
+        help="Floor and cap of one component's final sparsity, NAME=MIN:MAX (repeatable; e.g. backbone=:0.85). "
+        "The split of the rest stays learned; adapmtl only.",
     ),
     weighting: str | None = typer.Option(
         None,

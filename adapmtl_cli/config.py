@@ -42,6 +42,8 @@ class PruneConfig(_File):
     weighting: Literal["adaptive", "paper", "equal"] | None = None
     """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
+    component_sparsity: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """``--component-sparsity NAME=MIN:MAX``: floors and caps of components' final sparsity (adapmtl only)."""
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

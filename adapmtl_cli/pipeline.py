@@ -66,6 +66,7 @@ from adapmtl_cli.rundir import (
     write_model,
     write_text,
 )
+from adapmtl_cli.schedule import check_bounds
 from adapmtl_cli.statefiles import load_state, save_state
 from adapmtl_cli.tasks import match_task
 from adapmtl_cli.tasks.base import TaskSpec
@@ -106,6 +107,19 @@ def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) ->
             raise ConfigError(f"--tasks names {name!r}; this dataset has {', '.join(by_name)}")
         out.append(by_name[canon])
     return out
+
+
+def check_component_bounds(cfg: PruneConfig, prepared: Prepared) -> None:
+    """Refuse ``--component-sparsity`` the method cannot honour or no split can meet, before the run folder."""
+    if not cfg.component_sparsity:
+        return
+    if cfg.method != "adapmtl":
+        raise ConfigError(
+            f"--component-sparsity needs one learned threshold per component (--method adapmtl); "
+            f"--method {cfg.method} has none"
+        )
+    sizes = {c.name: c.prunable_params for c in prepared.cmap.components if c.prunable_params}
+    check_bounds(cfg.component_sparsity, sizes, cfg.sparsity)
 
 
 def only_tasks(dataset: Any, specs: Sequence[TaskSpec]) -> Any:
@@ -346,6 +360,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
                 f"--batch-size {resolved.batch_size} is larger than the train split ({len(prepared.train)} "  # type: ignore[arg-type]
                 "samples); lower --batch-size"
             )
+        check_component_bounds(resolved, prepared)
         return resolved, device, prepared
 
     try:
@@ -398,6 +413,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
                 to_device(b, device) for b in train_batches(prepared.train, cfg.batch_size, cfg.seed + 1, 0)
             ),
             task_losses=lambda module, batch: _task_losses(module, batch, prepared),
+            bounds=cfg.component_sparsity,
         ),
     )
     pruner.module.to(device)

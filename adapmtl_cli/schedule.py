@@ -198,12 +198,94 @@ class _ZeroCounter:
         return self.count(delta, inside=True) < self.want
 
 
+Bounds = dict[str, tuple[float, float]]
+"""Per group, the lowest and highest sparsity it may have (``--component-sparsity NAME=MIN:MAX``)."""
+
+
+def _bisect(counter: _ZeroCounter, want: int, iters: int) -> tuple[float, int]:
+    """The offset whose exact zero count is closest to ``want``, and that count."""
+    if counter.may_equal_want(0.0) and counter.count(0.0) == want:
+        return 0.0, want
+    lo, hi = -40.0, 40.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if counter.below_want(mid):
+            lo = mid
+        else:
+            hi = mid
+    # Pick the side whose count is closer to the wanted one.
+    c_lo, c_hi = counter.count(lo), counter.count(hi)
+    return (lo, c_lo) if abs(c_lo - want) < abs(c_hi - want) else (hi, c_hi)
+
+
+def check_bounds(bounds: Bounds, sizes: dict[str, int], target: float) -> None:
+    """Refuse bounds on unknown groups, inverted or out-of-range bounds, and bounds no split can meet."""
+    from adapmtl_cli.errors import ConfigError
+
+    for group, (low, high) in bounds.items():
+        if group not in sizes:
+            raise ConfigError(
+                f"--component-sparsity names {group!r}, which is not a component; the components are {', '.join(sizes)}"
+            )
+        if not 0.0 <= low <= high <= 1.0:
+            raise ConfigError(f"--component-sparsity {group}={low}:{high} needs 0 <= MIN <= MAX <= 1")
+    total = sum(sizes.values())
+    least = sum(bounds.get(g, (0.0, 1.0))[0] * n for g, n in sizes.items()) / total
+    most = sum(bounds.get(g, (0.0, 1.0))[1] * n for g, n in sizes.items()) / total
+    if not least - 1e-9 <= target <= most + 1e-9:
+        raise ConfigError(
+            f"--component-sparsity bounds allow an overall sparsity between {least:.4f} and {most:.4f}, "
+            f"but --sparsity is {target}; loosen the bounds or change the target"
+        )
+
+
+def _fit_bounded(
+    mags: list[torch.Tensor], logits: torch.Tensor, want: int, groups: list[str], bounds: Bounds, iters: int
+) -> tuple[torch.Tensor, int]:
+    """Per-group offsets: one common offset for the free groups; a group the common fit would push past its
+    bound is pinned at the bound with its own offset, and the rest are refitted without it."""
+    offsets = torch.zeros_like(logits)
+    free = list(range(len(groups)))
+    pinned_zeros = 0
+    while free:
+        sub_want = want - pinned_zeros
+        counter = _ZeroCounter([mags[i] for i in free], logits[free], sub_want, Workspace())
+        delta, zeros = _bisect(counter, sub_want, iters)
+        t = _thresholds(logits[free], delta)
+        outside = []
+        for j, i in enumerate(free):
+            if groups[i] not in bounds:
+                continue
+            low, high = bounds[groups[i]]
+            sparsity = int(torch.count_nonzero(mags[i] <= t[j])) / mags[i].numel()
+            if sparsity < low or sparsity > high:
+                outside.append((i, low if sparsity < low else high))
+        if not outside:
+            offsets[free] = delta
+            return offsets, zeros + pinned_zeros
+        for i, bound in outside:
+            own = int(round(bound * mags[i].numel()))
+            offsets[i], got = _bisect(_ZeroCounter([mags[i]], logits[i : i + 1], own, Workspace()), own, iters)
+            pinned_zeros += got
+            free.remove(i)
+    return offsets, pinned_zeros
+
+
 @torch.no_grad()
-def fit_level_(tm: ThresholdedModel, target: float, *, iters: int = 60, workspace: Workspace | None = None) -> LevelFit:
+def fit_level_(
+    tm: ThresholdedModel,
+    target: float,
+    *,
+    iters: int = 60,
+    workspace: Workspace | None = None,
+    bounds: Bounds | None = None,
+) -> LevelFit:
     """Shift every threshold logit by one offset so that overall sparsity equals ``target``; in place.
 
     The offset is bisected on exact zero counts of the current weights; returns it and the resulting zero count
-    (the target up to ties between equal magnitudes).
+    (the target up to ties between equal magnitudes). With ``bounds``, a group whose sparsity would leave its
+    ``(min, max)`` is pinned at the bound by its own offset and the others share the common one (``delta`` is
+    then the free groups' offset, or NaN when every group is pinned).
 
     Args:
         workspace: buffers to reuse between calls (see ``Workspace``); a fresh one when omitted.
@@ -214,20 +296,16 @@ def fit_level_(tm: ThresholdedModel, target: float, *, iters: int = 60, workspac
     total = sum(m.numel() for m in mags)
     want = int(round(target * total))
     logits = torch.stack([tm.bank.logit(g).detach().float() for g in groups])
-    counter = _ZeroCounter(mags, logits, want, ws)
-    if counter.may_equal_want(0.0) and counter.count(0.0) == want:
-        return LevelFit(0.0, want, want, total)
-    lo, hi = -40.0, 40.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if counter.below_want(mid):
-            lo = mid
-        else:
-            hi = mid
-    # Pick the side whose count is closer to the wanted one.
-    c_lo, c_hi = counter.count(lo), counter.count(hi)
-    delta, zeros = (lo, c_lo) if abs(c_lo - want) < abs(c_hi - want) else (hi, c_hi)
-    new = (logits + delta).float()
+    if bounds:
+        offsets, zeros = _fit_bounded(mags, logits, want, list(groups), bounds, iters)
+        free = [i for i, g in enumerate(groups) if g not in bounds]
+        delta = float(offsets[free[0]]) if free else math.nan
+    else:
+        delta, zeros = _bisect(_ZeroCounter(mags, logits, want, ws), want, iters)
+        if delta == 0.0 and zeros == want:
+            return LevelFit(0.0, want, want, total)
+        offsets = torch.full_like(logits, delta)
+    new = (logits + offsets).float()
     for i, g in enumerate(groups):
         tm.bank.logit(g).copy_(new[i])
     return LevelFit(delta, zeros, want, total)
@@ -240,11 +318,12 @@ class LevelController:
     uninterrupted one, and every process of a distributed run (which holds the same weights) makes the same.
     """
 
-    def __init__(self, tm: ThresholdedModel) -> None:
+    def __init__(self, tm: ThresholdedModel, bounds: Bounds | None = None) -> None:
         self.tm = tm
+        self.bounds = bounds or None
         self.workspace = Workspace()
 
     def step_(self, step: int, target: float, *, exact: bool = True) -> LevelFit:
         """Fit the level after optimizer step ``step``; ``exact`` is accepted for callers and always true."""
         del step, exact
-        return fit_level_(self.tm, target, workspace=self.workspace)
+        return fit_level_(self.tm, target, workspace=self.workspace, bounds=self.bounds)

@@ -515,3 +515,38 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     message = user_error(invoke("demo", "--out", out, "--steps", "20", "--dense-steps", "10", "-q"))
     assert "already holds files" in message and "--overwrite" in message
     assert snapshot_files(out / "run") == before
+
+
+# --- --component-sparsity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--component-sparsity", "backbone"], "must look like NAME=MIN:MAX"),
+        (["--component-sparsity", "backbone=a:b"], "must look like NAME=MIN:MAX"),
+        (["--component-sparsity", "neck=0:0.5"], "not a component"),
+        (["--component-sparsity", "backbone=0:0.1", "--component-sparsity", "head:depth=0:0.1"], "allow an overall"),
+        (["--component-sparsity", "backbone=0:0.95", "--method", "gmp"], "--method gmp has none"),
+        (["--component-sparsity", "backbone=0:0.95", "--method", "str_layer"], "--method str_layer has none"),
+    ],
+)
+def test_component_sparsity_errors(
+    checkpoint: Path, scenes: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    text = user_error(invoke(*_prune(checkpoint, scenes, out, *extra)))
+    assert message in text
+    assert not out.exists()  # a refused start leaves no run folder
+
+
+def test_component_sparsity_round_trips_through_the_config(checkpoint: Path, scenes: Path, tmp_path: Path) -> None:
+    result = invoke(
+        *_prune(checkpoint, scenes, tmp_path / "run", "--component-sparsity", "head:depth=:0.97"), "--print-config"
+    )
+    assert result.exit_code == 0, result.output
+    toml = tmp_path / "c.toml"
+    toml.write_text(result.stdout)
+    again = invoke("prune", "--config", toml, "--print-config")
+    assert again.exit_code == 0 and again.stdout == result.stdout
+    assert "[component_sparsity]" in result.stdout and '"head:depth" = [0.0, 0.97]' in result.stdout

@@ -13,7 +13,8 @@ from torch import nn
 
 from adapmtl_cli import schedule
 from adapmtl_cli.discover import Component, ComponentMap, Layer
-from adapmtl_cli.schedule import LevelController, cubic_target, fit_level_
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.schedule import LevelController, LevelFit, check_bounds, cubic_target, fit_level_
 from adapmtl_cli.thresholds import ThresholdedModel, init_thresholds_, inject_thresholds_, measure_layers
 
 # --- cubic_target --------------------------------------------------------------------------------
@@ -249,3 +250,51 @@ def test_fit_level_reads_channels_last_weights() -> None:
     other = copy.deepcopy(tm).to(memory_format=torch.channels_last)
     assert not other.raw_weight("big").is_contiguous()
     assert fit_level_(tm, 0.9) == fit_level_(other, 0.9)
+
+
+# --- floors and caps (--component-sparsity) ---------------------------------------------------------------
+
+
+def _group_sparsity(tm: ThresholdedModel) -> dict[str, float]:
+    layers = measure_layers(tm)
+    return {layer.group: layer.zeros / layer.params for layer in layers}
+
+
+def test_a_cap_holds_and_the_rest_absorbs_the_difference() -> None:
+    tm = _lopsided()
+    free = fit_level_(_lopsided(), 0.5)
+    assert _group_sparsity(_lopsided_after(free))["head:normal"] > 0.14  # without the cap it goes past it
+    fit = fit_level_(tm, 0.5, bounds={"head:normal": (0.0, 0.1)})
+    sparsity = _group_sparsity(tm)
+    assert sparsity["head:normal"] == pytest.approx(0.1, abs=1 / 192)
+    assert fit.zeros == round(0.5 * (9408 + 64 + 192))  # still exactly on the target overall
+    assert sparsity["backbone"] > 0.5
+
+
+def _lopsided_after(fit: LevelFit) -> ThresholdedModel:
+    tm = _lopsided()
+    with torch.no_grad():
+        for g in tm.bank.groups:
+            tm.bank.logit(g).add_(fit.delta)
+    return tm
+
+
+def test_a_floor_holds() -> None:
+    tm = _lopsided()
+    fit_level_(tm, 0.3, bounds={"head:depth": (0.9, 1.0)})
+    sparsity = _group_sparsity(tm)
+    assert sparsity["head:depth"] == pytest.approx(0.9, abs=1 / 64)
+    assert sum(m.zeros for m in measure_layers(tm)) == round(0.3 * (9408 + 64 + 192))
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ({"neck": (0.0, 0.5)}, "not a component"),
+        ({"backbone": (0.8, 0.5)}, "MIN <= MAX"),
+        ({"backbone": (0.0, 0.1), "head:depth": (0.0, 0.1), "head:normal": (0.0, 0.1)}, "between 0.0000 and 0.1000"),
+    ],
+)
+def test_impossible_bounds_are_refused(bounds: dict[str, tuple[float, float]], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_bounds(bounds, {"backbone": 9408, "head:depth": 64, "head:normal": 192}, 0.5)

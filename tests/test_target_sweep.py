@@ -31,3 +31,19 @@ def test_baselines_run_through_the_pipeline(checkpoint: Path, scenes: Path, tmp_
     assert report.method == method
     assert report.weighting == "equal"
     assert abs(report.overall_sparsity - 0.9) <= 0.001
+
+
+def test_component_bounds_hold_and_the_target_too(checkpoint: Path, scenes: Path, tmp_path: Path) -> None:
+    free = run_prune(prune_config(checkpoint, scenes, tmp_path / "free", sparsity=0.9, steps=12, save_every=100))
+    normal_free = next(c.sparsity for c in free.components if c.name == "head:normal")
+    cap = round(normal_free - 0.05, 3)  # binding: below where the learned split put it
+    bounds = {"head:normal": (0.0, cap), "backbone": (0.85, 1.0)}
+    report = run_prune(
+        prune_config(
+            checkpoint, scenes, tmp_path / "run", sparsity=0.9, steps=12, save_every=100, component_sparsity=bounds
+        )
+    )
+    sparsity = {c.name: c.sparsity for c in report.components}
+    assert abs(report.overall_sparsity - 0.9) <= 0.001
+    assert sparsity["head:normal"] <= cap + 0.001
+    assert sparsity["backbone"] >= 0.85 - 0.001

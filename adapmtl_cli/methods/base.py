@@ -12,7 +12,7 @@ land exactly on the requested overall sparsity at the last step:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from adapmtl_cli.discover import ComponentMap
+from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
-from adapmtl_cli.schedule import LevelController, cubic_target
+from adapmtl_cli.schedule import Bounds, LevelController, check_bounds, cubic_target
 from adapmtl_cli.thresholds import (
     LayerSparsity,
     ThresholdedModel,
@@ -48,6 +49,8 @@ class MethodContext:
     task_losses: Callable[[nn.Module, tuple[torch.Tensor, dict[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = (
         None
     )
+    bounds: Mapping[str, tuple[float, float]] | None = None
+    """``--component-sparsity``: per component, the final sparsity's floor and cap (component thresholds only)."""
 
 
 @runtime_checkable
@@ -92,6 +95,17 @@ class ThresholdPruner:
         self.name = name
         self.ctx = ctx
         self.tm: ThresholdedModel = inject_thresholds_(ctx.model, ctx.cmap, granularity)
+        self.bounds: Bounds = dict(ctx.bounds or {})
+        if self.bounds:
+            if granularity != "component":
+                raise ConfigError(
+                    f"--component-sparsity needs one threshold per component; --method {name} has {granularity} "
+                    "thresholds (use --method adapmtl)"
+                )
+            sizes = {g: 0 for g in self.tm.bank.groups}
+            for fqn, g in self.tm.groups.items():
+                sizes[g] += self.tm.raw_weight(fqn).numel()
+            check_bounds(self.bounds, sizes, ctx.sparsity)
         # Only the ratios between thresholds matter: the controller sets the level from step 1 on.
         init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
         self.module: nn.Module = self.tm
@@ -110,7 +124,12 @@ class ThresholdPruner:
     def after_step_(self, step: int) -> float:
         if self._controller is None:
             self._controller = LevelController(self.tm)
-        fit = self._controller.step_(step - 1, self.target_at(step), exact=step >= self.ctx.steps)
+        target = self.target_at(step)
+        if self.bounds:
+            # Floors grow with the ramp (a 95% floor must not hit a component at step 1); caps hold throughout.
+            ramp = target / self.ctx.sparsity
+            self._controller.bounds = {g: (low * ramp, high) for g, (low, high) in self.bounds.items()}
+        fit = self._controller.step_(step - 1, target, exact=step >= self.ctx.steps)
         return fit.sparsity
 
     def measure(self) -> list[LayerSparsity]:
@@ -130,6 +149,8 @@ class MaskPruner:
         self.name = name
         self.ctx = ctx
         self.gradual = gradual
+        if ctx.bounds:
+            raise ConfigError(f"--component-sparsity works with threshold methods (adapmtl), not --method {name}")
         self.mm: MaskedModel = inject_masks_(ctx.model, ctx.cmap)
         self.module: nn.Module = self.mm
         self.total = sum(self.mm.raw_weight(f).numel() for f in self.mm.groups)
