@@ -272,6 +272,7 @@ def data_synth(
 )
 @handles_errors
 def data_check(
+    ctx: typer.Context,
     root: Path = typer.Argument(..., help="Dataset folder."),
     data: str = typer.Option("nyuv2", "--data", help="Dataset: nyuv2, synthetic, taskonomy or a plug-in."),
     layout: str | None = LAYOUT,
@@ -286,10 +287,8 @@ def data_check(
     from adapmtl_cli.data import get_dataset
     from adapmtl_cli.report import dataset_renderable
 
-    options = _parse_data_opts(data_opt)
-    if layout is not None:
-        options["layout"] = layout
-    desc = get_dataset(data, options).describe(root)
+    del layout, data_opt  # read through ctx, exactly as prune and inspect read them
+    desc = get_dataset(data, _data_options(ctx) or {}).describe(root)
     if as_json:
         ui.plain(json.dumps(desc, indent=2))
     else:

@@ -158,7 +158,6 @@ def train_batches(
             drop_last=True,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            persistent_workers=False,
         )
         yield from loader
         epoch, within = epoch + 1, 0

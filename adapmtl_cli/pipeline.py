@@ -380,21 +380,24 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
     run_on_main(world, write_setup)
     model = prepared.loaded.model.to(device)
 
-    def dense() -> dict[str, dict[str, float]]:
-        if resume and run.dense_metrics.is_file():
-            return json.loads(run.dense_metrics.read_text())  # type: ignore[no-any-return]
-        hooks.status("evaluating the dense model on the validation split")
-        metrics = evaluate(
-            model,
+    def evaluate_val(evaluated: nn.Module, label: str) -> dict[str, dict[str, float]]:
+        hooks.status(f"evaluating the {label} model on the validation split")
+        return evaluate(
+            evaluated,
             prepared.val,
             prepared.tasks,
             prepared.mapping,
             device,
             cfg.batch_size,
             cfg.eval_batches,
-            on_batch=_eval_cb(hooks, "dense"),
+            on_batch=_eval_cb(hooks, label),
             precision=cfg.precision,
         )
+
+    def dense() -> dict[str, dict[str, float]]:
+        if resume and run.dense_metrics.is_file():
+            return json.loads(run.dense_metrics.read_text())  # type: ignore[no-any-return]
+        metrics = evaluate_val(model, "dense")
         write_text(run.dense_metrics, json.dumps(metrics, indent=2) + "\n")
         return metrics
 
@@ -472,18 +475,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
     _check_baked(model, layer_stats)
 
     def finish() -> RunReport:
-        hooks.status("evaluating the pruned model on the validation split")
-        pruned_metrics = evaluate(
-            model,
-            prepared.val,
-            prepared.tasks,
-            prepared.mapping,
-            device,
-            cfg.batch_size,
-            cfg.eval_batches,
-            on_batch=_eval_cb(hooks, "pruned"),
-            precision=cfg.precision,
-        )
+        pruned_metrics = evaluate_val(model, "pruned")
         _check_finite(pruned_metrics)
         from safetensors.torch import save as save_safetensors
 

@@ -403,7 +403,10 @@ def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
         sub.mkdir(parents=True, exist_ok=True)
 
 
-def _check_parameters(train: int, val: int, size: tuple[int, int], seed: int, layout: str) -> None:
+def check_generator_parameters(
+    train: int, val: int, size: tuple[int, int], seed: int, **choices: tuple[str, tuple[str, ...]]
+) -> None:
+    """One ``ConfigError`` naming every bad count, size or seed (and every ``name=(value, allowed)`` choice)."""
     problems = []
     if train < 1 or val < 1:
         problems.append(f"sample counts must be at least 1, got train={train!r} val={val!r}")
@@ -411,8 +414,9 @@ def _check_parameters(train: int, val: int, size: tuple[int, int], seed: int, la
         problems.append(f"size must be (height, width) with both at least 8, got {size!r}")
     if seed < 0:
         problems.append(f"seed must be a non-negative integer, got {seed!r}")
-    if layout not in LAYOUTS:
-        problems.append(f"layout {layout!r} must be one of: {', '.join(LAYOUTS)}")
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            problems.append(f"{name} {value!r} must be one of: {', '.join(allowed)}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -448,7 +452,7 @@ def generate_scenes(
         ConfigError: a count, size, seed or layout is out of range.
         DataError: ``root`` is a file, or a non-empty folder not made by this generator.
     """
-    _check_parameters(train, val, size, seed, layout)
+    check_generator_parameters(train, val, size, seed, layout=(layout, LAYOUTS))
     root = Path(root)
     start = time.perf_counter()
     _prepare_root(root, overwrite, layout)

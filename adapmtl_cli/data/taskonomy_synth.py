@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adapmtl_cli.data.synthetic import NYU13_CLASSES, SceneSummary, render_scene
+from adapmtl_cli.data.synthetic import NYU13_CLASSES, SceneSummary, check_generator_parameters, render_scene
 from adapmtl_cli.data.taskonomy import DOMAINS, FOLDERS, PRIOR_FILE, SPLIT_FILE, TASKONOMY_CLASSES
-from adapmtl_cli.errors import ConfigError, DataError
+from adapmtl_cli.errors import DataError
 
 MANIFEST = "taskonomy_synth.json"
 RAW_CLASS_IDS = {
@@ -190,15 +190,7 @@ def generate_taskonomy(
         ConfigError: a count, size or seed is out of range.
         DataError: ``root`` is a file, or a non-empty folder not made by this generator.
     """
-    problems = []
-    if train < 1 or val < 1:
-        problems.append(f"sample counts must be at least 1, got train={train!r} val={val!r}")
-    if len(size) != 2 or min(size) < 8:
-        problems.append(f"size must be (height, width) with both at least 8, got {size!r}")
-    if seed < 0:
-        problems.append(f"seed must be a non-negative integer, got {seed!r}")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    check_generator_parameters(train, val, size, seed)
     root = Path(root)
     start = time.perf_counter()
     _prepare_root(root, overwrite)

@@ -155,22 +155,9 @@ def delta_m(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> f
     return -sum(flat) / len(flat) if flat else math.nan
 
 
-@dataclass(frozen=True)
-class DeltaP:
-    """Δ_p of a pruned model against its dense baseline (LibMTL's ``count_improvement``).
-
-    Attributes:
-        per_task: Δ_pi per task (a fraction, averaged over the task's metrics); tasks whose metrics were all
-            skipped are absent.
-        overall: mean of ``per_task``; NaN when no metric could be compared at all.
-        convention: one line stating the formula and sign, for reports.
-        skipped: ``"task.metric"`` entries left out because the dense value is 0 or not finite.
-    """
-
-    per_task: dict[str, float]
-    overall: float
-    convention: str
-    skipped: tuple[str, ...] = ()
+DeltaP = DeltaT
+"""Δ_p has Δ_T's fields: ``per_task`` (a fraction, averaged over the task's metrics), ``overall``, ``convention``,
+``skipped``."""
 
 
 def delta_p(dense: Metrics, pruned: Metrics, specs: Mapping[str, TaskSpec]) -> DeltaP:
