@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -177,13 +178,14 @@ def test_channels_last_only_for_conv_models_on_cuda() -> None:
 
 RUNNER = '''
 """One rank of a test run: saves this rank's trained state, then runs the CLI or the library call."""
-import json, os, sys
+import faulthandler, json, os, sys
 from pathlib import Path
 
 import torch
 
 from adapmtl_cli import pipeline
 
+faulthandler.enable()  # a crash in C++ (gloo) prints where Python was
 rank, out = int(os.environ["RANK"]), Path(os.environ["TEST_OUT"])
 fail_rank = int(os.environ.get("TEST_FAIL_RANK", "-1"))
 real_finetune = pipeline.finetune
@@ -315,11 +317,29 @@ def test_two_processes_prune_to_the_target_with_identical_ranks(checkpoint: Path
 
 def test_a_failure_on_one_rank_stops_both_and_is_reported_once(checkpoint: Path, scenes: Path, tmp_path: Path) -> None:
     results = _launch(tmp_path, ["lib", _config(checkpoint, scenes, tmp_path / "run")], fail_rank=1)
-    assert [r.returncode for r in results] == [2, 2]
-    first, second = _outcomes(tmp_path)
-    assert second == {"ok": False, "type": "RuntimeError", "message": "injected failure on one rank", "reported": True}
-    assert first["type"] == "TrainingError" and first["message"].startswith("lost contact with another process")
-    assert first["reported"] is False
+    assert all(r.returncode == 2 or _gloo_teardown_abort(r) for r in results), [r.stderr[-3000:] for r in results]
+    assert any(r.returncode == 2 for r in results), [r.stderr[-3000:] for r in results]
+    expected = [
+        {"ok": False, "type": "TrainingError", "reported": False},  # rank 0 lost its peer: a copy, not printed
+        {"ok": False, "type": "RuntimeError", "message": "injected failure on one rank", "reported": True},
+    ]
+    for rank, result in enumerate(results):
+        if result.returncode == 2:
+            outcome = json.loads((tmp_path / "ranks" / f"rank{rank}.json").read_text())
+            if rank == 0:
+                assert outcome.pop("message").startswith("lost contact with another process")
+            assert outcome == expected[rank]
+
+
+def _gloo_teardown_abort(result: subprocess.CompletedProcess[str]) -> bool:
+    """gloo's known teardown race: its I/O thread may throw (-> SIGABRT) while a failed rank leaves.
+
+    Upstream (pytorch/gloo#168, horovod#2907): when a peer closes its sockets while this rank's own group is
+    being torn down, gloo's event loop can throw outside any operation and abort the process (seen once in CI
+    on the rank whose error ended the run: exit status 134 instead of 2). Only an abort from an uncaught C++
+    exception is tolerated, and at least one rank must still leave through our error path as expected.
+    """
+    return result.returncode == -signal.SIGABRT and ("gloo" in result.stderr or "terminate called" in result.stderr)
 
 
 @pytest.mark.parametrize("case", ["batch_size", "occupied_out"])
