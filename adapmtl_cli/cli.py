@@ -410,6 +410,13 @@ def prune(
         help="Task-loss weights: adaptive (loss growth relative to the dense level), paper (the paper's step-to-step "
         "estimator) or equal (default: adaptive for adapmtl, else equal).",
     ),
+    layer_scale: str | None = typer.Option(
+        None,
+        "--layer-scale",
+        help="Per-layer threshold scales: saliency (each layer's threshold in its own units, from task gradients; "
+        "keeps whole layers from being emptied; default for adapmtl) or none (the paper's one raw threshold per "
+        "component; default for the baselines).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option(

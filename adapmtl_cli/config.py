@@ -42,6 +42,8 @@ class PruneConfig(_File):
     weighting: Literal["adaptive", "paper", "equal"] | None = None
     """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
+    layer_scale: Literal["saliency", "none"] | None = None
+    """Per-layer threshold scales of threshold methods (None: the method's own; saliency for adapmtl)."""
     component_sparsity: dict[str, tuple[float, float]] = Field(default_factory=dict)
     """``--component-sparsity NAME=MIN:MAX``: floors and caps of components' final sparsity (adapmtl only)."""
     seed: int = 0

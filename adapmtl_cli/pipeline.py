@@ -417,6 +417,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
             ),
             task_losses=lambda module, batch: _task_losses(module, batch, prepared),
             bounds=cfg.component_sparsity,
+            layer_scale=cfg.layer_scale,
         ),
     )
     pruner.module.to(device)
@@ -556,7 +557,7 @@ def build_report(
             params=s.params,
             zeros=s.zeros,
             sparsity=s.zeros / s.params,
-            threshold=thresholds.get(s.group),
+            threshold=s.threshold if getattr(s, "threshold", None) is not None else thresholds.get(s.group),
         )
         for s in layer_stats
     ]

@@ -70,16 +70,19 @@ class Workspace:
 
 def _magnitudes(tm: ThresholdedModel, ws: Workspace) -> list[torch.Tensor]:
     """Per group, ``|w|`` of all its layers in one flat fp32 buffer (unsorted, on the weights' device)."""
-    by_group: dict[str, list[torch.Tensor]] = {g: [] for g in tm.bank.groups}
+    by_group: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {g: [] for g in tm.bank.groups}
     for fqn, g in tm.groups.items():
-        by_group[g].append(_flat(tm.raw_weight(fqn).detach()))
+        by_group[g].append((_flat(tm.raw_weight(fqn).detach()), tm.layer_scale(fqn) if tm.scaled else None))
     out = []
     for i, g in enumerate(tm.bank.groups):
         weights = by_group[g]
-        buf = ws.buffer((i, "mag"), sum(w.numel() for w in weights), torch.float32, weights[0].device)
+        buf = ws.buffer((i, "mag"), sum(w.numel() for w, _ in weights), torch.float32, weights[0][0].device)
         offset = 0
-        for w in weights:
-            torch.abs(w, out=buf[offset : offset + w.numel()])
+        for w, scale in weights:
+            part = buf[offset : offset + w.numel()]
+            torch.abs(w, out=part)
+            if scale is not None:  # |w| <= t * scale  <=>  |w| / scale <= t (up to one rounding)
+                part.div_(scale)
             offset += w.numel()
         out.append(buf)
     return out

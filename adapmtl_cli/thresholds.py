@@ -96,17 +96,25 @@ def soft_threshold(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class SoftThreshold(nn.Module):
-    """Parametrization ``w -> w - clamp(w, -t, t)`` with ``t = sigmoid(bank[group])``."""
+    """Parametrization ``w -> w - clamp(w, -t, t)`` with ``t = sigmoid(bank[group]) * scale``.
+
+    ``scale`` is the layer's fixed threshold scale (1 unless the method sets layer scales, see
+    ``layer_scales.py``): the group's one learnable threshold, measured in this layer's own units.
+    """
 
     def __init__(self, bank: ThresholdBank, group: str) -> None:
         super().__init__()
         # Not a submodule on purpose: the bank's parameters must be registered once, not once per layer.
         object.__setattr__(self, "_bank", bank)
         self.group = group
+        self.register_buffer("scale", torch.ones((), dtype=torch.float32))
+
+    def threshold(self) -> torch.Tensor:
+        """This layer's threshold in fp32."""
+        return self._bank.value(self.group) * self.scale
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        t = self._bank.value(self.group).to(weight.dtype)
-        return soft_threshold(weight, t)
+        return soft_threshold(weight, self.threshold().to(weight.dtype))
 
 
 class ParametrizedLayers(nn.Module):
@@ -140,6 +148,29 @@ class ThresholdedModel(ParametrizedLayers):
     def __init__(self, model: nn.Module, bank: ThresholdBank, groups: dict[str, str]) -> None:
         super().__init__(model, groups)
         self.bank = bank
+        self.scaled = False
+        """Whether any layer scale may differ from 1 (set by ``set_layer_scales_``; saves work when not)."""
+
+    def soft_threshold(self, fqn: str) -> SoftThreshold:
+        return self.layer_modules()[fqn].parametrizations.weight[0]  # type: ignore[no-any-return]
+
+    def layer_scale(self, fqn: str) -> torch.Tensor:
+        """The layer's threshold scale (a 0-d fp32 buffer, saved with the model's state)."""
+        return self.soft_threshold(fqn).scale
+
+    @torch.no_grad()
+    def set_layer_scales_(self, scales: Mapping[str, float]) -> None:
+        """Set the threshold scales of the named layers (the others keep theirs)."""
+        for fqn, value in scales.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"layer scale of {fqn} must be a positive number, got {value}")
+            self.layer_scale(fqn).fill_(value)
+        self.scaled = self.scaled or any(v != 1.0 for v in scales.values())
+
+    def scaled_magnitudes(self, fqn: str) -> torch.Tensor:
+        """``|w| / scale`` in fp32: the magnitudes the group's threshold is compared with."""
+        mags = self.raw_weight(fqn).detach().abs().float()
+        return mags.div_(self.layer_scale(fqn)) if self.scaled else mags
 
 
 def group_of(layer: Layer, granularity: str) -> str:
@@ -175,7 +206,7 @@ def init_thresholds_(tm: ThresholdedModel, sparsity: float, *, per_group: bool =
     q = min(max(sparsity, 1e-4), 1 - 1e-4)
 
     def quantile(fqns: list[str]) -> float:
-        mags = torch.cat([tm.raw_weight(f).detach().abs().flatten().float() for f in fqns])
+        mags = torch.cat([tm.scaled_magnitudes(f).flatten() for f in fqns])
         t = float(mags.kthvalue(max(1, int(round(q * mags.numel())))).values)
         return min(max(t, 1e-12), 1 - 1e-6)
 
@@ -191,21 +222,25 @@ class LayerSparsity:
     group: str
     params: int
     zeros: int
+    threshold: float | None = None
+    """The layer's own threshold (its group's times its scale), for threshold methods."""
 
 
 @torch.no_grad()
 def measure_layers(tm: ThresholdedModel) -> list[LayerSparsity]:
     """Exact zero count of every thresholded weight, as the forward pass would produce it."""
     out = []
-    counts = []
-    for fqn, group in tm.groups.items():
+    counts, thresholds = [], []
+    for fqn in tm.groups:
         w = tm.raw_weight(fqn)
-        t = tm.bank.value(group).to(w.dtype)
+        t = tm.soft_threshold(fqn).threshold().to(w.dtype)
         counts.append((w.abs() <= t).sum())
-    # One device->host transfer for all layers instead of one per layer.
+        thresholds.append(t.float())
+    # One device->host transfer each for all layers instead of one per layer.
     values = torch.stack(counts).tolist() if counts else []
-    for (fqn, group), zeros in zip(tm.groups.items(), values, strict=True):
-        out.append(LayerSparsity(fqn, group, tm.raw_weight(fqn).numel(), int(zeros)))
+    ts = torch.stack(thresholds).tolist() if thresholds else []
+    for (fqn, group), zeros, t in zip(tm.groups.items(), values, ts, strict=True):
+        out.append(LayerSparsity(fqn, group, tm.raw_weight(fqn).numel(), int(zeros), t))
     return out
 
 

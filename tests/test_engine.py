@@ -149,7 +149,9 @@ def _finetune(precision: str, steps: int = 6) -> tuple[Pruner, StepInfo]:
     raw = model(data.x[:2])
     mapping = map_outputs(raw, specs, batch=2)
     cmap = discover_components(model, mapping.select(raw), [s.name for s in specs])
-    pruner = build_pruner("adapmtl", MethodContext(model=model, cmap=cmap, sparsity=0.8, steps=steps, ramp_end=0.5))
+    pruner = build_pruner(
+        "adapmtl", MethodContext(model=model, cmap=cmap, sparsity=0.8, steps=steps, ramp_end=0.5, layer_scale="none")
+    )
     info = finetune(
         pruner,
         data,

@@ -9,4 +9,6 @@ from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 @register_method("adapmtl", weighting="adaptive")
 def build(ctx: MethodContext) -> ThresholdPruner:
     # Per-component initial thresholds (each component's own magnitude quantile): see docs/architecture.md.
-    return ThresholdPruner("adapmtl", ctx, "component", per_group_init=True)
+    # Per-layer threshold scales from task saliency (layer_scales.py): one learned threshold per component that
+    # no longer empties a layer for its weights' scale alone. ``--layer-scale none`` is the paper's form.
+    return ThresholdPruner("adapmtl", ctx, "component", per_group_init=True, layer_scale="saliency")

@@ -21,7 +21,9 @@ from torch import nn
 
 from adapmtl_cli.discover import ComponentMap
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.layer_scales import CALIBRATION_BATCHES, LAYER_SCALES, saliency_scales
 from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
+from adapmtl_cli.saliency import best_task_ranks, task_saliency
 from adapmtl_cli.schedule import Bounds, LevelController, check_bounds, cubic_target
 from adapmtl_cli.thresholds import (
     LayerSparsity,
@@ -51,6 +53,8 @@ class MethodContext:
     )
     bounds: Mapping[str, tuple[float, float]] | None = None
     """``--component-sparsity``: per component, the final sparsity's floor and cap (component thresholds only)."""
+    layer_scale: str | None = None
+    """``--layer-scale``: how a threshold method scales its thresholds per layer (None: the method's default)."""
 
 
 @runtime_checkable
@@ -91,10 +95,28 @@ def _weights_and_rest(module: nn.Module, special: set[int]) -> tuple[list[nn.Par
 class ThresholdPruner:
     """Soft thresholds (one per component, per layer or global) driven onto a cubic schedule."""
 
-    def __init__(self, name: str, ctx: MethodContext, granularity: str, *, per_group_init: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        ctx: MethodContext,
+        granularity: str,
+        *,
+        per_group_init: bool = False,
+        layer_scale: str = "none",
+    ) -> None:
         self.name = name
         self.ctx = ctx
         self.tm: ThresholdedModel = inject_thresholds_(ctx.model, ctx.cmap, granularity)
+        self.layer_scale = ctx.layer_scale or layer_scale
+        if self.layer_scale not in LAYER_SCALES:
+            raise ConfigError(f"--layer-scale {self.layer_scale!r} is not one of {', '.join(LAYER_SCALES)}")
+        if self.layer_scale != "none":
+            if granularity == "layer":
+                raise ConfigError(
+                    f"--layer-scale {self.layer_scale} scales a shared threshold per layer; --method {name} already "
+                    "learns one threshold per layer (pass --layer-scale none)"
+                )
+            self.tm.set_layer_scales_(self._saliency_scales())
         self.bounds: Bounds = dict(ctx.bounds or {})
         if self.bounds:
             if granularity != "component":
@@ -110,6 +132,18 @@ class ThresholdPruner:
         init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
         self.module: nn.Module = self.tm
         self._controller: LevelController | None = None
+
+    def _saliency_scales(self) -> dict[str, float]:
+        ctx = self.ctx
+        if ctx.calibration is None or ctx.task_losses is None:
+            raise ConfigError("--layer-scale saliency needs training batches to score weights; pass --layer-scale none")
+        fqns = list(self.tm.groups)
+        weights = [self.tm.raw_weight(f) for f in fqns]
+        component_of = {layer.fqn: layer.component for layer in ctx.cmap.layers}
+        tasks = list(ctx.cmap.tasks)
+        saliency = task_saliency(self.tm, weights, tasks, ctx.calibration(), ctx.task_losses, CALIBRATION_BATCHES)
+        ranks = best_task_ranks(saliency, fqns, component_of, ctx.cmap)
+        return saliency_scales(self.tm, ranks, ctx.sparsity)
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
         weights, bank = _weights_and_rest(self.tm, {id(p) for p in self.tm.bank.parameters()})
