@@ -145,6 +145,8 @@ class RunReport(_File):
 
     method: str
     weighting: str
+    layer_scale: str | None = None
+    """Threshold methods: ``saliency`` or ``none`` (``--layer-scale``); None for mask methods and older reports."""
     target_sparsity: float
     overall_sparsity: float
     prunable_params: int

@@ -54,7 +54,7 @@ from adapmtl_cli.engine import (
 )
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError, TrainingError
 from adapmtl_cli.loading import LoadedModel, load_model
-from adapmtl_cli.methods import DEFAULT_WEIGHTING, MethodContext, build_pruner
+from adapmtl_cli.methods import DEFAULT_LAYER_SCALE, DEFAULT_WEIGHTING, MethodContext, build_pruner
 from adapmtl_cli.outputs import OutputMapping, map_outputs
 from adapmtl_cli.rundir import (
     RunDir,
@@ -110,7 +110,13 @@ def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) ->
 
 
 def check_component_bounds(cfg: PruneConfig, prepared: Prepared) -> None:
-    """Refuse ``--component-sparsity`` the method cannot honour or no split can meet, before the run folder."""
+    """Refuse ``--component-sparsity`` the method cannot honour or no split can meet, and ``--layer-scale`` for a
+    method without thresholds, before the run folder."""
+    if cfg.layer_scale is not None and DEFAULT_LAYER_SCALE[cfg.method] is None:
+        raise ConfigError(
+            f"--layer-scale scales learned thresholds (--method adapmtl, str_global or str_layer); --method "
+            f"{cfg.method} prunes with masks"
+        )
     if not cfg.component_sparsity:
         return
     if cfg.method != "adapmtl":
@@ -571,6 +577,7 @@ def build_report(
     return RunReport(
         method=cfg.method,
         weighting=weighting_name(cfg),
+        layer_scale=(cfg.layer_scale or DEFAULT_LAYER_SCALE[cfg.method]) if DEFAULT_LAYER_SCALE[cfg.method] else None,
         target_sparsity=cfg.sparsity,
         overall_sparsity=zeros / total,
         prunable_params=total,

@@ -24,6 +24,7 @@ from adapmtl_cli.report_data import (
     Plot,
     RunView,
     fmt,
+    layer_scale_note,
     load_report,
     relative_change,
     rows,
@@ -125,7 +126,7 @@ def report_renderable(
         f"target {report.target_sparsity:.2%} → achieved ",
         (f"{report.overall_sparsity:.2%}", "bold green"),
         f" of {report.prunable_params:,} prunable weights ({report.zeros:,} zeros); method {report.method}, "
-        f"weighting {report.weighting}, {report.steps} steps, {report.wall_seconds:.0f} s",
+        f"weighting {report.weighting}{layer_scale_note(report)}, {report.steps} steps, {report.wall_seconds:.0f} s",
     )
     dt = report.delta_t
     per = ", ".join(f"{t} {v:+.2f}" for t, v in dt.per_task.items())

@@ -222,6 +222,11 @@ def sorted_layers(report: RunReport, sort: str = "model") -> list[LayerSparsity]
     return out
 
 
+def layer_scale_note(report: RunReport) -> str:
+    """``", layer scale saliency"`` for threshold methods, ``""`` where it does not apply (masks, older reports)."""
+    return f", layer scale {report.layer_scale}" if report.layer_scale else ""
+
+
 def fmt(value: Value, kind: Kind) -> str:
     """How every human-readable format prints a value of ``kind``."""
     if value is None:
@@ -266,6 +271,7 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
 
     add("summary", "", "method", "text", lambda r: r.method)
     add("summary", "", "weighting", "text", lambda r: r.weighting)
+    add("summary", "", "layer_scale", "text", lambda r: r.layer_scale)
     add("summary", "", "target_sparsity", "ratio", lambda r: r.target_sparsity)
     add("summary", "", "overall_sparsity", "ratio", lambda r: r.overall_sparsity, +1)
     add("summary", "", "prunable_params", "int", lambda r: r.prunable_params)

@@ -18,6 +18,7 @@ from adapmtl_cli.report_data import (
     Plot,
     RunView,
     fmt,
+    layer_scale_note,
     relative_change,
     rows,
     score_lines,
@@ -101,7 +102,8 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
     ]
     parts = [
         f"<h1>adapmtl report: {escape(run.label)}</h1>",
-        f'<p class="sub">method {escape(r.method)}, weighting {escape(r.weighting)}; adapmtl {__version__}</p>',
+        f'<p class="sub">method {escape(r.method)}, weighting {escape(r.weighting)}'
+        f"{escape(layer_scale_note(r))}; adapmtl {__version__}</p>",
         '<div class="cards">'
         + "".join(
             f'<div class="card"><div class="k">{escape(k)}</div><div class="v" id="{i}">{escape(v)}</div></div>'

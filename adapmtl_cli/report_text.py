@@ -18,6 +18,7 @@ from adapmtl_cli.report_data import (
     Row,
     RunView,
     fmt,
+    layer_scale_note,
     relative_change,
     rows,
     score_lines,
@@ -47,7 +48,7 @@ def report_markdown(
     lines = [
         f"**Sparsity**: target {report.target_sparsity:.2%}, achieved {report.overall_sparsity:.2%} "
         f"({report.zeros:,} of {report.prunable_params:,} prunable weights); method `{report.method}`, "
-        f"weighting `{report.weighting}`, {report.steps} steps, {report.wall_seconds:.0f} s",
+        f"weighting `{report.weighting}`{layer_scale_note(report)}, {report.steps} steps, {report.wall_seconds:.0f} s",
         "",
         "| component | kind | tasks | params | sparsity | threshold |",
         "|---|---|---|---:|---:|---:|",

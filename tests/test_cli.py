@@ -128,6 +128,27 @@ def test_report_table(pruned_run: CliRun) -> None:
         assert name in result.stdout
     assert "Δ_T" in result.stdout
     assert rep.layers[0].name not in result.stdout  # the layer table is opt-in
+    assert rep.layer_scale == "saliency" and "layer scale saliency" in result.stdout
+
+
+def test_report_shows_each_layers_own_threshold(pruned_run: CliRun) -> None:
+    """With layer scales, a layer's threshold is its component's times its scale: they differ within a component."""
+    rep = read_report(pruned_run.path)
+    for comp in rep.components:
+        own = {layer.threshold for layer in rep.layers if layer.component == comp.name}
+        assert len(own) > 1, comp.name
+        # each layer prunes exactly what its own threshold says (the counts the report prints are the forward's)
+        assert all(t is not None and t > 0 for t in own)
+
+
+def test_layer_scale_none_is_the_papers_raw_thresholds(checkpoint: Path, scenes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(*_prune(checkpoint, scenes, out, "--layer-scale", "none"), "-q")
+    assert result.exit_code == 0, result.output
+    rep = read_report(out)
+    assert rep.layer_scale == "none" and abs(rep.overall_sparsity - 0.9) <= 0.001
+    by_comp = {c.name: c.threshold for c in rep.components}
+    assert all(layer.threshold == pytest.approx(by_comp[layer.component], rel=1e-6) for layer in rep.layers)
 
 
 def test_report_json_equals_report_file(pruned_run: CliRun) -> None:
@@ -529,6 +550,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         (["--component-sparsity", "backbone=0:0.1", "--component-sparsity", "head:depth=0:0.1"], "allow an overall"),
         (["--component-sparsity", "backbone=0:0.95", "--method", "gmp"], "--method gmp has none"),
         (["--component-sparsity", "backbone=0:0.95", "--method", "str_layer"], "--method str_layer has none"),
+        (["--layer-scale", "saliency", "--method", "disparse"], "--method disparse prunes with masks"),
+        (["--layer-scale", "size"], "--layer-scale: Input should be 'saliency' or 'none'"),
     ],
 )
 def test_component_sparsity_errors(

@@ -72,6 +72,7 @@ def _tiny(**update: object) -> RunReport:
     rep = RunReport(
         method="adapmtl",
         weighting="adaptive",
+        layer_scale="saliency",
         target_sparsity=0.5,
         overall_sparsity=0.5,
         prunable_params=200,
@@ -114,8 +115,8 @@ def _tiny(**update: object) -> RunReport:
 
 
 TINY_MARKDOWN = """\
-**Sparsity**: target 50.00%, achieved 50.00% (100 of 200 prunable weights); method `adapmtl`, weighting `adaptive`, \
-10 steps, 3 s
+**Sparsity**: target 50.00%, achieved 50.00% (100 of 200 prunable weights); method `adapmtl`, \
+weighting `adaptive`, layer scale saliency, 10 steps, 3 s
 
 | component | kind | tasks | params | sparsity | threshold |
 |---|---|---|---:|---:|---:|
@@ -163,10 +164,11 @@ def test_compare_handles_runs_with_different_components() -> None:
 
 def test_csv_of_a_tiny_report_starts_with_the_summary_at_full_precision() -> None:
     lines = report_csv([RunView("a", _tiny())]).splitlines()
-    assert lines[:5] == [
+    assert lines[:6] == [
         "section,name,field,value",
         "summary,,method,adapmtl",
         "summary,,weighting,adaptive",
+        "summary,,layer_scale,saliency",
         "summary,,target_sparsity,0.5",
         "summary,,overall_sparsity,0.5",
     ]

@@ -10,10 +10,12 @@ from adapmtl_cli.methods.base import MethodContext, Pruner
 METHODS: dict[str, Callable[[MethodContext], Pruner]] = {}
 DEFAULT_WEIGHTING: dict[str, str] = {}
 """Task weighting each method uses unless ``--weighting`` says otherwise."""
+DEFAULT_LAYER_SCALE: dict[str, str | None] = {}
+"""Layer scales each threshold method uses unless ``--layer-scale`` says otherwise (None: mask methods)."""
 
 
 def register_method(
-    name: str, *, weighting: str = "equal"
+    name: str, *, weighting: str = "equal", layer_scale: str | None = None
 ) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
     """Register a method factory under ``name``; registering a name twice is a bug."""
 
@@ -22,6 +24,7 @@ def register_method(
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = factory
         DEFAULT_WEIGHTING[name] = weighting
+        DEFAULT_LAYER_SCALE[name] = layer_scale
         return factory
 
     return wrap
@@ -44,4 +47,12 @@ from adapmtl_cli.methods import (  # noqa: E402,F401  (registration side effects
     uniform_magnitude,
 )
 
-__all__ = ["DEFAULT_WEIGHTING", "METHODS", "MethodContext", "Pruner", "build_pruner", "register_method"]
+__all__ = [
+    "DEFAULT_LAYER_SCALE",
+    "DEFAULT_WEIGHTING",
+    "METHODS",
+    "MethodContext",
+    "Pruner",
+    "build_pruner",
+    "register_method",
+]

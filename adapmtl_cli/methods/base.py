@@ -111,11 +111,7 @@ class ThresholdPruner:
         if self.layer_scale not in LAYER_SCALES:
             raise ConfigError(f"--layer-scale {self.layer_scale!r} is not one of {', '.join(LAYER_SCALES)}")
         if self.layer_scale != "none":
-            if granularity == "layer":
-                raise ConfigError(
-                    f"--layer-scale {self.layer_scale} scales a shared threshold per layer; --method {name} already "
-                    "learns one threshold per layer (pass --layer-scale none)"
-                )
+            # With one threshold per layer (str_layer) the scales only set where each layer's threshold starts.
             self.tm.set_layer_scales_(self._saliency_scales())
         self.bounds: Bounds = dict(ctx.bounds or {})
         if self.bounds:

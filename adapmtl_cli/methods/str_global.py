@@ -6,6 +6,6 @@ from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 
 
-@register_method("str_global")
+@register_method("str_global", layer_scale="none")
 def build(ctx: MethodContext) -> ThresholdPruner:
     return ThresholdPruner("str_global", ctx, "global")

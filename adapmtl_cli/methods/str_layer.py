@@ -6,6 +6,6 @@ from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 
 
-@register_method("str_layer")
+@register_method("str_layer", layer_scale="none")
 def build(ctx: MethodContext) -> ThresholdPruner:
     return ThresholdPruner("str_layer", ctx, "layer")
