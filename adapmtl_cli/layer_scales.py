@@ -25,9 +25,6 @@ from adapmtl_cli.thresholds import ThresholdedModel
 
 LAYER_SCALES = ("saliency", "none")
 
-CALIBRATION_BATCHES = 4
-"""Training batches whose task gradients score the weights (as the DiSparse baseline)."""
-
 DENSITY_FLOOR = 0.25
 """A layer keeps at least this fraction of the target density ``1 - s`` at the start (no layer starts empty)."""
 

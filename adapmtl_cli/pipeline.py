@@ -66,6 +66,7 @@ from adapmtl_cli.rundir import (
     write_model,
     write_text,
 )
+from adapmtl_cli.saliency import CALIBRATION_BATCHES
 from adapmtl_cli.schedule import check_bounds
 from adapmtl_cli.statefiles import load_state, save_state
 from adapmtl_cli.tasks import match_task
@@ -410,6 +411,8 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
     # Evaluation (in eval mode, under no_grad) changes no weight or buffer, so rank 0 alone can do it.
     dense_metrics = run_on_main(world, dense)
 
+    if cfg.method == "disparse" or (cfg.layer_scale or DEFAULT_LAYER_SCALE[cfg.method]) == "saliency":
+        hooks.status(f"scoring the weights by task saliency on {CALIBRATION_BATCHES} training batches")
     pruner = build_pruner(
         cfg.method,
         MethodContext(

@@ -14,6 +14,9 @@ from torch import nn
 
 from adapmtl_cli.discover import ComponentMap
 
+CALIBRATION_BATCHES = 4
+"""Training batches whose task gradients score the weights (DiSparse's masks, AdapMTL's layer scales)."""
+
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 TaskLosses = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 

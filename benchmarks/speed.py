@@ -106,7 +106,22 @@ def build(model_name: str, size: tuple[int, int], plain: bool) -> tuple[nn.Modul
     if plain:
         return model.train(), mapping, None
     cmap = discover_components(model, mapping.select(raw), [t.name for t in SPECS])
-    pruner = build_pruner("adapmtl", MethodContext(model=model, cmap=cmap, sparsity=0.9, steps=100, ramp_end=0.75))
+
+    def losses(module: nn.Module, b: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        preds = mapping.select(module(b[0]))
+        return {t.name: t.loss(preds[t.name], b[1][t.name]) for t in SPECS}
+
+    calibration = [batch(size, 2, seed=s) for s in range(2, 6)]  # the default's layer scales score on 4 batches
+    ctx = MethodContext(
+        model=model,
+        cmap=cmap,
+        sparsity=0.9,
+        steps=100,
+        ramp_end=0.75,
+        calibration=lambda: iter(calibration),
+        task_losses=losses,
+    )
+    pruner = build_pruner("adapmtl", ctx)
     pruner.after_step_(100)  # thresholds at the target: a realistic level (the dense compute does not depend on it)
     return pruner.module.train(), mapping, pruner
 
@@ -118,7 +133,7 @@ def with_autograd_clamp(module: nn.Module) -> nn.Module:
         if isinstance(m, SoftThreshold):
 
             def forward(weight: torch.Tensor, m: SoftThreshold = m) -> torch.Tensor:
-                t = m._bank.value(m.group).to(weight.dtype)
+                t = m.threshold().to(weight.dtype)
                 return weight - torch.clamp(weight, -t, t)
 
             m.forward = forward  # type: ignore[method-assign]

@@ -21,9 +21,9 @@ from torch import nn
 
 from adapmtl_cli.discover import ComponentMap
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.layer_scales import CALIBRATION_BATCHES, LAYER_SCALES, saliency_scales
+from adapmtl_cli.layer_scales import LAYER_SCALES, saliency_scales
 from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
-from adapmtl_cli.saliency import best_task_ranks, task_saliency
+from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks, task_saliency
 from adapmtl_cli.schedule import Bounds, LevelController, check_bounds, cubic_target
 from adapmtl_cli.thresholds import (
     LayerSparsity,

@@ -14,9 +14,7 @@ import torch
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
-from adapmtl_cli.saliency import best_task_ranks, task_saliency
-
-CALIBRATION_BATCHES = 4
+from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks, task_saliency
 
 
 class DiSparse(MaskPruner):
