@@ -21,57 +21,51 @@ Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 TaskLosses = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
 
-def task_saliency(
+def best_task_ranks(
     module: nn.Module,
     weights: Sequence[torch.Tensor],
-    tasks: Sequence[str],
-    batches: Iterator[Batch],
-    task_losses: TaskLosses,
-    count: int,
-) -> dict[str, list[torch.Tensor]]:
-    """Per task, ``sum over count batches of |w * dL_t/dw|`` for every tensor in ``weights`` (eval mode)."""
-    saliency = {t: [torch.zeros_like(w) for w in weights] for t in tasks}
-    was_training = module.training
-    module.eval()
-    try:
-        for i, batch in enumerate(batches):
-            if i >= count:
-                break
-            losses = task_losses(module, batch)
-            for j, t in enumerate(tasks):
-                grads = torch.autograd.grad(losses[t], weights, allow_unused=True, retain_graph=j < len(tasks) - 1)
-                for acc, w, g in zip(saliency[t], weights, grads, strict=True):
-                    if g is not None:
-                        acc.add_((w.detach() * g).abs())
-    finally:
-        module.train(was_training)
-    return saliency
-
-
-def best_task_ranks(
-    saliency: Mapping[str, Sequence[torch.Tensor]],
     fqns: Sequence[str],
     component_of: Mapping[str, str],
     cmap: ComponentMap,
+    calibration: Callable[[], Iterator[Batch]],
+    task_losses: TaskLosses,
+    count: int = CALIBRATION_BATCHES,
 ) -> list[torch.Tensor]:
-    """Per weight, its best percentile rank (in (0, 1]) over the tasks that reach it.
+    """Per weight (``weights[k]`` is layer ``fqns[k]``), its best percentile rank in (0, 1] over the tasks that
+    reach it, from ``sum over count batches of |w * dL_t/dw|`` (eval mode).
 
     Within each task, its saliency over all the weights it reaches becomes a percentile rank; keeping the global
-    top of the best rank is "each task keeps its top weights, a shared component keeps the union".
+    top of the best rank is "each task keeps its top weights, a shared component keeps the union". Tasks are
+    scored one after the other (one forward per batch and task), so only one task's saliency is held at a time:
+    one model-sized buffer instead of one per task.
     """
     comp_tasks = {c.name: set(c.tasks) for c in cmap.components}
-    shapes = [next(iter(saliency.values()))[k].shape for k in range(len(fqns))]
-    best = [torch.zeros(shape, dtype=torch.float32) for shape in shapes]
-    for t, per_layer in saliency.items():
-        reached = [k for k, f in enumerate(fqns) if t in comp_tasks[component_of[f]]]
-        if not reached:
-            continue
-        flat = torch.cat([per_layer[k].flatten().float().cpu() for k in reached])
-        ranks = torch.empty_like(flat)
-        ranks[torch.argsort(flat)] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype) / flat.numel()
-        offset = 0
-        for k in reached:
-            n = best[k].numel()
-            best[k] = torch.maximum(best[k], ranks[offset : offset + n].view_as(best[k]))
-            offset += n
+    best = [torch.zeros(w.shape, dtype=torch.float32) for w in weights]
+    was_training = module.training
+    module.eval()
+    try:
+        for t in cmap.tasks:
+            reached = [k for k, f in enumerate(fqns) if t in comp_tasks[component_of[f]]]
+            if not reached:
+                continue
+            inputs = [weights[k] for k in reached]
+            saliency = [torch.zeros_like(w) for w in inputs]
+            for i, batch in enumerate(calibration()):
+                if i >= count:
+                    break
+                grads = torch.autograd.grad(task_losses(module, batch)[t], inputs, allow_unused=True)
+                for acc, w, g in zip(saliency, inputs, grads, strict=True):
+                    if g is not None:
+                        acc.add_((w.detach() * g).abs())
+            flat = torch.cat([x.flatten().float().cpu() for x in saliency])
+            del saliency
+            ranks = torch.empty_like(flat)
+            ranks[torch.argsort(flat)] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype) / flat.numel()
+            offset = 0
+            for k in reached:
+                n = best[k].numel()
+                torch.maximum(best[k], ranks[offset : offset + n].view_as(best[k]), out=best[k])
+                offset += n
+    finally:
+        module.train(was_training)
     return best

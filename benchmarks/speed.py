@@ -330,7 +330,9 @@ def render(s: Settings, device: torch.device, results: dict[str, Any], command: 
     lines += [
         "",
         "Peak memory: peak RSS (`VmHWM`) of a fresh process that builds that variant and runs two steps (on CUDA: "
-        "`max_memory_allocated`). The thresholded weights are extra tensors that autograd keeps for the backward.",
+        "`max_memory_allocated`). The thresholded weights are extra tensors that autograd keeps for the backward, "
+        "and the thresholded process also scored the weights once for the default's layer scales (one task's "
+        "saliency and the percentile ranks held at a time).",
         "",
         "## Sparsity bookkeeping",
         "",

@@ -23,7 +23,7 @@ from adapmtl_cli.discover import ComponentMap
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.layer_scales import LAYER_SCALES, saliency_scales
 from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
-from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks, task_saliency
+from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks
 from adapmtl_cli.schedule import Bounds, LevelController, check_bounds, cubic_target
 from adapmtl_cli.thresholds import (
     LayerSparsity,
@@ -136,9 +136,9 @@ class ThresholdPruner:
         fqns = list(self.tm.groups)
         weights = [self.tm.raw_weight(f) for f in fqns]
         component_of = {layer.fqn: layer.component for layer in ctx.cmap.layers}
-        tasks = list(ctx.cmap.tasks)
-        saliency = task_saliency(self.tm, weights, tasks, ctx.calibration(), ctx.task_losses, CALIBRATION_BATCHES)
-        ranks = best_task_ranks(saliency, fqns, component_of, ctx.cmap)
+        ranks = best_task_ranks(
+            self.tm, weights, fqns, component_of, ctx.cmap, ctx.calibration, ctx.task_losses, CALIBRATION_BATCHES
+        )
         return saliency_scales(self.tm, ranks, ctx.sparsity)
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import torch
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
-from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks, task_saliency
+from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks
 
 
 class DiSparse(MaskPruner):
@@ -24,9 +24,9 @@ class DiSparse(MaskPruner):
             raise ConfigError("method 'disparse' needs training batches to score weights; it cannot run here")
         fqns = list(self.mm.groups)
         weights = [self.mm.raw_weight(f) for f in fqns]
-        tasks = list(ctx.cmap.tasks)
-        saliency = task_saliency(self.mm, weights, tasks, ctx.calibration(), ctx.task_losses, CALIBRATION_BATCHES)
-        ranks = best_task_ranks(saliency, fqns, self.mm.groups, ctx.cmap)
+        ranks = best_task_ranks(
+            self.mm, weights, fqns, self.mm.groups, ctx.cmap, ctx.calibration, ctx.task_losses, CALIBRATION_BATCHES
+        )
         return {f: r.to(w.device) for f, r, w in zip(fqns, ranks, weights, strict=True)}
 
 
