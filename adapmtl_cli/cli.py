@@ -320,6 +320,9 @@ def inspect(
     backbone: list[str] | None = BACKBONE,
     head: list[str] | None = HEAD,
     method: str | None = typer.Option(None, "--method", help="Method of the planned run (default adapmtl)."),
+    layer_scale: str | None = typer.Option(
+        None, "--layer-scale", help="Layer scales of the planned run: saliency or none (default: the method's)."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size of the planned run (default 8)."),
     steps: int | None = typer.Option(None, "--steps", help="Steps of the planned run (default 300)."),
     device: str | None = typer.Option(None, "--device", help="Device of the planned run: auto, cpu, cuda, mps."),
@@ -355,6 +358,7 @@ def inspect(
                 steps=cfg.steps,
                 sparsity=cfg.sparsity,
                 ramp_end=cfg.ramp_end,
+                layer_scale=cfg.layer_scale,
             )
     ui.show(components_renderable(manifest, not_pruned(prepared), step))
 

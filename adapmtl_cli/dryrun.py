@@ -93,6 +93,7 @@ def estimate_step(
     steps: int,
     sparsity: float,
     ramp_end: float = 0.75,
+    layer_scale: str | None = None,
     timed_steps: int = 2,
 ) -> StepEstimate:
     """Time ``timed_steps`` training steps of ``method`` (after one warm-up) on one real batch.
@@ -126,7 +127,16 @@ def estimate_step(
         torch.cuda.reset_peak_memory_stats(dev)
     pruner = build_pruner(
         method,
-        MethodContext(model, prepared.cmap, sparsity, steps, ramp_end, calibration=calibration, task_losses=losses),
+        MethodContext(
+            model,
+            prepared.cmap,
+            sparsity,
+            steps,
+            ramp_end,
+            calibration=calibration,
+            task_losses=losses,
+            layer_scale=layer_scale,
+        ),
     )
     pruner.module.to(dev).train()
     optimizer = torch.optim.Adam(pruner.param_groups(1e-4, 1e-2))

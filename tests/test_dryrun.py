@@ -73,6 +73,31 @@ def test_estimate_runs_every_method_on_a_real_batch(prepared: Prepared, method: 
     assert all(torch.equal(before[k], after[k]) for k in before)  # timed on a copy
 
 
+def test_estimate_builds_the_planned_layer_scale(prepared: Prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapmtl_cli.dryrun as dryrun
+
+    seen = []
+    real = dryrun.build_pruner
+
+    def spy(method, ctx):  # type: ignore[no-untyped-def]
+        seen.append(ctx.layer_scale)
+        return real(method, ctx)
+
+    monkeypatch.setattr(dryrun, "build_pruner", spy)
+    estimate_step(prepared, method="adapmtl", batch_size=2, device="cpu", steps=10, sparsity=0.9, timed_steps=1)
+    estimate_step(
+        prepared,
+        method="adapmtl",
+        batch_size=2,
+        device="cpu",
+        steps=10,
+        sparsity=0.9,
+        layer_scale="none",
+        timed_steps=1,
+    )
+    assert seen == [None, "none"]  # None: the method's own default (saliency for adapmtl)
+
+
 def test_estimate_refuses_a_batch_larger_than_the_split(prepared: Prepared) -> None:
     from adapmtl_cli.errors import ConfigError
 
