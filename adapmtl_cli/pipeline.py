@@ -110,7 +110,7 @@ def select_tasks(available: Sequence[TaskSpec], wanted: Sequence[str] | None) ->
     return out
 
 
-def check_component_bounds(cfg: PruneConfig, prepared: Prepared) -> None:
+def check_method_options(cfg: PruneConfig, prepared: Prepared) -> None:
     """Refuse ``--component-sparsity`` the method cannot honour or no split can meet, and ``--layer-scale`` for a
     method without thresholds, before the run folder."""
     if cfg.layer_scale is not None and DEFAULT_LAYER_SCALE[cfg.method] is None:
@@ -271,6 +271,12 @@ def weighting_name(cfg: PruneConfig) -> str:
     return cfg.weighting or DEFAULT_WEIGHTING[cfg.method]
 
 
+def layer_scale_name(cfg: PruneConfig) -> str | None:
+    """``--layer-scale`` if given, else the method's own default; None for methods without thresholds."""
+    default = DEFAULT_LAYER_SCALE[cfg.method]
+    return (cfg.layer_scale or default) if default is not None else None
+
+
 def _task_losses(
     module: nn.Module, batch: tuple[torch.Tensor, dict[str, torch.Tensor]], prepared: Prepared
 ) -> dict[str, torch.Tensor]:
@@ -367,7 +373,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
                 f"--batch-size {resolved.batch_size} is larger than the train split ({len(prepared.train)} "  # type: ignore[arg-type]
                 "samples); lower --batch-size"
             )
-        check_component_bounds(resolved, prepared)
+        check_method_options(resolved, prepared)
         return resolved, device, prepared
 
     try:
@@ -411,7 +417,7 @@ def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world:
     # Evaluation (in eval mode, under no_grad) changes no weight or buffer, so rank 0 alone can do it.
     dense_metrics = run_on_main(world, dense)
 
-    if cfg.method == "disparse" or (cfg.layer_scale or DEFAULT_LAYER_SCALE[cfg.method]) == "saliency":
+    if cfg.method == "disparse" or layer_scale_name(cfg) == "saliency":
         hooks.status(f"scoring the weights by task saliency on {CALIBRATION_BATCHES} training batches")
     pruner = build_pruner(
         cfg.method,
@@ -566,7 +572,7 @@ def build_report(
             params=s.params,
             zeros=s.zeros,
             sparsity=s.zeros / s.params,
-            threshold=s.threshold if getattr(s, "threshold", None) is not None else thresholds.get(s.group),
+            threshold=s.threshold,  # the layer's own (its group's times its scale); None for mask methods
         )
         for s in layer_stats
     ]
@@ -580,7 +586,7 @@ def build_report(
     return RunReport(
         method=cfg.method,
         weighting=weighting_name(cfg),
-        layer_scale=(cfg.layer_scale or DEFAULT_LAYER_SCALE[cfg.method]) if DEFAULT_LAYER_SCALE[cfg.method] else None,
+        layer_scale=layer_scale_name(cfg),
         target_sparsity=cfg.sparsity,
         overall_sparsity=zeros / total,
         prunable_params=total,
