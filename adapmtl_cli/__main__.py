@@ -1,5 +1,5 @@
 """Entry point for ``python -m adapmtl_cli``."""
 
-from adapmtl_cli.cli import main
+from adapmtl_cli.cli.app import main
 
 main()

@@ -5,7 +5,7 @@ Defaults live here and only here; the CLI passes through what the user typed.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,6 +65,20 @@ class PruneConfig(_File):
         if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
+
+
+class _Defaults:
+    """``DEFAULTS.sparsity`` etc.: the ``PruneConfig`` defaults, read from the model (their only owner)."""
+
+    def __getattr__(self, name: str) -> Any:
+        field = PruneConfig.model_fields.get(name)
+        if field is None or field.is_required():
+            raise AttributeError(f"PruneConfig has no default for {name!r}")
+        return field.get_default(call_default_factory=True)
+
+
+DEFAULTS = _Defaults()
+"""Every ``prune`` default, as the CLI shows it and the library uses it."""
 
 
 class ComponentEntry(_File):

@@ -32,11 +32,11 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from adapmtl_cli.export import check_onnx_parity, export_onnx, save_dense
+from adapmtl_cli.export.onnx import check_onnx_parity, export_onnx, save_dense
+from adapmtl_cli.export.onnx_storage import save_model, to_sparse_initializers_
+from adapmtl_cli.export.shrink import shrink_model, zero_filters
+from adapmtl_cli.export.sparse_codec import save_sparse
 from adapmtl_cli.models import MODELS
-from adapmtl_cli.onnx_storage import save_model, to_sparse_initializers_
-from adapmtl_cli.shrink import shrink_model, zero_filters
-from adapmtl_cli.sparse_codec import save_sparse
 
 HERE = Path(__file__).resolve().parent
 # AdapMTL's two backbones at full size, and the tiny variants the tests and demo use (deeplab_resnet on request).

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import get_dataset
-from adapmtl_cli.data.generate import generate
+from adapmtl_cli.data.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from adapmtl_cli.config import RunReport, make_prune_config
-from adapmtl_cli.data.synthetic import generate_scenes
-from adapmtl_cli.demo import train_dense
+from adapmtl_cli.data.synth.scenes import generate_scenes
+from adapmtl_cli.files.rundir import save_torch
+from adapmtl_cli.jobs.demo import train_dense
+from adapmtl_cli.jobs.prune import run_prune
 from adapmtl_cli.methods import METHODS
 from adapmtl_cli.models import MODELS
-from adapmtl_cli.pipeline import run_prune
-from adapmtl_cli.rundir import save_torch
 
 HERE = Path(__file__).resolve().parent
 

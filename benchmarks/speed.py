@@ -41,15 +41,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from adapmtl_cli.discover import discover_components
-from adapmtl_cli.engine import adam
 from adapmtl_cli.methods import MethodContext, build_pruner
 from adapmtl_cli.methods.base import Pruner
+from adapmtl_cli.model.discover import discover_components
+from adapmtl_cli.model.outputs import OutputMapping, map_outputs
 from adapmtl_cli.models import MODELS
-from adapmtl_cli.outputs import OutputMapping, map_outputs
+from adapmtl_cli.sparsity.thresholds import SoftThreshold, measure_layers
 from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec
-from adapmtl_cli.thresholds import SoftThreshold, measure_layers
+from adapmtl_cli.train.loop import adam
 
 HERE = Path(__file__).resolve().parent
 SPECS = [get_task("segmentation", num_classes=13), get_task("depth"), get_task("normal")]
@@ -253,9 +253,9 @@ def engine_worker(rank: int, world_size: int, threads: int, s: Settings, init: s
     """One rank of the fine-tuning loop on in-memory scenes; rank 0 writes its step times to ``result``."""
     import torch.distributed as dist
 
-    from adapmtl_cli.distributed import World
-    from adapmtl_cli.engine import finetune
-    from adapmtl_cli.weighting import AdaptiveWeighting
+    from adapmtl_cli.methods.weighting import PaperWeighting
+    from adapmtl_cli.train.distributed import World
+    from adapmtl_cli.train.loop import finetune
 
     torch.set_num_threads(threads)
     world = World(rank, world_size, rank)
@@ -275,7 +275,7 @@ def engine_worker(rank: int, world_size: int, threads: int, s: Settings, init: s
             batch_size=s.batch,
             lr=1e-4,
             threshold_lr=1e-2,
-            weighting=AdaptiveWeighting([t.name for t in SPECS], s.engine_steps),
+            weighting=PaperWeighting([t.name for t in SPECS], s.engine_steps),
             seed=0,
             log_every=10**9,
             save_every=10**9,

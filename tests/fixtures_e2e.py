@@ -23,11 +23,11 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from adapmtl_cli.cli import app
+from adapmtl_cli.cli.app import app
 from adapmtl_cli.config import PruneConfig, RunReport, make_prune_config
-from adapmtl_cli.data.synthetic import generate_scenes
+from adapmtl_cli.data.synth.scenes import generate_scenes
+from adapmtl_cli.jobs.prune import Hooks, run_prune
 from adapmtl_cli.models import deeplab_resnet_tiny
-from adapmtl_cli.pipeline import Hooks, run_prune
 
 FACTORY = "adapmtl_cli.models:deeplab_resnet_tiny"
 TASKS = ("segmentation", "depth", "normal")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapmtl_cli.engine import StepInfo
-from adapmtl_cli.report import report_markdown
-from adapmtl_cli.report_data import load_runs
+from adapmtl_cli.report.terminal import report_markdown
+from adapmtl_cli.report.views import load_runs
+from adapmtl_cli.train.loop import StepInfo
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -350,7 +350,7 @@ def test_batch_size_larger_than_the_train_split(
     checkpoint: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """24 training samples, --batch-size 32: finish (e.g. clamp the batch) or refuse with exit 2; never hang."""
-    from adapmtl_cli import ui
+    from adapmtl_cli.cli import ui
 
     stack = contextlib.ExitStack()
     original = ui.status
@@ -478,7 +478,7 @@ def test_ctrl_c_saves_state_and_exits_130(
     checkpoint: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real SIGINT mid-run: the engine finishes the step, saves it, and the CLI exits 130."""
-    from adapmtl_cli import ui
+    from adapmtl_cli.cli import ui
 
     original = ui.TrainingProgress.on_step
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapmtl_cli.cli_docs import cli_markdown, main
+from adapmtl_cli.cli.docs import cli_markdown, main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def test_cli_reference_is_current() -> None:
     assert DOC.read_text(encoding="utf-8") == cli_markdown(), (
-        "docs/cli.md is stale; regenerate it with: python -m adapmtl_cli.cli_docs docs/cli.md"
+        "docs/cli.md is stale; regenerate it with: python -m adapmtl_cli.cli.docs docs/cli.md"
     )
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapmtl_cli.config import PruneConfig
-from adapmtl_cli.config_files import prune_config_toml, resolve_prune_config, to_toml
+from adapmtl_cli.jobs.config_file import prune_config_toml, resolve_prune_config, to_toml
 
 if sys.version_info >= (3, 11):
     import tomllib

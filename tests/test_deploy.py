@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 import adapmtl_cli
 from adapmtl_cli.config import ExportManifest
-from adapmtl_cli.deploy import PARITY_BATCH_SIZES, export_run, load_pruned_model
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.export.sparse_codec import cast_state, load_sparse, save_sparse
+from adapmtl_cli.jobs.export import PARITY_BATCH_SIZES, export_run, load_pruned_model
 from adapmtl_cli.models import deeplab_resnet_tiny
-from adapmtl_cli.sparse_codec import cast_state, load_sparse, save_sparse
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

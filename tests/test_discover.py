@@ -9,8 +9,8 @@ import torch
 from tiny_models import HardShared
 from torch import Tensor, nn
 
-from adapmtl_cli.discover import ComponentMap, component_name, discover_components, parse_head_overrides
 from adapmtl_cli.errors import ConfigError, DiscoveryError
+from adapmtl_cli.model.discover import ComponentMap, component_name, discover_components, parse_head_overrides
 
 TASKS = ("segmentation", "depth", "normal")
 HARD_SHARED_LAYERS = {
@@ -175,7 +175,7 @@ def test_unused_module_is_unreached_and_not_pruned(tiny_images: Tensor) -> None:
 
 
 def test_counts_match_manual_sums(tiny_model: nn.Module, tiny_images: Tensor) -> None:
-    from adapmtl_cli.outputs import map_outputs
+    from adapmtl_cli.model.outputs import map_outputs
     from adapmtl_cli.tasks import get_task
 
     specs = [get_task("segmentation", num_classes=13), get_task("depth"), get_task("normal")]

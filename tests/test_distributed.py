@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from adapmtl_cli.distributed import (
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.jobs.prune import run_prune
+from adapmtl_cli.train.distributed import (
     INIT_METHOD_ENV,
     SINGLE,
     World,
@@ -34,9 +36,7 @@ from adapmtl_cli.distributed import (
     run_on_main,
     world_from_env,
 )
-from adapmtl_cli.engine import EpochSampler, autocast_dtype, autocast_for, shard, train_batches, uses_channels_last
-from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.pipeline import run_prune
+from adapmtl_cli.train.loop import EpochSampler, autocast_dtype, autocast_for, shard, train_batches, uses_channels_last
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -183,7 +183,7 @@ from pathlib import Path
 
 import torch
 
-from adapmtl_cli import pipeline
+from adapmtl_cli.jobs import prune as pipeline
 
 faulthandler.enable()  # a crash in C++ (gloo) prints where Python was
 rank, out = int(os.environ["RANK"]), Path(os.environ["TEST_OUT"])
@@ -208,13 +208,13 @@ def finetune(pruner, *args, **kwargs):
 
 pipeline.finetune = finetune
 if sys.argv[1] == "cli":
-    from adapmtl_cli.cli import main
+    from adapmtl_cli.cli.app import main
 
     sys.argv = ["adapmtl", *sys.argv[2:]]
     main()
 else:
     from adapmtl_cli.config import make_prune_config
-    from adapmtl_cli.distributed import reports_error
+    from adapmtl_cli.train.distributed import reports_error
 
     try:
         pipeline.run_prune(make_prune_config(**json.loads(sys.argv[2])))

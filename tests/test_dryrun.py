@@ -10,10 +10,10 @@ import torch
 from tiny_models import HardShared
 from torch import nn
 
-from adapmtl_cli.discover import discover_components
-from adapmtl_cli.dryrun import estimate_step, not_pruned
+from adapmtl_cli.jobs.inspect import estimate_step, not_pruned
+from adapmtl_cli.jobs.prune import Prepared, prepare
 from adapmtl_cli.methods import METHODS
-from adapmtl_cli.pipeline import Prepared, prepare
+from adapmtl_cli.model.discover import discover_components
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -74,7 +74,7 @@ def test_estimate_runs_every_method_on_a_real_batch(prepared: Prepared, method: 
 
 
 def test_estimate_builds_the_planned_layer_scale(prepared: Prepared, monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapmtl_cli.dryrun as dryrun
+    import adapmtl_cli.jobs.inspect as dryrun
 
     seen = []
     real = dryrun.build_pruner

@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from adapmtl_cli.data import get_dataset
-from adapmtl_cli.discover import discover_components
-from adapmtl_cli.engine import EpochSampler, StepInfo, evaluate, finetune, train_batches
 from adapmtl_cli.errors import AdapmtlError, ConfigError
+from adapmtl_cli.jobs.prune import prepare
 from adapmtl_cli.methods import MethodContext, build_pruner
 from adapmtl_cli.methods.base import Pruner
-from adapmtl_cli.outputs import map_outputs
-from adapmtl_cli.pipeline import prepare
+from adapmtl_cli.methods.weighting import EqualWeighting
+from adapmtl_cli.model.discover import discover_components
+from adapmtl_cli.model.outputs import map_outputs
 from adapmtl_cli.tasks import get_task
-from adapmtl_cli.weighting import EqualWeighting
+from adapmtl_cli.train.loop import EpochSampler, StepInfo, evaluate, finetune, train_batches
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

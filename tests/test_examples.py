@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapmtl_cli.discover import discover_components
+from adapmtl_cli.model.discover import discover_components
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))

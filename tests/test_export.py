@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from tiny_models import HardShared
 from torch import Tensor, nn
 
-from adapmtl_cli import export as export_module
 from adapmtl_cli.errors import ExportError
-from adapmtl_cli.export import (
+from adapmtl_cli.export import onnx as export_module
+from adapmtl_cli.export.onnx import (
     OnnxExport,
     OnnxParity,
     check_onnx_parity,
@@ -23,7 +23,7 @@ from adapmtl_cli.export import (
     export_onnx,
     save_dense,
 )
-from adapmtl_cli.sparse_codec import save_sparse
+from adapmtl_cli.export.sparse_codec import save_sparse
 
 TASKS = ["segmentation", "depth", "normal"]
 

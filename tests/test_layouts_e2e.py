@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from adapmtl_cli.cli import app
+from adapmtl_cli.cli.app import app
 from adapmtl_cli.config import RunReport
 
 FACTORIES = """

@@ -12,7 +12,7 @@ from tiny_models import HardShared, WithLinear
 from torch import nn
 
 from adapmtl_cli.errors import CheckpointError
-from adapmtl_cli.loading import build_from_factory, load_factory, load_model
+from adapmtl_cli.model.loading import build_from_factory, load_factory, load_model
 
 FACTORY = "tiny_models:HardShared"
 

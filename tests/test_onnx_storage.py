@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from adapmtl_cli import onnx_storage
 from adapmtl_cli.errors import ExportError
-from adapmtl_cli.onnx_storage import save_model, to_sparse_initializers_, weight_bytes
+from adapmtl_cli.export import onnx_storage
+from adapmtl_cli.export.onnx_storage import save_model, to_sparse_initializers_, weight_bytes
 
 
 def _add_model(weights: dict[str, np.ndarray], as_input: tuple[str, ...] = ()) -> onnx.ModelProto:

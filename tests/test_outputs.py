@@ -8,7 +8,7 @@ from tiny_models import TupleOutput
 from torch import Tensor
 
 from adapmtl_cli.errors import DiscoveryError
-from adapmtl_cli.outputs import flatten_outputs, map_outputs
+from adapmtl_cli.model.outputs import flatten_outputs, map_outputs
 from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.pipeline import Hooks, components_manifest, prepare, run_prune
+from adapmtl_cli.jobs.prune import Hooks, components_manifest, prepare, run_prune
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapmtl_cli.plots import SIZE
+from adapmtl_cli.report.plots import SIZE
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -89,8 +89,8 @@ def test_plot_into_a_file_is_refused(pruned_run: CliRun, tmp_path: Path) -> None
 def test_plot_layer_granularity_aggregates_per_component() -> None:
     pytest.importorskip("matplotlib")
     from adapmtl_cli.config import RunReport
-    from adapmtl_cli.plots import _component_series
-    from adapmtl_cli.report_data import RunView
+    from adapmtl_cli.report.plots import _component_series
+    from adapmtl_cli.report.views import RunView
 
     rep = RunReport.model_validate(
         {

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapmtl_cli.pipeline import Hooks, run_prune
-from adapmtl_cli.rundir import sidecar
+from adapmtl_cli.files.rundir import sidecar
+from adapmtl_cli.jobs.prune import Hooks, run_prune
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

@@ -10,9 +10,9 @@ from rich.console import Console
 
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.report import compare_renderable, load_report, report_markdown, report_renderable
-from adapmtl_cli.report_data import RunView
-from adapmtl_cli.report_text import compare_markdown, report_csv
+from adapmtl_cli.report.terminal import compare_renderable, load_report, report_markdown, report_renderable
+from adapmtl_cli.report.text import compare_markdown, report_csv
+from adapmtl_cli.report.views import RunView
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

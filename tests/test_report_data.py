@@ -9,7 +9,7 @@ import pytest
 
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.report_data import Row, fmt, relative_change, resolve_format, run_labels, sorted_layers
+from adapmtl_cli.report.views import Row, fmt, relative_change, resolve_format, run_labels, sorted_layers
 
 
 def _row(values: tuple[object, ...], better: int) -> Row:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapmtl_cli.config import RunReport
-from adapmtl_cli.report_data import fmt
+from adapmtl_cli.report.views import fmt
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -124,7 +124,7 @@ def test_csv_values_equal_report_json(pruned_run: CliRun) -> None:
 
 
 def test_html_embeds_report_json(pruned_run: CliRun) -> None:
-    from adapmtl_cli.report_html import embedded_json
+    from adapmtl_cli.report.html import embedded_json
 
     result = invoke("report", pruned_run.path, "--format", "html")
     assert result.exit_code == 0, result.output

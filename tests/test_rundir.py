@@ -10,7 +10,7 @@ import torch
 
 from adapmtl_cli.config import ExportManifest
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.rundir import (
+from adapmtl_cli.files.rundir import (
     RunDir,
     append_jsonl,
     atomic_write,

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adapmtl_cli import schedule
-from adapmtl_cli.discover import Component, ComponentMap, Layer
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.schedule import LevelController, LevelFit, check_bounds, cubic_target, fit_level_
-from adapmtl_cli.thresholds import ThresholdedModel, init_thresholds_, inject_thresholds_, measure_layers
+from adapmtl_cli.model.discover import Component, ComponentMap, Layer
+from adapmtl_cli.sparsity import schedule
+from adapmtl_cli.sparsity.schedule import LevelController, LevelFit, check_bounds, cubic_target, fit_level_
+from adapmtl_cli.sparsity.thresholds import ThresholdedModel, init_thresholds_, inject_thresholds_, measure_layers
 
 # --- cubic_target --------------------------------------------------------------------------------
 

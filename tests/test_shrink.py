@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from adapmtl_cli import shrink as shrink_module
-from adapmtl_cli.export import check_onnx_parity, export_onnx
+from adapmtl_cli.export import shrink as shrink_module
+from adapmtl_cli.export.onnx import check_onnx_parity, export_onnx
+from adapmtl_cli.export.shrink import ShrinkReport, count_flops, count_params, shrink_model, zero_filters
 from adapmtl_cli.models import mobilenet_v2_tiny
-from adapmtl_cli.shrink import ShrinkReport, count_flops, count_params, shrink_model, zero_filters
 
 TASKS = ["segmentation", "depth", "normal"]
 

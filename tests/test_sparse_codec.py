@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adapmtl_cli.errors import ExportError
-from adapmtl_cli.sparse_codec import (
+from adapmtl_cli.export.sparse_codec import (
     BLOB_KEY,
     canonicalize_zeros,
     cast_state,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.rundir import RunDir, sidecar
-from adapmtl_cli.statefiles import load_state, save_state, verify
+from adapmtl_cli.files.rundir import RunDir, sidecar
+from adapmtl_cli.train.state_files import load_state, save_state, verify
 
 
 def _payload(step: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adapmtl_cli.pipeline import run_prune
+from adapmtl_cli.jobs.prune import run_prune
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

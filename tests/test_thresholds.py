@@ -9,10 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from adapmtl_cli.discover import ComponentMap, discover_components
-from adapmtl_cli.outputs import map_outputs
-from adapmtl_cli.tasks import get_task
-from adapmtl_cli.thresholds import (
+from adapmtl_cli.model.discover import ComponentMap, discover_components
+from adapmtl_cli.model.outputs import map_outputs
+from adapmtl_cli.sparsity.thresholds import (
     ThresholdedModel,
     bake_,
     init_thresholds_,
@@ -21,6 +20,7 @@ from adapmtl_cli.thresholds import (
     overall_sparsity,
     soft_threshold,
 )
+from adapmtl_cli.tasks import get_task
 
 TASKS = ("segmentation", "depth", "normal")
 SPECS = [get_task("segmentation", num_classes=13), get_task("depth"), get_task("normal")]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from adapmtl_cli import ui
-from adapmtl_cli.engine import StepInfo
-from adapmtl_cli.scalars import step_scalars
+from adapmtl_cli.cli import ui
+from adapmtl_cli.train.events import step_scalars
+from adapmtl_cli.train.loop import StepInfo
 
 pytest.register_assert_rewrite("fixtures_e2e")
 

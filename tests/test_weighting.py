@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapmtl_cli.weighting import AdaptiveWeighting, EqualWeighting, RelativeWeighting, make_weighting
+from adapmtl_cli.methods.weighting import AdaptiveWeighting, EqualWeighting, PaperWeighting, make_weighting
 
 TASKS = ["segmentation", "depth", "normal"]
 
@@ -20,7 +20,7 @@ def _losses(step: int) -> dict[str, float]:
     return {"segmentation": 2.0 * (1 + 0.5 * sign), "depth": 0.3 * (1 + 0.05 * sign), "normal": 0.8}
 
 
-def _run(weighting: AdaptiveWeighting, steps: range) -> list[dict[str, float]]:
+def _run(weighting: PaperWeighting, steps: range) -> list[dict[str, float]]:
     out = []
     for step in steps:
         weighting.update(step, _losses(step))
@@ -38,16 +38,16 @@ def test_equal_weighting() -> None:
 
 
 def test_make_weighting() -> None:
-    assert isinstance(make_weighting("adaptive", TASKS, 400), RelativeWeighting)
+    assert isinstance(make_weighting("adaptive", TASKS, 400), AdaptiveWeighting)
     weighting = make_weighting("paper", TASKS, 400)
-    assert isinstance(weighting, AdaptiveWeighting)
+    assert isinstance(weighting, PaperWeighting)
     assert (weighting.warmup_steps, weighting.window) == (100, 10)
     with pytest.raises(ValueError, match="'uncertainty'"):
         make_weighting("uncertainty", TASKS, 100)
 
 
 def test_ones_during_warmup_and_until_the_window_fills() -> None:
-    weighting = AdaptiveWeighting(TASKS, 100, warmup=0.25, window=0.1)
+    weighting = PaperWeighting(TASKS, 100, warmup=0.25, window=0.1)
     assert (weighting.warmup_steps, weighting.window) == (25, 10)
     weights = _run(weighting, range(100))
     first_adaptive = next(i for i, w in enumerate(weights) if w != dict.fromkeys(TASKS, 1.0))
@@ -57,14 +57,14 @@ def test_ones_during_warmup_and_until_the_window_fills() -> None:
 
 
 def test_weights_sum_to_task_count_and_follow_relative_fluctuation() -> None:
-    weights = _run(AdaptiveWeighting(TASKS, 100), range(100))[-1]
+    weights = _run(PaperWeighting(TASKS, 100), range(100))[-1]
     assert sum(weights.values()) == pytest.approx(len(TASKS))
     assert weights["segmentation"] > weights["depth"] > weights["normal"] == 0.0
 
 
 def test_relative_not_absolute_change_counts() -> None:
     # "big" swings by 1 around 100 (1%), "small" by 0.1 around 1 (10%): small must weigh more.
-    weighting = AdaptiveWeighting(["big", "small"], 50)
+    weighting = PaperWeighting(["big", "small"], 50)
     for step in range(50):
         sign = (-1) ** step
         weighting.update(step, {"big": 100.0 + sign, "small": 1.0 + 0.1 * sign})
@@ -75,8 +75,8 @@ def test_relative_not_absolute_change_counts() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_losses_are_skipped(bad: float) -> None:
-    weighting = AdaptiveWeighting(TASKS, 100)
-    clean = AdaptiveWeighting(TASKS, 100)
+    weighting = PaperWeighting(TASKS, 100)
+    clean = PaperWeighting(TASKS, 100)
     for step in range(100):
         losses = _losses(step)
         clean.update(step, losses)
@@ -90,9 +90,9 @@ def test_non_finite_losses_are_skipped(bad: float) -> None:
 
 
 def test_state_dict_round_trip_gives_identical_future_weights() -> None:
-    first = AdaptiveWeighting(TASKS, 100, smoothing=0.5)
+    first = PaperWeighting(TASKS, 100, smoothing=0.5)
     _run(first, range(40))
-    second = AdaptiveWeighting(TASKS, 100, smoothing=0.5)
+    second = PaperWeighting(TASKS, 100, smoothing=0.5)
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert second.weights() == first.weights()
     assert _run(second, range(40, 100)) == _run(first, range(40, 100))
@@ -100,16 +100,16 @@ def test_state_dict_round_trip_gives_identical_future_weights() -> None:
 
 def test_fresh_weighting_differs_from_restored_one() -> None:
     # Guards the round-trip test: without the restored state the future weights would differ.
-    first = AdaptiveWeighting(TASKS, 100)
+    first = PaperWeighting(TASKS, 100)
     _run(first, range(40))
-    fresh = AdaptiveWeighting(TASKS, 100)
+    fresh = PaperWeighting(TASKS, 100)
     assert _run(fresh, range(40, 60)) != _run(first, range(40, 60))
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(*[st.floats(1e-3, 1e3)] * 3), min_size=20, max_size=60))
 def test_adaptive_weights_are_non_negative_and_sum_to_task_count(losses: list[tuple[float, float, float]]) -> None:
-    weighting = AdaptiveWeighting(TASKS, len(losses), warmup=0.2, window=0.1, min_window=2)
+    weighting = PaperWeighting(TASKS, len(losses), warmup=0.2, window=0.1, min_window=2)
     for step, values in enumerate(losses):
         weighting.update(step, dict(zip(TASKS, values, strict=True)))
         weights = weighting.weights()
@@ -121,7 +121,7 @@ def test_adaptive_weights_are_non_negative_and_sum_to_task_count(losses: list[tu
 
 
 def test_relative_weights_are_one_until_every_baseline_is_measured() -> None:
-    weighting = RelativeWeighting(["a", "b"], 500)  # baseline: the first 10 losses
+    weighting = AdaptiveWeighting(["a", "b"], 500)  # baseline: the first 10 losses
     assert weighting.base_steps == 10
     for step in range(9):
         weighting.update(step, {"a": 1.0, "b": 0.1})
@@ -134,7 +134,7 @@ def test_relative_weights_are_one_until_every_baseline_is_measured() -> None:
 
 def test_relative_weights_ignore_each_loss_scale() -> None:
     # Both losses stay at their dense level: equal reaction, so w_i ∝ 1 / B_i -> the 10x smaller loss weighs 10x.
-    weighting = RelativeWeighting(["ce", "cos"], 100, min_base=3, base=0.0)
+    weighting = AdaptiveWeighting(["ce", "cos"], 100, min_base=3, base=0.0)
     for step in range(20):
         weighting.update(step, {"ce": 2.0, "cos": 0.2})
     weights = weighting.weights()
@@ -146,7 +146,7 @@ def test_relative_weights_ignore_each_loss_scale() -> None:
 
 def test_relative_weights_follow_the_reaction_to_pruning() -> None:
     # Same dense level; "fragile" doubles while "robust" stays: fragile gets 2/3 of the total weight of 2.
-    weighting = RelativeWeighting(["fragile", "robust"], 100, min_base=3, base=0.0, ema=0.0)
+    weighting = AdaptiveWeighting(["fragile", "robust"], 100, min_base=3, base=0.0, ema=0.0)
     for step in range(3):
         weighting.update(step, {"fragile": 1.0, "robust": 1.0})
     weighting.update(3, {"fragile": 2.0, "robust": 1.0})
@@ -154,7 +154,7 @@ def test_relative_weights_follow_the_reaction_to_pruning() -> None:
 
 
 def test_relative_state_round_trips_through_json() -> None:
-    a, b = RelativeWeighting(TASKS, 200), RelativeWeighting(TASKS, 200)
+    a, b = AdaptiveWeighting(TASKS, 200), AdaptiveWeighting(TASKS, 200)
     for step in range(30):
         a.update(step, _losses(step))
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))

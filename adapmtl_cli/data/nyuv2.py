@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from adapmtl_cli.data import register_dataset
 from adapmtl_cli.data.augment import AugmentedSplit
 from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option
-from adapmtl_cli.data.synthetic import ADASHARE_FOLDERS, ADASHARE_JSON, NYU13_CLASSES
+from adapmtl_cli.data.synth.scenes import ADASHARE_FOLDERS, ADASHARE_JSON, NYU13_CLASSES
 from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from adapmtl_cli.data.augment import AugmentedSplit
 from adapmtl_cli.data.base import Sample, choice_option
 from adapmtl_cli.data.nyuv2 import MAX_PROBLEMS, load_npy, quoted, raise_problems, read_npy_header
-from adapmtl_cli.data.synthetic import ADASHARE_FOLDERS, ADASHARE_JSON, NYU40_CLASSES
+from adapmtl_cli.data.synth.scenes import ADASHARE_FOLDERS, ADASHARE_JSON, NYU40_CLASSES
 from adapmtl_cli.errors import DataError
 from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec

@@ -8,7 +8,7 @@ from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 LAYER_SCALE = "saliency"
 
 
-@register_method("adapmtl", weighting="adaptive", layer_scale=LAYER_SCALE)
+@register_method("adapmtl", weighting="adaptive", layer_scale=LAYER_SCALE, component_bounds=True)
 def build(ctx: MethodContext) -> ThresholdPruner:
     # Per-component initial thresholds (each component's own magnitude quantile): see docs/architecture.md.
     # Per-layer threshold scales from task saliency (layer_scales.py): one learned threshold per component that

@@ -19,14 +19,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from adapmtl_cli.discover import ComponentMap
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.layer_scales import LAYER_SCALES, saliency_scales
-from adapmtl_cli.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
-from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks
-from adapmtl_cli.schedule import Bounds, LevelController, check_bounds, cubic_target
-from adapmtl_cli.thresholds import (
-    LayerSparsity,
+from adapmtl_cli.methods.layer_scales import LAYER_SCALES, saliency_scales
+from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, best_task_ranks
+from adapmtl_cli.model.discover import ComponentMap
+from adapmtl_cli.sparsity.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
+from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target
+from adapmtl_cli.sparsity.thresholds import (
+    LayerZeros,
     ThresholdedModel,
     bake_,
     init_thresholds_,
@@ -75,7 +75,7 @@ class Pruner(Protocol):
         """Apply the method after optimizer step ``step`` (1-based); return the overall sparsity now."""
         ...
 
-    def measure(self) -> list[LayerSparsity]: ...
+    def measure(self) -> list[LayerZeros]: ...
 
     def thresholds(self) -> dict[str, float]:
         """Per group, the current threshold (empty for mask methods)."""
@@ -113,17 +113,9 @@ class ThresholdPruner:
         if self.layer_scale != "none":
             # With one threshold per layer (str_layer) the scales only set where each layer's threshold starts.
             self.tm.set_layer_scales_(self._saliency_scales())
-        self.bounds: Bounds = dict(ctx.bounds or {})
-        if self.bounds:
-            if granularity != "component":
-                raise ConfigError(
-                    f"--component-sparsity needs one threshold per component; --method {name} has {granularity} "
-                    "thresholds (use --method adapmtl)"
-                )
-            sizes = {g: 0 for g in self.tm.bank.groups}
-            for fqn, g in self.tm.groups.items():
-                sizes[g] += self.tm.raw_weight(fqn).numel()
-            check_bounds(self.bounds, sizes, ctx.sparsity)
+        self.bounds: Bounds = dict(ctx.bounds or {})  # checked by methods.check_method_options
+        if self.bounds and granularity != "component":
+            raise ValueError(f"method {name!r} has {granularity} thresholds; it must not accept component bounds")
         # Only the ratios between thresholds matter: the controller sets the level from step 1 on.
         init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
         self.module: nn.Module = self.tm
@@ -162,7 +154,7 @@ class ThresholdPruner:
         fit = self._controller.step_(step - 1, target, exact=step >= self.ctx.steps)
         return fit.sparsity
 
-    def measure(self) -> list[LayerSparsity]:
+    def measure(self) -> list[LayerZeros]:
         return measure_layers(self.tm)
 
     def thresholds(self) -> dict[str, float]:
@@ -179,8 +171,7 @@ class MaskPruner:
         self.name = name
         self.ctx = ctx
         self.gradual = gradual
-        if ctx.bounds:
-            raise ConfigError(f"--component-sparsity works with threshold methods (adapmtl), not --method {name}")
+        assert not ctx.bounds, "component bounds need thresholds (methods.check_method_options refuses them)"
         self.mm: MaskedModel = inject_masks_(ctx.model, ctx.cmap)
         self.module: nn.Module = self.mm
         self.total = sum(self.mm.raw_weight(f).numel() for f in self.mm.groups)
@@ -190,7 +181,7 @@ class MaskPruner:
 
     def scores(self) -> dict[str, torch.Tensor]:
         """Higher = keep. Subclasses override (default: magnitude of the effective weight)."""
-        from adapmtl_cli.masks import effective_magnitudes
+        from adapmtl_cli.sparsity.masks import effective_magnitudes
 
         return effective_magnitudes(self.mm)
 
@@ -211,9 +202,9 @@ class MaskPruner:
             self.apply_(self.target_at(step))
         return sum(mask_zeros(self.mm).values()) / self.total
 
-    def measure(self) -> list[LayerSparsity]:
+    def measure(self) -> list[LayerZeros]:
         zeros = mask_zeros(self.mm)
-        return [LayerSparsity(f, g, self.mm.raw_weight(f).numel(), zeros[f]) for f, g in self.mm.groups.items()]
+        return [LayerZeros(f, g, self.mm.raw_weight(f).numel(), zeros[f]) for f, g in self.mm.groups.items()]
 
     def thresholds(self) -> dict[str, float]:
         return {}

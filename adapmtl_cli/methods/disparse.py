@@ -14,7 +14,7 @@ import torch
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
-from adapmtl_cli.saliency import CALIBRATION_BATCHES, best_task_ranks
+from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, best_task_ranks
 
 
 class DiSparse(MaskPruner):
@@ -30,6 +30,6 @@ class DiSparse(MaskPruner):
         return {f: r.to(w.device) for f, r, w in zip(fqns, ranks, weights, strict=True)}
 
 
-@register_method("disparse")
+@register_method("disparse", calibrates=True)
 def build(ctx: MethodContext) -> MaskPruner:
     return DiSparse("disparse", ctx, gradual=False)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from adapmtl_cli.masks import effective_magnitudes
 from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
+from adapmtl_cli.sparsity.masks import effective_magnitudes
 
 
 class UniformMagnitude(MaskPruner):

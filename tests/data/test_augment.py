@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data.augment import SCALES, AugmentDraw, AugmentedSplit, augment_sample, draw_augment
-from adapmtl_cli.engine import train_batches
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.train.loop import train_batches
 
 KINDS = {"segmentation": "segmentation", "depth": "depth", "normal": "normal"}
 H, W = 12, 20

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adapmtl_cli.data import DATASETS, DatasetAdapter, get_dataset
-from adapmtl_cli.data.generate import generate
+from adapmtl_cli.data.synth.generate import generate
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks.base import TaskSpec
 

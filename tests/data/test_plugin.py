@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner, Result
 
-from adapmtl_cli.cli import app
+from adapmtl_cli.cli.app import app
 from adapmtl_cli.config import make_prune_config
 from adapmtl_cli.data import DatasetAdapter, get_dataset
 from adapmtl_cli.data.plugin import PluginSplit, load_plugin
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.pipeline import prepare, run_prune
+from adapmtl_cli.jobs.prune import prepare, run_prune
 from adapmtl_cli.tasks.classification import Classification, Multilabel, Regression
 
 HEADER = """

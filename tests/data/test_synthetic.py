@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapmtl_cli.data.synthetic import (
+from adapmtl_cli.data.synth.scenes import (
     FOLDERS,
     NYU13_CLASSES,
     NYU13_TO_NYU40,

@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import DATASETS, DatasetAdapter, get_dataset
-from adapmtl_cli.data.synthetic import render_scene
+from adapmtl_cli.data.synth.scenes import render_scene
+from adapmtl_cli.data.synth.taskonomy import RAW_CLASS_IDS, edge_texture, generate_taskonomy, keypoints2d
 from adapmtl_cli.data.taskonomy import TASKONOMY_CLASSES, Taskonomy, TaskonomySplit
-from adapmtl_cli.data.taskonomy_synth import RAW_CLASS_IDS, edge_texture, generate_taskonomy, keypoints2d
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.pipeline import prepare, select_tasks
+from adapmtl_cli.jobs.prune import prepare, select_tasks
 from adapmtl_cli.tasks.dense_regression import WeightedSegmentation
 
 H, W = 24, 32
@@ -181,7 +181,7 @@ def test_round_trip_equals_the_rendered_scenes(source: Path) -> None:
 
 
 def _nyu_classes() -> tuple[str, ...]:
-    from adapmtl_cli.data.synthetic import NYU13_CLASSES
+    from adapmtl_cli.data.synth.scenes import NYU13_CLASSES
 
     return NYU13_CLASSES
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapmtl_cli.data.synthetic import SceneSummary
-from adapmtl_cli.data.taskonomy import FOLDERS
-from adapmtl_cli.data.taskonomy_synth import (
+from adapmtl_cli.data.synth.scenes import SceneSummary
+from adapmtl_cli.data.synth.taskonomy import (
     MANIFEST,
     class_weights,
     edge_texture,
@@ -23,6 +22,7 @@ from adapmtl_cli.data.taskonomy_synth import (
     grey,
     keypoints2d,
 )
+from adapmtl_cli.data.taskonomy import FOLDERS
 from adapmtl_cli.errors import ConfigError, DataError
 
 NAME = re.compile(
@@ -79,7 +79,7 @@ def test_encode_scene_by_hand() -> None:
 
 
 def _raw_id(name: str) -> int:
-    from adapmtl_cli.data.synthetic import NYU13_CLASSES
+    from adapmtl_cli.data.synth.scenes import NYU13_CLASSES
 
     label = np.array([[float(NYU13_CLASSES.index(name))]], dtype=np.float32)
     scene = {

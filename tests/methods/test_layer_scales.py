@@ -9,11 +9,11 @@ import torch
 from test_methods import _batch, _context, _run
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.layer_scales import DENSITY_FLOOR, SPARSITY_FLOOR, saliency_scales
 from adapmtl_cli.methods import build_pruner
 from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
-from adapmtl_cli.schedule import fit_level_
-from adapmtl_cli.thresholds import init_thresholds_, inject_thresholds_, measure_layers
+from adapmtl_cli.methods.layer_scales import DENSITY_FLOOR, SPARSITY_FLOOR, saliency_scales
+from adapmtl_cli.sparsity.schedule import fit_level_
+from adapmtl_cli.sparsity.thresholds import init_thresholds_, inject_thresholds_, measure_layers
 
 
 def _tm(sparsity: float = 0.9):

@@ -11,10 +11,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.config import PruneConfig
-from adapmtl_cli.discover import discover_components
-from adapmtl_cli.masks import inject_masks_, keep_top_
 from adapmtl_cli.methods import DEFAULT_WEIGHTING, METHODS, MethodContext, build_pruner
 from adapmtl_cli.methods.base import Pruner
+from adapmtl_cli.model.discover import discover_components
+from adapmtl_cli.sparsity.masks import inject_masks_, keep_top_
 from adapmtl_cli.tasks import get_task
 
 TASKS = {"segmentation": get_task("segmentation", num_classes=13), "depth": get_task("depth")}

@@ -1,0 +1,35 @@
+"""``adapmtl data synth``: one entry point over the scene generators, keyed by the on-disk layout they write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from adapmtl_cli.data.synth.scenes import SceneSummary
+
+SYNTH_LAYOUTS = ("nyuv2", "nyuv2-adashare", "taskonomy")
+"""The ``--layout`` values: MTAN/LibMTL NYU-v2, AdaShare-family NYU-v2, Tiny-Taskonomy."""
+
+
+def generate(
+    layout: str,
+    root: Path,
+    *,
+    train: int,
+    val: int,
+    size: tuple[int, int],
+    seed: int,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SceneSummary:
+    """Render ``train`` + ``val`` scenes into ``root`` in ``layout`` (one of ``SYNTH_LAYOUTS``)."""
+    kwargs = dict(train=train, val=val, size=size, seed=seed, overwrite=overwrite, on_progress=on_progress)
+    if layout == "taskonomy":
+        from adapmtl_cli.data.synth.taskonomy import generate_taskonomy
+
+        return generate_taskonomy(root, **kwargs)  # type: ignore[arg-type]
+    if layout not in SYNTH_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    from adapmtl_cli.data.synth.scenes import generate_scenes
+
+    return generate_scenes(root, layout="adashare" if layout == "nyuv2-adashare" else "mtan", **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,196 @@
+"""Turn a finished run into deployment files, each verified: dense and sparse safetensors, ONNX, shrunk ONNX.
+
+The model is rebuilt the way ``prune`` built it (same checkpoint, ``--factory`` or trusted pickle), the baked
+weights are loaded with ``strict=True``, and the output wrapper returns the task tensors in task order so the
+ONNX outputs are named after the tasks. Every ONNX file, the shrunk one included, is compared in onnxruntime
+with the pruned PyTorch model at several batch sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapmtl_cli.config import ComponentsManifest, ExportManifest, PruneConfig, ShrinkManifest
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.export.onnx import (
+    EXPORTERS,
+    OnnxExport,
+    OnnxParity,
+    check_onnx_parity,
+    check_sparse_roundtrip,
+    export_onnx,
+    save_dense,
+)
+from adapmtl_cli.export.shrink import shrink_model, zero_filters
+from adapmtl_cli.export.sparse_codec import VALUES_DTYPES, load_sparse, save_sparse
+from adapmtl_cli.files.rundir import RunDir, read_model, write_model
+from adapmtl_cli.model.loading import load_model, load_state_into
+from adapmtl_cli.model.outputs import OutputMapping
+
+# Batch sizes every ONNX file is checked at (the export itself traces batch 2, so all differ from it).
+PARITY_BATCH_SIZES = (1, 3, 5)
+PARITY_ATOL = 1e-4
+
+
+class TaskOutputs(nn.Module):
+    """Wraps a model so forward returns ``tuple(task tensors)`` in a fixed task order (for ONNX)."""
+
+    def __init__(self, model: nn.Module, paths: dict[str, list[Any]]) -> None:
+        super().__init__()
+        self.model = model
+        self.mapping = OutputMapping(paths={t: tuple(p) for t, p in paths.items()}, how="manifest")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.mapping.select(self.model(x)).values())
+
+
+def load_pruned_model(run: Path) -> tuple[nn.Module, PruneConfig, ComponentsManifest]:
+    """The user's model class holding the run's baked (pruned) weights, in eval mode."""
+    rd = RunDir(run)
+    if not rd.root.is_dir():
+        raise ConfigError(f"run folder {str(run)!r} does not exist")
+    cfg = read_model(rd.config, PruneConfig)
+    manifest = read_model(rd.components, ComponentsManifest)
+    if not rd.weights.is_file():
+        raise ConfigError(
+            f"run {str(run)!r} has no pruned weights yet; finish it with `adapmtl prune --resume --out {run}`"
+        )
+    from safetensors.torch import load_file
+
+    loaded = load_model(Path(cfg.checkpoint), factory=cfg.factory, trust_pickle=cfg.trust_pickle)
+    load_state_into(loaded.model, load_file(str(rd.weights)), repr(str(rd.weights)))
+    return loaded.model.eval(), cfg, manifest
+
+
+def export_run(
+    run: Path,
+    *,
+    out_dir: Path | None = None,
+    onnx: bool = False,
+    exporter: str = "dynamo",
+    values_dtype: str | None = None,
+    sparse_initializers: bool = False,
+    shrink: bool = False,
+) -> ExportManifest:
+    """Write and verify the export files of ``run``; returns (and saves) the export manifest.
+
+    Args:
+        onnx: also write ``model.onnx``, checked with onnxruntime at ``PARITY_BATCH_SIZES``.
+        exporter: ``dynamo`` or ``legacy`` (TorchScript), for every ONNX file.
+        values_dtype: ``fp16`` or ``bf16`` to store the sparse file's float values narrower.
+        sparse_initializers: store mostly-zero ONNX weights as sparse initializers.
+        shrink: remove the channels the graph proves removable and write ``model.shrunk.onnx``.
+    """
+    narrow = _check_options(exporter, values_dtype, sparse_initializers and not (onnx or shrink))
+    model, _cfg, manifest = load_pruned_model(run)
+    target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
+    target.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    dense_path = target / "model.safetensors"
+    sparse_path = target / "model.sparse.safetensors"
+    dense_bytes = save_dense(state, dense_path, metadata={"format": "pt", "producer": "adapmtl"})
+    stats = save_sparse(state, sparse_path, values_dtype=narrow)
+    check_sparse_roundtrip(state, sparse_path, values_dtype=narrow)
+    fields: dict[str, Any] = {
+        "sparse_values_dtype": stats.values_dtype,
+        "zero_filters": {found.layer: len(found.zero) for found in zero_filters(model)},
+    }
+    wrapped = TaskOutputs(model, manifest.output_paths).eval()
+    names = list(manifest.output_paths)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(2, *manifest.input_shape, generator=gen)
+    inputs = [torch.rand(b, *manifest.input_shape, generator=gen) for b in PARITY_BATCH_SIZES]
+    if onnx:
+        written, parity = _onnx_file(
+            wrapped, wrapped, target / "model.onnx", example, inputs, names, exporter, sparse_initializers
+        )
+        fields |= {
+            "onnx": str(written.path),
+            "onnx_bytes": written.bytes,
+            "onnx_max_abs_diff": parity.max_abs_diff,
+            "onnx_batch_sizes": list(parity.batch_sizes),
+            "onnx_exporter": exporter,
+            "onnx_opset": written.opset,
+            "onnx_parity": parity.per_output,
+            "onnx_external_data": None if written.external_data is None else str(written.external_data),
+            "onnx_sparse_initializers": written.sparse_initializers,
+        }
+    if shrink:
+        layers = {layer.name: layer.component for layer in manifest.layers}
+        shrunk, report = shrink_model(model, inputs, components=layers)
+        shrink_fields: dict[str, Any] = {}
+        if report.removed:
+            shrunk_wrapped = TaskOutputs(shrunk, manifest.output_paths).eval()
+            written, parity = _onnx_file(
+                shrunk_wrapped, wrapped, target / "model.shrunk.onnx", example, inputs, names, exporter,
+                sparse_initializers,
+            )  # fmt: skip
+            fields["onnx_batch_sizes"] = list(parity.batch_sizes)
+            shrink_fields = {
+                "onnx": str(written.path),
+                "onnx_bytes": written.bytes,
+                "onnx_max_abs_diff": parity.max_abs_diff,
+                "onnx_parity": parity.per_output,
+            }
+        fields["shrink"] = ShrinkManifest(
+            status="shrunk" if report.removed else "nothing removed" if report.possible else "not possible",
+            reason=report.reason,
+            removed_channels=report.removed,
+            params_before=report.params_before,
+            params_after=report.params_after,
+            flops_before=report.flops_before,
+            flops_after=report.flops_after,
+            max_abs_diff=report.max_abs_diff,
+            **shrink_fields,
+        )
+    result = ExportManifest(
+        dense=str(dense_path),
+        dense_bytes=dense_bytes,
+        sparse=str(sparse_path),
+        sparse_bytes=stats.sparse_bytes,
+        sparse_roundtrip="bit-exact",
+        **fields,
+    )
+    write_model(target / "manifest.json", result)
+    return result
+
+
+def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initializers: bool) -> torch.dtype | None:
+    """Validate the export options before anything is written; return the narrow values dtype, if any."""
+    problems = []
+    if exporter not in EXPORTERS:
+        problems.append(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if values_dtype is not None and values_dtype not in VALUES_DTYPES:
+        problems.append(f"--values-dtype {values_dtype!r} is not one of {', '.join(VALUES_DTYPES)}")
+    if orphan_sparse_initializers:
+        problems.append("--sparse-initializers applies to ONNX files; add --onnx or --shrink")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return None if values_dtype is None else VALUES_DTYPES[values_dtype]
+
+
+def _onnx_file(
+    module: nn.Module,
+    reference: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    inputs: list[torch.Tensor],
+    names: list[str],
+    exporter: str,
+    sparse_initializers: bool,
+) -> tuple[OnnxExport, OnnxParity]:
+    """Export ``module`` to ``path`` and compare it in onnxruntime with ``reference`` (the pruned model)."""
+    written = export_onnx(module, example, path, names, exporter=exporter, sparse_initializers=sparse_initializers)
+    return written, check_onnx_parity(reference, path, inputs, names, atol=PARITY_ATOL)
+
+
+def densify_file(sparse: Path, dest: Path) -> int:
+    """Decode a sparse safetensors file (validated) into a plain dense one; returns its size in bytes."""
+    if not Path(sparse).is_file():
+        raise ConfigError(f"sparse file {str(sparse)!r} does not exist")
+    state = load_sparse(Path(sparse))
+    return save_dense(state, Path(dest), metadata={"format": "pt", "producer": "adapmtl"})

@@ -1,0 +1,163 @@
+"""Resume-state files: checksummed saves that keep the last two, and loading the newest intact one.
+
+``state/latest.pt`` and ``state/prev.pt`` are ``torch.save`` files (opened with ``weights_only=True``: a state
+file never runs code), each with a ``NAME.sha256`` sidecar in ``sha256sum`` format. A save never destroys
+anything before the new state is complete on disk:
+
+1. write the new state to a temporary file (fsync), hashing it on the way;
+2. retire the old pair: ``latest.pt.sha256 -> prev.pt.sha256``, then ``latest.pt -> prev.pt``;
+3. write ``latest.pt.sha256`` (atomically), then rename the temporary file to ``latest.pt``; fsync the folder.
+
+A crash between any two of these leaves at least one state that loads: a file whose sidecar names another hash
+is rejected, a file without a sidecar is used only when no verified one exists (a crash inside step 2, or a
+run saved before checksums existed). A full disk fails in step 1, before anything was renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from adapmtl_cli.files.rundir import RunDir, create_temp, fsync_dir, sidecar, write_error, write_text
+
+T = TypeVar("T")
+_CHUNK = 1 << 20
+
+
+class _HashingWriter:
+    """A write-only file object for ``torch.save`` that hashes what it writes and keeps the OS error.
+
+    ``torch.save`` reports a failed write as a ``RuntimeError`` from its C++ writer; the original ``OSError``
+    (full disk, file size limit) is what the user needs to see.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.sha.update(data)
+        return n
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _write_temp(target: Path, payload: dict[str, Any]) -> tuple[Path, str]:
+    """``payload`` in a complete, fsynced temporary file next to ``target``; returns it and its sha256."""
+    try:
+        fd, tmp = create_temp(target)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
+    writer: _HashingWriter | None = None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer = _HashingWriter(fh)
+            torch.save(payload, writer)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(target, exc) from exc
+    except RuntimeError as exc:
+        tmp.unlink(missing_ok=True)
+        if writer is not None and writer.error is not None:
+            raise write_error(target, writer.error) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    assert writer is not None
+    return tmp, writer.sha.hexdigest()
+
+
+def save_state(run: RunDir, payload: dict[str, Any]) -> None:
+    """Make ``payload`` the new ``state/latest.pt``; the previous latest becomes ``state/prev.pt``.
+
+    Raises:
+        ConfigError: the state folder cannot be written (read-only, full disk); both older states are kept.
+    """
+    latest, prev = run.state, run.prev_state
+    tmp, digest = _write_temp(latest, payload)
+    try:
+        if latest.is_file():
+            if sidecar(latest).is_file():
+                os.replace(sidecar(latest), sidecar(prev))
+            else:
+                sidecar(prev).unlink(missing_ok=True)
+            os.replace(latest, prev)
+        write_text(sidecar(latest), f"{digest}  {latest.name}\n")
+        os.replace(tmp, latest)
+        fsync_dir(run.state_dir)
+    except OSError as exc:
+        raise write_error(latest, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verify(path: Path) -> str | None:
+    """``None`` when ``path`` matches its sidecar's sha256, else why not (``"no checksum file"`` among them)."""
+    side = sidecar(path)
+    if not side.is_file():
+        return "no checksum file"
+    try:
+        words = side.read_text(encoding="utf-8").split()
+        want = words[0].lower() if words else ""
+        got = file_sha256(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if got != want:
+        return "checksum mismatch (damaged or truncated)"
+    return None
+
+
+@dataclass(frozen=True)
+class LoadedState(Generic[T]):
+    """The state resumed from (``None`` when no file is usable) and what was wrong with the others."""
+
+    value: T | None
+    path: Path | None
+    verified: bool = True
+    rejected: list[str] = field(default_factory=list)
+    """``"NAME: reason"`` for each state file newer than the one used (all of them when none was usable)."""
+
+
+def load_state(run: RunDir, parse: Callable[[dict[str, Any]], T]) -> LoadedState[T]:
+    """The newest state file that is intact and that ``parse`` accepts.
+
+    Verified files (sidecar matches) first, newest first; then files without a sidecar. A file whose sidecar
+    disagrees is never used.
+    """
+    candidates = [p for p in (run.state, run.prev_state) if p.is_file()]
+    reasons = {p: verify(p) for p in candidates}
+    unverified = [p for p in candidates if reasons[p] == "no checksum file"]
+    for path in [p for p in candidates if reasons[p] is None] + unverified:
+        try:
+            value = parse(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a damaged or foreign file: fall back to the next one
+            detail = " ".join(str(exc).split())[:120]
+            reasons[path] = f"cannot be read ({type(exc).__name__}: {detail})"
+            continue
+        newer = candidates[: candidates.index(path)]
+        return LoadedState(value, path, path not in unverified, [f"{p.name}: {reasons[p]}" for p in newer])
+    return LoadedState(None, None, rejected=[f"{p.name}: {reasons[p]}" for p in candidates])
