@@ -31,6 +31,7 @@ from torch import nn
 
 from adapmtl_cli.config import DEFAULTS, ComponentSparsity, LayerSparsity
 from adapmtl_cli.errors import ConfigError, DiscoveryError
+from adapmtl_cli.export.sparse_codec import load_sparse, save_sparse
 from adapmtl_cli.methods import (
     MethodContext,
     Pruner,
@@ -45,6 +46,8 @@ from adapmtl_cli.methods.weighting import WEIGHTINGS, Weighting, make_weighting
 from adapmtl_cli.model.discover import ComponentMap, discover_components
 from adapmtl_cli.model.outputs import OutputMapping, flatten_outputs, map_outputs
 from adapmtl_cli.sparsity.thresholds import LayerZeros
+
+__all__ = ["Discovery", "NamedTask", "Pruning", "PruningSettings", "discover", "load_sparse", "prepare", "save_sparse"]
 
 Batch = tuple[Any, dict[str, torch.Tensor]]
 LossFn = Any
@@ -89,9 +92,10 @@ def _map(raw: Any, tasks: list[Any], batch: int, outputs: Sequence[str] | None) 
     try:
         return map_outputs(raw, tasks, batch, names=outputs)
     except DiscoveryError:
-        # Without channel counts, a flat tuple with one output per task is read in the order of ``tasks``.
+        # Tasks known by name only: a flat tuple with one output per task is read in the order of ``tasks``.
         by_order = isinstance(raw, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in raw)
-        if outputs is not None or not by_order or len(raw) != len(tasks):
+        unsized = all(getattr(t, "channels", None) is None for t in tasks)
+        if outputs is not None or not unsized or not by_order or len(raw) != len(tasks):
             raise
         return map_outputs(raw, tasks, batch, names=[t.name for t in tasks])
 
@@ -151,8 +155,35 @@ def _batch_of(raw: Any) -> int:
     return flatten_outputs(raw, 0)[0].shape[0]
 
 
-def _calibration_batches(calibration: Iterable[Batch], device: torch.device) -> list[Batch]:
-    """The first ``CALIBRATION_BATCHES`` batches, on the model's device (scored once per task)."""
+def _check_prepare_options(method: str, sparsity: float, steps: int, weighting: str | None) -> None:
+    check_method(method)
+    if not (isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0):
+        raise ConfigError(f"sparsity must be a fraction in (0, 1), got {sparsity!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise ConfigError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+
+
+def _calibration_batches(
+    method: str,
+    layer_scale: str | None,
+    calibration: Iterable[Batch] | None,
+    losses: Mapping[str, LossFn] | None,
+    tasks: Sequence[str],
+    device: torch.device,
+) -> list[Batch]:
+    """The first ``CALIBRATION_BATCHES`` batches on the model's device (a method scores them once per task)."""
+    scale = layer_scale_name(method, layer_scale)
+    if calibration is None or losses is None:
+        raise ConfigError(
+            f"method {method!r} scores weights by task saliency (layer scale {scale!r}): pass "
+            "calibration=[(input, {task: target}), ...] and losses={task: fn(output, target)}"
+            + (", or layer_scale='none'" if scale == "saliency" else "")
+        )
+    missing = [t for t in tasks if t not in losses]
+    if missing:
+        raise ConfigError(f"losses has no function for task {', '.join(map(repr, missing))}")
     batches = []
     for x, y in itertools.islice(iter(calibration), CALIBRATION_BATCHES):
         x = x.to(device) if isinstance(x, torch.Tensor) else x
@@ -194,22 +225,15 @@ def prepare(
         calibration: ``(input, {task: target})`` batches; methods that score weights by task saliency (the
             default's layer scales, ``disparse``) use the first few.
         losses: ``{task: fn(output, target) -> scalar}``; needed with ``calibration``.
-        weighting, layer_scale, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options of the same
-            names (None: the method's own default).
-        exclude, backbone, heads: discovery overrides (see ``discover``).
+        weighting, layer_scale, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options (None:
+            the method's own default). exclude, backbone, heads: discovery overrides (see ``discover``).
         discovery: a ``discover`` result for this model, to skip the forward pass.
 
     Raises:
         ConfigError: an option is invalid or the method needs ``calibration`` and ``losses``.
         DiscoveryError: outputs cannot be matched to tasks.
     """
-    check_method(method)
-    if not (isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0):
-        raise ConfigError(f"sparsity must be a fraction in (0, 1), got {sparsity!r}")
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-    if weighting is not None and weighting not in WEIGHTINGS:
-        raise ConfigError(f"weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+    _check_prepare_options(method, sparsity, steps, weighting)
     user_model = _unwrap(model)
     found = discovery or discover(
         user_model, example_input, tasks, outputs=outputs, exclude=exclude, backbone=backbone, heads=heads
@@ -217,18 +241,8 @@ def prepare(
     names = list(found.tasks)
     batches = None
     if needs_calibration(method, layer_scale):
-        if calibration is None or losses is None:
-            raise ConfigError(
-                f"method {method!r} scores weights by task saliency (layer scale "
-                f"{layer_scale_name(method, layer_scale)!r}): pass calibration=[(input, {{task: target}}), ...] "
-                "and losses={task: fn(output, target)}"
-                + (", or layer_scale='none'" if layer_scale_name(method, layer_scale) == "saliency" else "")
-            )
-        missing = [t for t in names if t not in losses]
-        if missing:
-            raise ConfigError(f"losses has no function for task {', '.join(map(repr, missing))}")
         device = next(user_model.parameters()).device
-        batches = _calibration_batches(calibration, device)
+        batches = _calibration_batches(method, layer_scale, calibration, losses, names, device)
     mapping = found.mapping
 
     def task_losses(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -251,14 +265,8 @@ def prepare(
         ),
     )
     chosen = weighting_name(method, weighting)
-    settings = PruningSettings(
-        method=method,
-        weighting=chosen,
-        layer_scale=layer_scale_name(method, layer_scale),
-        sparsity=float(sparsity),
-        steps=steps,
-        threshold_lr=threshold_lr,
-    )
+    scale = layer_scale_name(method, layer_scale)
+    settings = PruningSettings(method, chosen, scale, float(sparsity), steps, threshold_lr)
     return Pruning(pruner, found, make_weighting(chosen, names, steps), settings)
 
 

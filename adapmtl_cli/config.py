@@ -5,7 +5,7 @@ Defaults live here and only here; the CLI passes through what the user typed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -79,6 +79,22 @@ class _Defaults:
 
 DEFAULTS = _Defaults()
 """Every ``prune`` default, as the CLI shows it and the library uses it."""
+
+
+def choices(name: str, model: type[BaseModel] = PruneConfig) -> tuple[str, ...]:
+    """The values the ``Literal`` field ``name`` of ``model`` accepts, in declared order (None left out).
+
+    The CLI lists ``--method``, ``--weighting`` and the other named choices from here, so they are written once.
+
+    Raises:
+        AttributeError: ``name`` is not a field with a ``Literal`` of choices.
+    """
+    field = model.model_fields.get(name)
+    annotation = field.annotation if field is not None else None
+    for part in (annotation, *get_args(annotation)):
+        if get_origin(part) is Literal:
+            return get_args(part)
+    raise AttributeError(f"{model.__name__}.{name} is not a field with named choices")
 
 
 class ComponentEntry(_File):
@@ -206,7 +222,7 @@ class ExportManifest(_File):
     onnx_bytes: int | None = None
     onnx_max_abs_diff: float | None = None
     onnx_batch_sizes: list[int] = Field(default_factory=list)
-    # With a values dtype, "bit-exact" is against the weights rounded to it (sparse_codec.cast_state).
+    # With a values dtype, "bit-exact" is against the weights rounded to it (export.sparse_tensor.cast_state).
     sparse_values_dtype: str | None = None
     onnx_exporter: str | None = None
     onnx_opset: int | None = None
@@ -233,6 +249,6 @@ def validation_message(exc: ValidationError) -> str:
 def make_prune_config(**values: object) -> PruneConfig:
     """Validate CLI values into a ``PruneConfig``; every problem lands in one ``ConfigError`` line."""
     try:
-        return PruneConfig(**{k: v for k, v in values.items() if v is not None})
+        return PruneConfig.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(validation_message(exc)) from None

@@ -32,7 +32,8 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from adapmtl_cli.export.onnx import check_onnx_parity, export_onnx, save_dense
+from adapmtl_cli.export.dense import save_dense
+from adapmtl_cli.export.onnx import check_onnx_parity, export_onnx
 from adapmtl_cli.export.onnx_storage import save_model, to_sparse_initializers_
 from adapmtl_cli.export.shrink import shrink_model, zero_filters
 from adapmtl_cli.export.sparse_codec import save_sparse

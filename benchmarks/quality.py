@@ -26,7 +26,7 @@ import torch
 
 from adapmtl_cli.config import RunReport, make_prune_config
 from adapmtl_cli.data.synth.scenes import generate_scenes
-from adapmtl_cli.files.rundir import save_torch
+from adapmtl_cli.files.atomic import save_torch
 from adapmtl_cli.jobs.demo import train_dense
 from adapmtl_cli.jobs.prune import run_prune
 from adapmtl_cli.methods import METHODS

@@ -41,10 +41,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from adapmtl_cli.methods import MethodContext, build_pruner
-from adapmtl_cli.methods.base import Pruner
-from adapmtl_cli.model.discover import discover_components
-from adapmtl_cli.model.outputs import OutputMapping, map_outputs
+from adapmtl_cli.api import Pruning, discover, prepare
+from adapmtl_cli.model.outputs import OutputMapping
 from adapmtl_cli.models import MODELS
 from adapmtl_cli.sparsity.thresholds import SoftThreshold, measure_layers
 from adapmtl_cli.tasks import get_task
@@ -96,34 +94,27 @@ class Scenes(Dataset):
         return self.x[i], {k: v[i] for k, v in self.y.items()}
 
 
-def build(model_name: str, size: tuple[int, int], plain: bool) -> tuple[nn.Module, OutputMapping, Pruner | None]:
-    """The seeded reference model, plain or under AdapMTL's thresholds at 90% sparsity (then with its pruner)."""
+def build(model_name: str, size: tuple[int, int], plain: bool) -> tuple[nn.Module, OutputMapping, Pruning | None]:
+    """The seeded reference model, plain or under AdapMTL's thresholds at 90% sparsity (then with its pruning)."""
     torch.manual_seed(0)
     model = MODELS[model_name]()
     x, _ = batch(size, 2)
-    raw = model.eval()(x)
-    mapping = map_outputs(raw, SPECS, batch=2)
+    found = discover(model, x, SPECS)
     if plain:
-        return model.train(), mapping, None
-    cmap = discover_components(model, mapping.select(raw), [t.name for t in SPECS])
-
-    def losses(module: nn.Module, b: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        preds = mapping.select(module(b[0]))
-        return {t.name: t.loss(preds[t.name], b[1][t.name]) for t in SPECS}
-
+        return model.train(), found.mapping, None
     calibration = [batch(size, 2, seed=s) for s in range(2, 6)]  # the default's layer scales score on 4 batches
-    ctx = MethodContext(
-        model=model,
-        cmap=cmap,
+    pruning = prepare(
+        model,
+        x,
+        tasks=SPECS,
         sparsity=0.9,
         steps=100,
-        ramp_end=0.75,
-        calibration=lambda: iter(calibration),
-        task_losses=losses,
+        calibration=calibration,
+        losses={t.name: t.loss for t in SPECS},
+        discovery=found,
     )
-    pruner = build_pruner("adapmtl", ctx)
-    pruner.after_step_(100)  # thresholds at the target: a realistic level (the dense compute does not depend on it)
-    return pruner.module.train(), mapping, pruner
+    pruning.pruner.after_step_(100)  # thresholds at the target: a realistic level (dense compute does not depend on it)
+    return pruning.model.train(), found.mapping, pruning
 
 
 def with_autograd_clamp(module: nn.Module) -> nn.Module:
@@ -191,8 +182,9 @@ def step_times(s: Settings, device: torch.device) -> dict[str, list[float]]:
 
 def bookkeeping_times(s: Settings, device: torch.device) -> dict[str, float]:
     """Seconds of the controller per step, the measurement per logged step, the old full sort per refresh."""
-    tm, _, pruner = build(s.model, s.size, plain=False)
-    assert pruner is not None
+    tm, _, pruning = build(s.model, s.size, plain=False)
+    assert pruning is not None
+    pruner = pruning.pruner
     tm.to(device)
     controller, measure, sort = [], [], []
     for rep in range(s.reps):
@@ -253,34 +245,25 @@ def engine_worker(rank: int, world_size: int, threads: int, s: Settings, init: s
     """One rank of the fine-tuning loop on in-memory scenes; rank 0 writes its step times to ``result``."""
     import torch.distributed as dist
 
-    from adapmtl_cli.methods.weighting import PaperWeighting
     from adapmtl_cli.train.distributed import World
-    from adapmtl_cli.train.loop import finetune
+    from adapmtl_cli.train.loop import LoopHooks, TrainConfig, finetune
 
     torch.set_num_threads(threads)
     world = World(rank, world_size, rank)
     if world_size > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
-    _, mapping, pruner = build(s.model, s.size, plain=False)
-    assert pruner is not None
+    _, _, pruning = build(s.model, s.size, plain=False)
+    assert pruning is not None
     stamps: list[float] = []
     try:
         finetune(
-            pruner,
+            pruning,
             Scenes(s.size, 4 * s.batch),
             SPECS,
-            mapping,
+            TrainConfig(steps=s.engine_steps, batch_size=s.batch, lr=1e-4, seed=0, log_every=10**9, save_every=10**9),
             device=torch.device("cpu"),
-            steps=s.engine_steps,
-            batch_size=s.batch,
-            lr=1e-4,
-            threshold_lr=1e-2,
-            weighting=PaperWeighting([t.name for t in SPECS], s.engine_steps),
-            seed=0,
-            log_every=10**9,
-            save_every=10**9,
             world=world,
-            on_step=lambda info: stamps.append(time.perf_counter()),
+            hooks=LoopHooks(on_step=lambda info: stamps.append(time.perf_counter())),
         )
     finally:
         if world_size > 1:

@@ -26,7 +26,8 @@ from typer.testing import CliRunner, Result
 from adapmtl_cli.cli.app import app
 from adapmtl_cli.config import PruneConfig, RunReport, make_prune_config
 from adapmtl_cli.data.synth.scenes import generate_scenes
-from adapmtl_cli.jobs.prune import Hooks, run_prune
+from adapmtl_cli.jobs.prepare import Hooks
+from adapmtl_cli.jobs.prune import run_prune
 from adapmtl_cli.models import deeplab_resnet_tiny
 
 FACTORY = "adapmtl_cli.models:deeplab_resnet_tiny"

@@ -17,7 +17,7 @@ HEADER = """\
 # Command-line reference
 
 <!-- Generated from the Typer app by `python -m adapmtl_cli.cli.docs docs/cli.md`; do not edit by hand.
-     tests/test_cli_docs.py fails when this file is stale. -->
+     tests/cli/test_cli_docs.py fails when this file is stale. -->
 
 Every command prints `Error: ...` on one line and exits with 2 for input you can fix, 130 when interrupted
 (state saved), 1 for a bug (traceback kept). `adapmtl --debug COMMAND` shows the traceback for every error.

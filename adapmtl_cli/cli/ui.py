@@ -1,4 +1,4 @@
-"""Console output: the only module (with ``report.py``) that talks to the terminal.
+"""Console output: the only module that talks to the terminal (``report/terminal.py`` builds what it shows).
 
 Status lines and tables go to stdout, errors to stderr; progress bars draw only on a terminal (and are replaced
 by a few plain lines otherwise), so logs and pipes stay clean.
@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.text import Text
 
 from adapmtl_cli.config import RunReport
-from adapmtl_cli.train.loop import StepInfo
+from adapmtl_cli.train.events import StepInfo  # the event record only: no torch, no training loop
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

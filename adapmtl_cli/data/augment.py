@@ -19,8 +19,9 @@ worker, sees exactly the same samples.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -139,7 +140,7 @@ class AugmentedSplit(Dataset[Sample]):
         return draw_augment(np.random.default_rng([self.seed, self.epoch, index]), size, self.scales)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(cast(Sized, self.dataset))  # every split the adapters open has a length
 
     def __getitem__(self, index: int) -> Sample:
         n = len(self)

@@ -6,95 +6,43 @@ image (H, W, 3) RGB in [0, 1]; label (H, W) class ids 0..12 stored as floats, -1
 the ``.npy`` headers alone (names, counts, shapes, dtypes, truncation), so a bad folder fails at once with the
 file named, while the per-item loads stay light.
 
-``--data nyuv2`` detects the layout of each root (:func:`detect_layout`): ``nyu_v2_3task.json`` means the
-AdaShare layout (``nyuv2_adashare.py``), a ``train/``, ``val/`` or ``test/`` folder the MTAN one.
+``--data nyuv2`` detects the layout of each root (:func:`~adapmtl_cli.data.layouts.detect_layout`):
+``nyu_v2_3task.json`` means the AdaShare layout (``nyuv2_adashare.py``), a ``train/``, ``val/`` or ``test/``
+folder the MTAN one.
 ``--data synthetic`` is the MTAN layout. Both take ``augment=true`` (``augment.py``, train split only).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adapmtl_cli.data import register_dataset
 from adapmtl_cli.data.augment import AugmentedSplit
 from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option
-from adapmtl_cli.data.synth.scenes import ADASHARE_FOLDERS, ADASHARE_JSON, NYU13_CLASSES
+from adapmtl_cli.data.layouts import (
+    ADASHARE_JSON,
+    MTAN_TASK_FOLDERS,
+    NYU13_CLASSES,
+    NYUV2_LAYOUTS,
+    detect_layout,
+)
+from adapmtl_cli.data.npy import load_npy, read_npy_header
+from adapmtl_cli.data.nyuv2_adashare import NyuV2AdaShare
+from adapmtl_cli.data.problems import quoted, raise_problems
+from adapmtl_cli.data.registry import register_dataset
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec
-
-if TYPE_CHECKING:
-    from adapmtl_cli.data.nyuv2_adashare import NyuV2AdaShare
-
-TASK_FOLDERS = {"label": "segmentation", "depth": "depth", "normal": "normal"}
-"""Task folder -> task name, in the order tasks are reported."""
+from adapmtl_cli.tasks.registry import get_task
 
 _INDEX_NAME = re.compile(r"0|[1-9][0-9]*")
 _TRAILING = {"image": ((3,),), "label": ((),), "depth": ((1,), ()), "normal": ((3,),)}
-MAX_PROBLEMS = 5
 _DESCRIBE_SAMPLES = 64
-
-
-def quoted(path: Path) -> str:
-    """``path`` as it appears in error messages: the string in quotes."""
-    return repr(str(path))
-
-
-def raise_problems(problems: list[str]) -> None:
-    """Raise one ``DataError`` listing the first few problems, if there are any."""
-    if problems:
-        more = len(problems) - MAX_PROBLEMS
-        shown = problems[:MAX_PROBLEMS] + ([f"and {more} more"] if more > 0 else [])
-        raise DataError("; ".join(shown))
-
-
-def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a ``.npy`` file from its header; also refuses pickled and truncated files."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:  # 3.0 only differs by a utf-8 header, which the memory-mapped loader parses for us
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-                shape, dtype = array.shape, array.dtype
-                f.seek(array.offset)
-            if dtype.hasobject:
-                raise DataError(
-                    f"{quoted(path)} holds Python objects (dtype {str(dtype)!r}); unpickling is refused, "
-                    "save plain numeric arrays with numpy.save"
-                )
-            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
-            actual = os.fstat(f.fileno()).st_size
-    except (OSError, ValueError, EOFError) as exc:
-        msg = f"{quoted(path)} is not a readable .npy file ({exc}); re-save it with numpy.save"
-        raise DataError(msg) from None
-    if actual < expected:
-        raise DataError(f"{quoted(path)} is truncated ({actual} bytes, its header needs {expected}); re-copy it")
-    if dtype.kind not in "biuf":
-        raise DataError(f"{quoted(path)} has dtype {str(dtype)!r}; expected a numeric array (float or int)")
-    return tuple(shape), dtype
-
-
-def load_npy(path: Path) -> np.ndarray:
-    """The array stored in ``path`` (pickles refused), checked to be finite when it is a float array."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{quoted(path)} cannot be read ({exc}); re-save it with numpy.save") from None
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DataError(f"{quoted(path)} holds NaN or infinite values; fix or drop this sample")
-    return array
 
 
 def _indexed_files(folder: Path) -> tuple[int, list[str]]:
@@ -185,7 +133,7 @@ class NpySplit(Dataset[Sample]):
             if folder == "label":
                 targets["segmentation"] = torch.from_numpy(self.label(index))
             else:
-                targets[TASK_FOLDERS[folder]] = torch.from_numpy(_channels_first(self.array(folder, index)))
+                targets[MTAN_TASK_FOLDERS[folder]] = torch.from_numpy(_channels_first(self.array(folder, index)))
         return image, targets
 
 
@@ -210,7 +158,7 @@ class NyuV2Npy:
     def task_folders(self, root: Path) -> tuple[str, ...]:
         """The task folders of the reference split (train, else val), in the fixed task order."""
         reference = _reference_split(Path(root))
-        found = tuple(f for f in TASK_FOLDERS if (reference / f).is_dir())
+        found = tuple(f for f in MTAN_TASK_FOLDERS if (reference / f).is_dir())
         if not found:
             raise DataError(
                 f"{quoted(reference)} holds no task folder (label/, depth/ or normal/); expected the MTAN .npy layout"
@@ -220,7 +168,7 @@ class NyuV2Npy:
     def tasks(self, root: Path) -> list[TaskSpec]:
         """Segmentation (13 classes), depth and normal, for those whose folder exists."""
         kwargs = {"segmentation": {"num_classes": len(NYU13_CLASSES)}}
-        return [get_task(TASK_FOLDERS[f], **kwargs.get(TASK_FOLDERS[f], {})) for f in self.task_folders(root)]
+        return [get_task(MTAN_TASK_FOLDERS[f], **kwargs.get(MTAN_TASK_FOLDERS[f], {})) for f in self.task_folders(root)]
 
     def describe(self, root: Path) -> dict[str, object]:
         """See :meth:`DatasetAdapter.describe`."""
@@ -261,7 +209,7 @@ class NyuV2Npy:
         size = _check_shapes(folder, length, task_folders)
         data = NpySplit(folder, length, size, task_folders)
         if self.augment and split == "train":
-            return AugmentedSplit(data, {TASK_FOLDERS[f]: TASK_FOLDERS[f] for f in task_folders})
+            return AugmentedSplit(data, {MTAN_TASK_FOLDERS[f]: MTAN_TASK_FOLDERS[f] for f in task_folders})
         return data
 
 
@@ -302,7 +250,7 @@ def describe(root: Path) -> dict[str, object]:
             if root.is_dir():
                 continue
             raise
-        opened[split] = data = adapter.open(root, split)  # type: ignore[assignment]  # never augmented
+        opened[split] = data = cast(NpySplit, adapter.open(root, split))  # never augmented: no augment option
         splits[split] = {"folder": folder.name, "samples": len(data), "size": list(data.size)}
     if not opened:
         raise DataError(
@@ -330,7 +278,7 @@ def describe(root: Path) -> dict[str, object]:
     }
 
 
-LAYOUTS = ("auto", "mtan", "adashare")
+_LAYOUT_CHOICES = ("auto", *NYUV2_LAYOUTS)
 _ADASHARE_ONLY = ("normals", "input")
 _OPTIONS = {
     "layout": "auto (default: from the folder's files), mtan or adashare",
@@ -338,34 +286,6 @@ _OPTIONS = {
     "normals": "unit (default) or adashare: the AdaShare layout's normal targets",
     "input": "caffe-bgr (default) or rgb01: the AdaShare layout's image encoding",
 }
-
-
-def detect_layout(root: Path) -> str:
-    """``"adashare"`` when ``root`` holds ``nyu_v2_3task.json``, ``"mtan"`` when it holds a split folder.
-
-    The JSON wins when both are present. A root with a ``train/``, ``val/`` or ``test/`` folder counts as MTAN
-    even when that folder is incomplete, so the MTAN checks can say what is missing.
-
-    Raises:
-        DataError: ``root`` does not exist, or matches neither layout (the message says what each needs).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(
-            f"dataset root {quoted(root)} does not exist; pass the folder that holds train/ and val/ (MTAN "
-            f"layout) or {ADASHARE_JSON} (AdaShare layout)"
-        )
-    if (root / ADASHARE_JSON).is_file():
-        return "adashare"
-    if any((root / split).is_dir() for split in ("train", "val", "test")):
-        return "mtan"
-    found = [f"{name}/" for name in ADASHARE_FOLDERS if (root / name).is_dir()]
-    hint = f" (it has {', '.join(found)} but no {ADASHARE_JSON})" if found else ""
-    raise DataError(
-        f"dataset root {quoted(root)} is in neither NYU-v2 layout{hint}: the MTAN layout needs train/ and val/ "
-        f"(or test/) folders, each with image/, label/, depth/, normal/ holding 0.npy, 1.npy, ...; the AdaShare "
-        f"layout needs {ADASHARE_JSON} listing img/, seg/, normal_mask/ and depth/ files"
-    )
 
 
 class NyuV2:
@@ -410,8 +330,7 @@ class NyuV2:
 
 
 def _adashare(name: str, augment: bool, options: Mapping[str, str]) -> NyuV2AdaShare:
-    from adapmtl_cli.data.nyuv2_adashare import NyuV2AdaShare  # it imports this module: import it on first use
-
+    """The AdaShare-layout adapter for the ``normals``/``input`` options as given (their values are checked)."""
     return NyuV2AdaShare(
         name, augment=augment, normals=options.get("normals", "unit"), input_format=options.get("input", "caffe-bgr")
     )
@@ -420,7 +339,7 @@ def _adashare(name: str, augment: bool, options: Mapping[str, str]) -> NyuV2AdaS
 @register_dataset("nyuv2")
 def _nyuv2(**options: str) -> NyuV2 | NyuV2Npy | NyuV2AdaShare:
     check_options("nyuv2", options, _OPTIONS)
-    layout = choice_option("nyuv2", "layout", options.get("layout", "auto"), LAYOUTS)
+    layout = choice_option("nyuv2", "layout", options.get("layout", "auto"), _LAYOUT_CHOICES)
     augment = bool_option("nyuv2", "augment", options["augment"]) if "augment" in options else False
     adashare_options = {k: options[k] for k in _ADASHARE_ONLY if k in options}
     if layout == "mtan":

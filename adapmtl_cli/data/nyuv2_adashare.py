@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,15 +34,14 @@ from torch.utils.data import Dataset
 
 from adapmtl_cli.data.augment import AugmentedSplit
 from adapmtl_cli.data.base import Sample, choice_option
-from adapmtl_cli.data.nyuv2 import MAX_PROBLEMS, load_npy, quoted, raise_problems, read_npy_header
-from adapmtl_cli.data.synth.scenes import ADASHARE_FOLDERS, ADASHARE_JSON, NYU40_CLASSES
+from adapmtl_cli.data.layouts import ADASHARE_FOLDERS, ADASHARE_JSON, CAFFE_MEAN_BGR, INPUT_ENCODINGS, NYU40_CLASSES
+from adapmtl_cli.data.npy import load_npy, read_npy_header
+from adapmtl_cli.data.problems import MAX_PROBLEMS, quoted, raise_problems
 from adapmtl_cli.errors import DataError
-from adapmtl_cli.tasks import get_task
 from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.tasks.registry import get_task
 
-INPUTS = ("caffe-bgr", "rgb01")
 NORMALS = ("unit", "adashare")
-CAFFE_MEAN_BGR = (104.01, 116.67, 122.68)
 TASK_NAMES = ("segmentation", "depth", "normal")
 SPLIT_KEYS = {"train": "train", "val": "test", "test": "test", "train1": "train1", "train2": "train2"}
 """Our split name -> the JSON key it reads."""
@@ -91,7 +90,10 @@ def _entry_paths(root: Path, real_root: Path, where: str, entry: Any) -> tuple[_
         elif not path.is_file():
             problems.append(f"{quoted(path)} listed in {where} does not exist")
         paths.append(path)
-    return (tuple(paths) if not problems else None), problems  # type: ignore[return-value]
+    if problems:
+        return None, problems
+    img, seg, normal_mask, depth = paths  # one path per entry item, and the entry has 4
+    return (img, seg, normal_mask, depth), problems
 
 
 def _png_header(path: Path) -> tuple[tuple[int, int], str]:
@@ -234,7 +236,7 @@ class NyuV2AdaShare:
         self.name = name
         self.augment = augment
         self.normals = choice_option(name, "normals", normals, NORMALS)
-        self.input_format = choice_option(name, "input", input_format, INPUTS)
+        self.input_format = choice_option(name, "input", input_format, INPUT_ENCODINGS)
 
     def tasks(self, root: Path) -> list[TaskSpec]:
         """Segmentation (40 classes), depth and normal; checks that ``root`` holds the JSON index."""
@@ -293,7 +295,7 @@ class NyuV2AdaShare:
         opened: dict[str, AdaShareSplit] = {}
         for split in ("train", "val"):
             if SPLIT_KEYS[split] in index:
-                opened[split] = plain.open(root, split)  # type: ignore[assignment]  # never augmented
+                opened[split] = cast(AdaShareSplit, plain.open(root, split))  # never augmented: plain has no augment
         if not opened:
             raise DataError(f"{quoted(root / ADASHARE_JSON)} has neither a 'train' nor a 'test' list")
         sampled = opened.get("val") or opened["train"]

@@ -44,7 +44,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -377,8 +377,8 @@ class PluginAdapter:
         if problems:
             raise ConfigError(f"plug-in {reference!r} must define {' and '.join(problems)} at module level")
         self.options = dict(options)
-        _check_options(reference, dataset, self.options)
-        self._dataset: Callable[..., Any] = dataset  # type: ignore[assignment]
+        self._dataset = cast("Callable[..., Any]", dataset)  # checked callable above
+        _check_options(reference, self._dataset, self.options)
         self._describe: Callable[..., Any] | None = describe
         self._tasks = build_tasks(reference, module.TASKS)
 

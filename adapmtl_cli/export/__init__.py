@@ -1,1 +1,1 @@
-"""export."""
+"""Export stage: dense and sparse safetensors, ONNX and its weight storage, structured shrink."""

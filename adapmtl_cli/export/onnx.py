@@ -1,11 +1,10 @@
-"""Deployment artefacts: dense safetensors, ONNX, and the checks that they reproduce the pruned model.
+"""ONNX export and verification: the exporters, the checked file written atomically, and onnxruntime parity.
 
-Every file is written atomically (temp file or folder in the same folder, fsync, rename). The sparse
-safetensors format itself lives in ``sparse_codec``; here it is only verified against the dense weights, bit
-for bit. ONNX goes through the dynamo exporter by default (dict/tuple outputs, dynamic batch) with the
-TorchScript exporter as the ``legacy`` fallback; the exporter writes into a temp folder, the weights are then
-re-stored by ``onnx_storage`` (optional sparse initializers; external data above 2 GB), ``onnx.checker`` runs
-on the result, and onnxruntime on the CPU compares it with PyTorch.
+ONNX goes through the dynamo exporter by default (dict/tuple outputs, dynamic batch) with the TorchScript
+exporter as the ``legacy`` fallback. The exporter writes into a temp folder beside the target
+(``files/atomic.temp_folder``), the weights are then re-stored by ``onnx_storage`` (optional sparse
+initializers; external data above 2 GB), ``onnx.checker`` runs on the result, the files are moved into place
+(data first, graph last) and onnxruntime on the CPU compares the graph with PyTorch.
 """
 
 from __future__ import annotations
@@ -13,11 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import secrets
-import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,15 +21,15 @@ from types import ModuleType
 import numpy as np
 import onnx
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.export import Dim
 
 from adapmtl_cli.errors import ExportError
-from adapmtl_cli.export.onnx_storage import EXTERNAL_DATA_THRESHOLD, save_model, to_sparse_initializers_, weight_bytes
-from adapmtl_cli.export.sparse_codec import canonicalize_zeros, cast_state, load_sparse
+from adapmtl_cli.export.onnx_storage import needs_external_data, save_model, to_sparse_initializers_
+from adapmtl_cli.files.atomic import export_write_error, move_into_place, temp_folder
 
 EXPORTERS = ("dynamo", "legacy")
+_WRITE_ERROR = export_write_error("ONNX file")
 INPUT_NAME = "image"
 # Loggers the exporters write warnings and progress to; they get their own stderr handlers, so redirecting
 # sys.stderr does not silence them.
@@ -59,27 +55,6 @@ class OnnxParity:
     max_abs_diff: float
     per_output: dict[str, float]
     batch_sizes: tuple[int, ...]
-
-
-def save_dense(state: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> int:
-    """Write ``state`` as a plain safetensors file with unchanged keys; return its size in bytes.
-
-    Tensors are copied to contiguous CPU tensors first, so tied weights (shared storage) are fine.
-
-    Raises:
-        ExportError: metadata is not ``str -> str`` or the file cannot be written.
-    """
-    bad = {
-        key: value for key, value in (metadata or {}).items() if not (isinstance(key, str) and isinstance(value, str))
-    }
-    if bad:
-        raise ExportError(f"safetensors metadata must map strings to strings, got {bad!r}; convert the values")
-    tensors = {
-        name: tensor.detach().cpu().clone(memory_format=torch.contiguous_format) for name, tensor in state.items()
-    }
-    path = Path(path)
-    _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), "dense safetensors file")
-    return path.stat().st_size
 
 
 def export_onnx(
@@ -116,8 +91,7 @@ def export_onnx(
     module.eval()
     try:
         _run_module(module, example, output_names)
-        work = _create_temp_dir_beside(path)
-        try:
+        with temp_folder(path, parents=False) as work:
             return _export_in(
                 work,
                 module,
@@ -130,10 +104,8 @@ def export_onnx(
                 sparse_initializers,
                 external_data,
             )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     except OSError as exc:
-        raise ExportError(f"cannot write ONNX file {str(path)!r} ({exc}); check the folder and free space") from exc
+        raise _WRITE_ERROR(path, exc) from exc
     finally:
         module.train(was_training)
 
@@ -156,7 +128,7 @@ def _export_in(
     _run_exporter(module, example, str(raw), output_names, opset, dynamic_batch, exporter)
     model = onnx.load(str(raw))  # pulls in any external data the exporter wrote
     moved = to_sparse_initializers_(model) if sparse_initializers else 0
-    external = weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    external = needs_external_data(model) if external_data is None else external_data
     version = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     final = work / path.name
     data = save_model(model, final, external=external)
@@ -175,22 +147,10 @@ def _export_in(
 def _install(final: Path, data: Path | None, path: Path) -> int:
     """Move the checked files into place (data first, graph last); remove a stale data file; return bytes."""
     beside = path.with_name(path.name + ".data")
-    for file in (data, final):
-        if file is not None:
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    if data is not None:
-        os.replace(data, beside)
-    elif beside.exists():
+    if data is None and beside.exists():
         beside.unlink()  # left by an earlier export with external data; it no longer belongs to this graph
-    os.replace(final, path)
+    move_into_place([(data, beside), (final, path)] if data is not None else [(final, path)])
     return path.stat().st_size + (beside.stat().st_size if data is not None else 0)
-
-
-def _create_temp_dir_beside(path: Path) -> Path:
-    work = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    work.mkdir()
-    return work
 
 
 def _run_exporter(
@@ -353,67 +313,3 @@ def _max_abs_diff(want: Tensor, have: object) -> float:
     with np.errstate(invalid="ignore"):
         diff = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0, np.abs(a - b))
     return float(np.nan_to_num(diff, nan=np.inf).max())
-
-
-def check_sparse_roundtrip(
-    dense_state: dict[str, Tensor], sparse_path: Path, *, values_dtype: torch.dtype | None = None
-) -> None:
-    """Check that the sparse file decodes to ``dense_state`` bit for bit (-0.0 read as +0.0).
-
-    With ``values_dtype`` the reference is ``cast_state(dense_state, values_dtype)``: the weights rounded to
-    the narrow dtype the file stores, in their own dtype.
-
-    Raises:
-        ExportError: keys, dtypes, shapes or any bit differ; the sparse file cannot be read.
-    """
-    dense_state = cast_state(dense_state, values_dtype)
-    decoded = load_sparse(Path(sparse_path))
-    problems = []
-    missing, extra = sorted(set(dense_state) - set(decoded)), sorted(set(decoded) - set(dense_state))
-    if missing:
-        problems.append(f"missing keys {missing[:5]!r}")
-    if extra:
-        problems.append(f"unexpected keys {extra[:5]!r}")
-    for name, tensor in dense_state.items():
-        got = decoded.get(name)
-        if got is None:
-            continue
-        if got.dtype != tensor.dtype or got.shape != tensor.shape:
-            problems.append(
-                f"{name!r} is {got.dtype} {list(got.shape)!r}, expected {tensor.dtype} {list(tensor.shape)!r}"
-            )
-        elif not torch.equal(_bytes(got), _bytes(canonicalize_zeros(tensor.detach().cpu()))):
-            problems.append(f"{name!r} values differ")
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ExportError(
-            f"sparse file {str(sparse_path)!r} does not match the dense weights: {shown}; "
-            "this is a bug, please report it"
-        )
-
-
-def _bytes(tensor: Tensor) -> Tensor:
-    return tensor.reshape(-1).contiguous().view(torch.uint8)
-
-
-def _write_atomic(path: Path, write: Callable[[str], None], what: str) -> None:
-    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
-    try:
-        tmp = _create_temp_beside(path)
-        try:
-            write(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        raise ExportError(f"cannot write {what} {str(path)!r} ({exc}); check the folder and free space") from exc
-
-
-def _create_temp_beside(path: Path) -> str:
-    # Not tempfile.mkstemp: its 0600 mode would stick to the final file; os.open honours the umask.
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    return tmp

@@ -77,6 +77,11 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     )
 
 
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s weights are too big for one protobuf file (``EXTERNAL_DATA_THRESHOLD`` and above)."""
+    return weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+
+
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
     return count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize

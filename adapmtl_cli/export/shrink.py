@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
 _RELU_FUNCTIONS = (F.relu, torch.relu)
+_Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
+_Norm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def count_flops(model: nn.Module, example: Tensor) -> int:
 
     def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal macs
-        per_output = module.weight[0].numel() if isinstance(module, _CONVS) else module.in_features
+        per_output = module.weight[0].numel() if isinstance(module, _CONVS) else cast(nn.Linear, module).in_features
         macs += out.numel() * per_output
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (*_CONVS, nn.Linear))]
@@ -172,7 +176,7 @@ class _Calls:
             if node.op == "call_module":
                 self.count[str(node.target)] = self.count.get(str(node.target), 0) + 1
 
-    def plain(self, node: fx.Node, kinds: tuple[type[nn.Module], ...], *, once: bool = True) -> nn.Module | None:
+    def plain(self, node: fx.Node, kinds: tuple[type[_M], ...], *, once: bool = True) -> _M | None:
         """The module ``node`` calls, if it is exactly one of ``kinds``, hook-free, on one input.
 
         ``once``: and called nowhere else in the graph (a module that will be rewritten must be; a stateless
@@ -184,7 +188,7 @@ class _Calls:
         module = self.modules[str(node.target)]
         if type(module) not in kinds or module._forward_hooks or module._forward_pre_hooks:
             return None
-        return module
+        return cast(_M, module)  # type(module) is one of kinds
 
 
 def _find_chains(model: nn.Module, graph: fx.Graph, components: Mapping[str, str] | None) -> list[_Chain]:
@@ -243,7 +247,7 @@ def _same_component(convs: list[str], modules: dict[str, nn.Module], components:
 def _plan(model: nn.Module, chain: _Chain) -> bool:
     """Fill ``chain.remove`` and ``chain.fold``; return whether any channel can go."""
     modules = dict(model.named_modules())
-    producer, consumer = modules[chain.producer], modules[chain.consumer]
+    producer, consumer = cast(_Conv, modules[chain.producer]), cast(_Conv, modules[chain.consumer])  # _find_chains
     channels = producer.out_channels
     weight = producer.weight.detach()
     dead = _zero_rows(weight)
@@ -275,7 +279,7 @@ def _plan(model: nn.Module, chain: _Chain) -> bool:
     return bool(chain.remove)
 
 
-def _through_depthwise(conv: nn.Module, value: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
+def _through_depthwise(conv: _Conv, value: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
     weight = conv.weight.detach()
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(value)
     own_dead = _zero_rows(weight)
@@ -290,7 +294,7 @@ def _zero_rows(weight: Tensor) -> Tensor:
     return (weight.detach().reshape(weight.shape[0], -1) == 0).all(dim=1)
 
 
-def _padding_free(conv: nn.Module) -> bool:
+def _padding_free(conv: _Conv) -> bool:
     if isinstance(conv.padding, str):
         return conv.padding == "valid" or all(k == 1 for k in conv.kernel_size)
     return all(p == 0 for p in conv.padding)
@@ -305,7 +309,7 @@ def _apply_(model: nn.Module, chains: list[_Chain]) -> None:
     keep_in: dict[str, list[int]] = {}
     fold: dict[str, Tensor] = {}
     for chain in chains:
-        producer, consumer = modules[chain.producer], modules[chain.consumer]
+        producer, consumer = cast(_Conv, modules[chain.producer]), cast(_Conv, modules[chain.consumer])  # _find_chains
         keep = [c for c in range(producer.out_channels) if c not in set(chain.remove)]
         keep_out[chain.producer] = keep
         for op in chain.ops:
@@ -323,15 +327,13 @@ def _apply_(model: nn.Module, chains: list[_Chain]) -> None:
         new = (
             _sliced_norm(old, keep_out[name])
             if isinstance(old, _NORMS)
-            else _sliced_conv(old, keep_out.get(name), keep_in.get(name), fold.get(name))
+            else _sliced_conv(cast(_Conv, old), keep_out.get(name), keep_in.get(name), fold.get(name))
         )
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _sliced_conv(
-    old: nn.Module, out_keep: list[int] | None, in_keep: list[int] | None, fold: Tensor | None
-) -> nn.Module:
+def _sliced_conv(old: _Conv, out_keep: list[int] | None, in_keep: list[int] | None, fold: Tensor | None) -> nn.Module:
     depthwise = old.groups > 1
     weight = old.weight.detach()
     if out_keep is not None:
@@ -346,7 +348,8 @@ def _sliced_conv(
         bias = (base + fold).to(weight.dtype)
     if bias is not None and out_keep is not None:
         bias = bias[out_keep]
-    new = type(old)(
+    make = cast("Callable[..., _Conv]", type(old))  # old's own kernel_size, stride, ... tuples fit its type
+    new = make(
         in_channels,
         out_channels,
         old.kernel_size,
@@ -362,26 +365,28 @@ def _sliced_conv(
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
-            new.bias.copy_(bias)
+            cast(Tensor, new.bias).copy_(bias)  # built with bias=True
     return new.train(old.training)
 
 
-def _sliced_norm(old: nn.Module, keep: list[int]) -> nn.Module:
+def _sliced_norm(old: _Norm, keep: list[int]) -> nn.Module:
+    # _channelwise admits only norms that track running statistics, so every buffer used here exists.
+    running_mean = cast(Tensor, old.running_mean)
     new = type(old)(
         len(keep),
         eps=old.eps,
         momentum=old.momentum,
         affine=old.affine,
         track_running_stats=old.track_running_stats,
-        device=old.running_mean.device,
-        dtype=old.running_mean.dtype,
+        device=running_mean.device,
+        dtype=running_mean.dtype,
     )
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             source = getattr(old, name)
             if source is not None:
                 getattr(new, name).copy_(source.detach()[keep])
-        new.num_batches_tracked.copy_(old.num_batches_tracked)
+        cast(Tensor, new.num_batches_tracked).copy_(cast(Tensor, old.num_batches_tracked))
     return new.train(old.training)
 
 

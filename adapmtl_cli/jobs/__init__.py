@@ -1,1 +1,1 @@
-"""jobs."""
+"""What one command runs end to end: prepare, prune, inspect, export, demo, and the ``--config`` TOML files."""

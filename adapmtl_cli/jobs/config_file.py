@@ -27,7 +27,8 @@ from adapmtl_cli.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    # mypy checks as 3.10 (pyproject) but tomli is installed only on 3.10 itself, so it may be missing or not.
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 CONFIG_TOML = "config.toml"
 
@@ -45,6 +46,8 @@ class SessionOptions(BaseModel):
 
 
 SESSION_KEYS = tuple(SessionOptions.model_fields)
+SESSION_DEFAULTS = SessionOptions()
+"""The session defaults (``SESSION_DEFAULTS.log_format`` etc.), as ``prune``'s options show them."""
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -185,7 +188,8 @@ def sync_run_config_toml(run: Path) -> Path | None:
     TOML file.
     """
     from adapmtl_cli.errors import AdapmtlError
-    from adapmtl_cli.files.rundir import RunDir, read_model, write_text
+    from adapmtl_cli.files.atomic import read_model, write_text
+    from adapmtl_cli.files.rundir import RunDir
 
     rd = RunDir(run)
     if not rd.config.is_file():

@@ -11,21 +11,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from adapmtl_cli.config import ExportManifest, RunReport, make_prune_config
+from adapmtl_cli.config import DEFAULTS, ExportManifest, RunReport, make_prune_config
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.data.synth.scenes import generate_scenes
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.files.rundir import save_torch
+from adapmtl_cli.files.atomic import save_torch
 from adapmtl_cli.jobs.export import export_run
-from adapmtl_cli.jobs.prune import Hooks, run_prune
+from adapmtl_cli.jobs.prepare import Hooks
+from adapmtl_cli.jobs.prune import run_prune
 from adapmtl_cli.models import deeplab_resnet_tiny
 from adapmtl_cli.train.loop import StepInfo, to_device, train_batches
 
 DEMO_FACTORY = "adapmtl_cli.models:deeplab_resnet_tiny"
 DEMO_SIZE = (72, 96)
+DENSE_STEPS = 1200
+"""Steps that train the demo's dense model (``adapmtl demo --dense-steps``)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def train_dense(
     for _ in range(steps):
         x, y = to_device(next(batches), torch.device("cpu"))
         out = model(x)
-        loss = sum(t.loss(out[t.name], y[t.name]) for t in tasks)
+        loss = cast(torch.Tensor, sum(t.loss(out[t.name], y[t.name]) for t in tasks))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,9 +71,9 @@ def train_dense(
 def run_demo(
     out: Path,
     *,
-    sparsity: float = 0.9,
-    steps: int = 300,
-    dense_steps: int = 1200,
+    sparsity: float = DEFAULTS.sparsity,
+    steps: int = DEFAULTS.steps,
+    dense_steps: int = DENSE_STEPS,
     overwrite: bool = False,
     status: Callable[[str], None] = lambda msg: None,
     on_step: Callable[[StepInfo], None] | None = None,

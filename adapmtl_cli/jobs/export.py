@@ -8,6 +8,7 @@ with the pruned PyTorch model at several batch sizes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,13 @@ from torch import nn
 
 from adapmtl_cli.config import ComponentsManifest, ExportManifest, PruneConfig, ShrinkManifest
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.export.onnx import (
-    EXPORTERS,
-    OnnxExport,
-    OnnxParity,
-    check_onnx_parity,
-    check_sparse_roundtrip,
-    export_onnx,
-    save_dense,
-)
+from adapmtl_cli.export.dense import save_dense
+from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, check_onnx_parity, export_onnx
 from adapmtl_cli.export.shrink import shrink_model, zero_filters
-from adapmtl_cli.export.sparse_codec import VALUES_DTYPES, load_sparse, save_sparse
-from adapmtl_cli.files.rundir import RunDir, read_model, write_model
+from adapmtl_cli.export.sparse_codec import check_sparse_roundtrip, load_sparse, save_sparse
+from adapmtl_cli.export.sparse_tensor import VALUES_DTYPES
+from adapmtl_cli.files.atomic import read_model, write_model
+from adapmtl_cli.files.rundir import RunDir
 from adapmtl_cli.model.loading import load_model, load_state_into
 from adapmtl_cli.model.outputs import OutputMapping
 
@@ -89,74 +85,105 @@ def export_run(
     model, _cfg, manifest = load_pruned_model(run)
     target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
     target.mkdir(parents=True, exist_ok=True)
+    fields = _safetensors_files(model, target, narrow)
+    job = _OnnxJob.of(model, manifest, exporter, sparse_initializers)
+    if onnx:
+        fields |= _onnx_fields(job, target)
+    if shrink:
+        fields |= _shrink_fields(job, model, manifest, target)
+    result = ExportManifest(sparse_roundtrip="bit-exact", **fields)
+    write_model(target / "manifest.json", result)
+    return result
+
+
+def _safetensors_files(model: nn.Module, target: Path, narrow: torch.dtype | None) -> dict[str, Any]:
+    """Write the dense and the sparse file, check the sparse one decodes to the dense weights; manifest fields."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     dense_path = target / "model.safetensors"
     sparse_path = target / "model.sparse.safetensors"
     dense_bytes = save_dense(state, dense_path, metadata={"format": "pt", "producer": "adapmtl"})
     stats = save_sparse(state, sparse_path, values_dtype=narrow)
     check_sparse_roundtrip(state, sparse_path, values_dtype=narrow)
-    fields: dict[str, Any] = {
+    return {
+        "dense": str(dense_path),
+        "dense_bytes": dense_bytes,
+        "sparse": str(sparse_path),
+        "sparse_bytes": stats.sparse_bytes,
         "sparse_values_dtype": stats.values_dtype,
         "zero_filters": {found.layer: len(found.zero) for found in zero_filters(model)},
     }
-    wrapped = TaskOutputs(model, manifest.output_paths).eval()
-    names = list(manifest.output_paths)
-    gen = torch.Generator().manual_seed(0)
-    example = torch.rand(2, *manifest.input_shape, generator=gen)
-    inputs = [torch.rand(b, *manifest.input_shape, generator=gen) for b in PARITY_BATCH_SIZES]
-    if onnx:
-        written, parity = _onnx_file(
-            wrapped, wrapped, target / "model.onnx", example, inputs, names, exporter, sparse_initializers
+
+
+@dataclass(frozen=True)
+class _OnnxJob:
+    """What every ONNX file of one export shares: the reference model, inputs, output names and options."""
+
+    reference: TaskOutputs
+    example: torch.Tensor
+    inputs: list[torch.Tensor]
+    names: list[str]
+    exporter: str
+    sparse_initializers: bool
+
+    @classmethod
+    def of(cls, model: nn.Module, manifest: ComponentsManifest, exporter: str, sparse_initializers: bool) -> _OnnxJob:
+        gen = torch.Generator().manual_seed(0)
+        example = torch.rand(2, *manifest.input_shape, generator=gen)
+        inputs = [torch.rand(b, *manifest.input_shape, generator=gen) for b in PARITY_BATCH_SIZES]
+        reference = TaskOutputs(model, manifest.output_paths).eval()
+        return cls(reference, example, inputs, list(manifest.output_paths), exporter, sparse_initializers)
+
+    def write(self, module: nn.Module, path: Path) -> tuple[OnnxExport, OnnxParity]:
+        """Export ``module`` to ``path`` and compare it in onnxruntime with the pruned model."""
+        written = export_onnx(
+            module, self.example, path, self.names, exporter=self.exporter, sparse_initializers=self.sparse_initializers
         )
-        fields |= {
+        return written, check_onnx_parity(self.reference, path, self.inputs, self.names, atol=PARITY_ATOL)
+
+
+def _onnx_fields(job: _OnnxJob, target: Path) -> dict[str, Any]:
+    """Write and check ``model.onnx``; its manifest fields."""
+    written, parity = job.write(job.reference, target / "model.onnx")
+    return {
+        "onnx": str(written.path),
+        "onnx_bytes": written.bytes,
+        "onnx_max_abs_diff": parity.max_abs_diff,
+        "onnx_batch_sizes": list(parity.batch_sizes),
+        "onnx_exporter": job.exporter,
+        "onnx_opset": written.opset,
+        "onnx_parity": parity.per_output,
+        "onnx_external_data": None if written.external_data is None else str(written.external_data),
+        "onnx_sparse_initializers": written.sparse_initializers,
+    }
+
+
+def _shrink_fields(job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest, target: Path) -> dict[str, Any]:
+    """Shrink the model and, when channels went, write and check ``model.shrunk.onnx``; its manifest fields."""
+    layers = {layer.name: layer.component for layer in manifest.layers}
+    shrunk, report = shrink_model(model, job.inputs, components=layers)
+    fields: dict[str, Any] = {}
+    shrink_fields: dict[str, Any] = {}
+    if report.removed:
+        written, parity = job.write(TaskOutputs(shrunk, manifest.output_paths).eval(), target / "model.shrunk.onnx")
+        fields["onnx_batch_sizes"] = list(parity.batch_sizes)
+        shrink_fields = {
             "onnx": str(written.path),
             "onnx_bytes": written.bytes,
             "onnx_max_abs_diff": parity.max_abs_diff,
-            "onnx_batch_sizes": list(parity.batch_sizes),
-            "onnx_exporter": exporter,
-            "onnx_opset": written.opset,
             "onnx_parity": parity.per_output,
-            "onnx_external_data": None if written.external_data is None else str(written.external_data),
-            "onnx_sparse_initializers": written.sparse_initializers,
         }
-    if shrink:
-        layers = {layer.name: layer.component for layer in manifest.layers}
-        shrunk, report = shrink_model(model, inputs, components=layers)
-        shrink_fields: dict[str, Any] = {}
-        if report.removed:
-            shrunk_wrapped = TaskOutputs(shrunk, manifest.output_paths).eval()
-            written, parity = _onnx_file(
-                shrunk_wrapped, wrapped, target / "model.shrunk.onnx", example, inputs, names, exporter,
-                sparse_initializers,
-            )  # fmt: skip
-            fields["onnx_batch_sizes"] = list(parity.batch_sizes)
-            shrink_fields = {
-                "onnx": str(written.path),
-                "onnx_bytes": written.bytes,
-                "onnx_max_abs_diff": parity.max_abs_diff,
-                "onnx_parity": parity.per_output,
-            }
-        fields["shrink"] = ShrinkManifest(
-            status="shrunk" if report.removed else "nothing removed" if report.possible else "not possible",
-            reason=report.reason,
-            removed_channels=report.removed,
-            params_before=report.params_before,
-            params_after=report.params_after,
-            flops_before=report.flops_before,
-            flops_after=report.flops_after,
-            max_abs_diff=report.max_abs_diff,
-            **shrink_fields,
-        )
-    result = ExportManifest(
-        dense=str(dense_path),
-        dense_bytes=dense_bytes,
-        sparse=str(sparse_path),
-        sparse_bytes=stats.sparse_bytes,
-        sparse_roundtrip="bit-exact",
-        **fields,
+    fields["shrink"] = ShrinkManifest(
+        status="shrunk" if report.removed else "nothing removed" if report.possible else "not possible",
+        reason=report.reason,
+        removed_channels=report.removed,
+        params_before=report.params_before,
+        params_after=report.params_after,
+        flops_before=report.flops_before,
+        flops_after=report.flops_after,
+        max_abs_diff=report.max_abs_diff,
+        **shrink_fields,
     )
-    write_model(target / "manifest.json", result)
-    return result
+    return fields
 
 
 def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initializers: bool) -> torch.dtype | None:
@@ -171,21 +198,6 @@ def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initia
     if problems:
         raise ConfigError("; ".join(problems))
     return None if values_dtype is None else VALUES_DTYPES[values_dtype]
-
-
-def _onnx_file(
-    module: nn.Module,
-    reference: nn.Module,
-    path: Path,
-    example: torch.Tensor,
-    inputs: list[torch.Tensor],
-    names: list[str],
-    exporter: str,
-    sparse_initializers: bool,
-) -> tuple[OnnxExport, OnnxParity]:
-    """Export ``module`` to ``path`` and compare it in onnxruntime with ``reference`` (the pruned model)."""
-    written = export_onnx(module, example, path, names, exporter=exporter, sparse_initializers=sparse_initializers)
-    return written, check_onnx_parity(reference, path, inputs, names, atol=PARITY_ATOL)
 
 
 def densify_file(sparse: Path, dest: Path) -> int:

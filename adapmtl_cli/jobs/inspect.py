@@ -12,16 +12,17 @@ import copy
 import resource
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.jobs.prune import Prepared
-from adapmtl_cli.methods import MethodContext, build_pruner
-from adapmtl_cli.train.loop import autocast_for, resolve_device, to_device
+from adapmtl_cli.api import prepare
+from adapmtl_cli.config import PruneConfig
+from adapmtl_cli.jobs.prepare import Prepared
+from adapmtl_cli.train.batches import check_batch_size, to_device
+from adapmtl_cli.train.device import autocast, autocast_dtype, resolve_device
+from adapmtl_cli.train.loop import adam
 
 REASONS = ("excluded", "type not prunable", "unreached", "frozen")
 
@@ -84,28 +85,18 @@ def _peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
-def estimate_step(
-    prepared: Prepared,
-    *,
-    method: str,
-    batch_size: int,
-    device: str,
-    steps: int,
-    sparsity: float,
-    ramp_end: float = 0.75,
-    layer_scale: str | None = None,
-    timed_steps: int = 2,
-) -> StepEstimate:
-    """Time ``timed_steps`` training steps of ``method`` (after one warm-up) on one real batch.
+def estimate_step(prepared: Prepared, cfg: PruneConfig, *, timed_steps: int = 2) -> StepEstimate:
+    """Time ``timed_steps`` training steps of the planned run ``cfg`` (after one warm-up) on one real batch.
+
+    The steps are the real run's: the library's ``Pruning`` with the run's method, layer scale, threshold
+    learning rate and precision.
 
     Raises:
-        ConfigError: the train split has fewer samples than ``batch_size``, or the device is unavailable.
+        ConfigError: the train split has fewer samples than the batch size, or the device is unavailable.
     """
-    n = len(prepared.train)  # type: ignore[arg-type]
-    if n < batch_size:
-        raise ConfigError(f"--batch-size {batch_size} is larger than the train split ({n} samples); lower it")
-    dev = resolve_device(device)
-    items = [prepared.train[i] for i in range(batch_size)]
+    check_batch_size(cfg.batch_size, len(prepared.train))  # type: ignore[arg-type]
+    dev = resolve_device(cfg.device)
+    items = [prepared.train[i] for i in range(cfg.batch_size)]
     batch = to_device(
         (
             torch.stack([x for x, _ in items]),
@@ -114,52 +105,50 @@ def estimate_step(
         dev,
     )
     model: nn.Module = copy.deepcopy(prepared.loaded.model).to(dev).train()
-
-    def losses(module: nn.Module, b: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        with autocast_for(dev):
-            preds = prepared.mapping.select(module(b[0]))
-        return {t.name: t.loss(preds[t.name], b[1][t.name]) for t in prepared.tasks}
-
-    def calibration() -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        yield batch
-
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    pruner = build_pruner(
-        method,
-        MethodContext(
-            model,
-            prepared.cmap,
-            sparsity,
-            steps,
-            ramp_end,
-            calibration=calibration,
-            task_losses=losses,
-            layer_scale=layer_scale,
-        ),
+    pruning = prepare(
+        model,
+        batch[0],
+        tasks=prepared.tasks,
+        sparsity=cfg.sparsity,
+        steps=cfg.steps,
+        method=cfg.method,
+        calibration=[batch],
+        losses={t.name: t.loss for t in prepared.tasks},
+        weighting=cfg.weighting,
+        layer_scale=cfg.layer_scale,
+        threshold_lr=cfg.threshold_lr,
+        ramp_end=cfg.ramp_end,
+        component_sparsity=cfg.component_sparsity,
+        discovery=prepared.discovery,
     )
-    pruner.module.to(dev).train()
-    optimizer = torch.optim.Adam(pruner.param_groups(1e-4, 1e-2))
+    optimizer = adam(pruning.param_groups(cfg.lr))
+    dtype = autocast_dtype(cfg.precision, dev.type)
+    mapping = prepared.mapping
 
-    def one_step(step: int) -> None:
-        total = sum(losses(pruner.module, batch).values())
+    def one_step() -> None:
+        with autocast(dev, dtype):
+            preds = mapping.select(pruning.model(batch[0]))
+        losses = {t.name: t.loss(preds[t.name].float(), batch[1][t.name]) for t in prepared.tasks}
+        total = pruning.weigh(losses)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()  # type: ignore[union-attr]
+        total.backward()
         optimizer.step()
-        pruner.after_step_(step)
+        pruning.step()
 
-    one_step(1)  # warm-up: allocator, kernels, lazy state
+    one_step()  # warm-up: allocator, kernels, lazy state
     _sync(dev)
     start = time.perf_counter()
-    for i in range(timed_steps):
-        one_step(2 + i)
+    for _ in range(timed_steps):
+        one_step()
     _sync(dev)
     per_step = (time.perf_counter() - start) / timed_steps
     if dev.type == "cuda":
         peak, kind = int(torch.cuda.max_memory_allocated(dev)), "CUDA memory allocated"
     else:
         peak, kind = _peak_rss_bytes(), "process resident memory"
-    return StepEstimate(method, str(dev), batch_size, timed_steps, per_step, steps, peak, kind)
+    return StepEstimate(cfg.method, str(dev), cfg.batch_size, timed_steps, per_step, cfg.steps, peak, kind)
 
 
 def _sync(dev: torch.device) -> None:

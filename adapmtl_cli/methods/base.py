@@ -23,7 +23,14 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods.layer_scales import LAYER_SCALES, saliency_scales
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, best_task_ranks
 from adapmtl_cli.model.discover import ComponentMap
-from adapmtl_cli.sparsity.masks import MaskedModel, bake_masks_, inject_masks_, keep_top_, mask_zeros
+from adapmtl_cli.sparsity.masks import (
+    MaskedModel,
+    bake_masks_,
+    effective_magnitudes,
+    inject_masks_,
+    keep_top_,
+    mask_zeros,
+)
 from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target
 from adapmtl_cli.sparsity.thresholds import (
     LayerZeros,
@@ -181,8 +188,6 @@ class MaskPruner:
 
     def scores(self) -> dict[str, torch.Tensor]:
         """Higher = keep. Subclasses override (default: magnitude of the effective weight)."""
-        from adapmtl_cli.sparsity.masks import effective_magnitudes
-
         return effective_magnitudes(self.mm)
 
     def apply_(self, sparsity: float) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
+from adapmtl_cli.methods.registry import register_method
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, best_task_ranks
 
 

@@ -5,8 +5,8 @@ Masks are recomputed every ``steps // 50`` steps from the effective weights, so 
 
 from __future__ import annotations
 
-from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
+from adapmtl_cli.methods.registry import register_method
 
 
 @register_method("gmp")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
+from adapmtl_cli.methods.registry import register_method
 
 
 @register_method("str_layer", layer_scale="none")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from adapmtl_cli.methods import register_method
 from adapmtl_cli.methods.base import MaskPruner, MethodContext
+from adapmtl_cli.methods.registry import register_method
 from adapmtl_cli.sparsity.masks import effective_magnitudes
 
 

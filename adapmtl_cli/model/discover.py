@@ -93,22 +93,6 @@ def _common_prefix(names: Sequence[str]) -> str:
     return ".".join(prefix)
 
 
-def parse_head_overrides(values: Sequence[str], tasks: Sequence[str]) -> dict[str, list[str]]:
-    """``["seg=decoder.seg*"]`` -> ``{"segmentation": ["decoder.seg*"]}`` with task aliases resolved."""
-    from adapmtl_cli.tasks import match_task
-
-    out: dict[str, list[str]] = {}
-    for value in values:
-        task, sep, pattern = value.partition("=")
-        canon = match_task(task, tasks)
-        if not sep or not pattern:
-            raise ConfigError(f"--head {value!r} must look like TASK=GLOB, e.g. segmentation='heads.seg.*'")
-        if canon is None:
-            raise ConfigError(f"--head {value!r} names task {task!r}; the tasks are {', '.join(tasks)}")
-        out.setdefault(canon, []).append(pattern)
-    return out
-
-
 def _matches(fqn: str, patterns: Sequence[str]) -> bool:
     # A glob naming a module also covers its submodules: "heads.seg" matches "heads.seg.0.conv".
     return any(fnmatch.fnmatchcase(fqn, p) or fnmatch.fnmatchcase(fqn, p + ".*") for p in patterns)
@@ -135,6 +119,36 @@ def reachability(model: nn.Module, outputs: dict[str, torch.Tensor], tasks: Sequ
     return {n: frozenset(s) for n, s in reached.items()}
 
 
+def _module_tasks(
+    model: nn.Module,
+    reach: dict[str, frozenset[str]],
+    tasks: Sequence[str],
+    backbone: Sequence[str],
+    heads: dict[str, list[str]],
+) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
+    """Per module with reached parameters, the tasks it serves (after the overrides), and the overrides applied."""
+    module_tasks: dict[str, frozenset[str]] = {}
+    overrides: dict[str, str] = {}
+    for mname, module in model.named_modules():
+        own = [f"{mname}.{pn}" if mname else pn for pn, _ in module.named_parameters(recurse=False)]
+        own = [n for n in own if n in reach]
+        if not own:
+            continue
+        tasks_here = frozenset().union(*(reach[n] for n in own))
+        if _matches(mname, backbone):
+            tasks_here = frozenset(tasks)
+            overrides[mname] = "backbone"
+        for task, patterns in heads.items():
+            if _matches(mname, patterns):
+                tasks_here = frozenset([task])
+                overrides[mname] = f"head:{task}"
+        module_tasks[mname] = tasks_here
+    for pattern in [*backbone, *(p for ps in heads.values() for p in ps)]:
+        if not any(_matches(m, [pattern]) for m in module_tasks):
+            raise ConfigError(f"override glob {pattern!r} matches no module with parameters; see `adapmtl inspect`")
+    return module_tasks, overrides
+
+
 def discover_components(
     model: nn.Module,
     outputs: dict[str, torch.Tensor],
@@ -155,27 +169,8 @@ def discover_components(
         heads: ``task -> module globs`` forced into that task's head (``--head``).
     """
     heads = heads or {}
-    reach = reachability(model, outputs, tasks)
     modules = dict(model.named_modules())
-    module_tasks: dict[str, frozenset[str]] = {}
-    overrides: dict[str, str] = {}
-    for mname, module in modules.items():
-        own = [f"{mname}.{pn}" if mname else pn for pn, _ in module.named_parameters(recurse=False)]
-        own = [n for n in own if n in reach]
-        if not own:
-            continue
-        tasks_here = frozenset().union(*(reach[n] for n in own))
-        if _matches(mname, backbone):
-            tasks_here = frozenset(tasks)
-            overrides[mname] = "backbone"
-        for task, patterns in heads.items():
-            if _matches(mname, patterns):
-                tasks_here = frozenset([task])
-                overrides[mname] = f"head:{task}"
-        module_tasks[mname] = tasks_here
-    for pattern in [*backbone, *(p for ps in heads.values() for p in ps)]:
-        if not any(_matches(m, [pattern]) for m in module_tasks):
-            raise ConfigError(f"override glob {pattern!r} matches no module with parameters; see `adapmtl inspect`")
+    module_tasks, overrides = _module_tasks(model, reachability(model, outputs, tasks), tasks, backbone, heads)
 
     groups: dict[str, list[str]] = {}
     kinds: dict[str, tuple[str, tuple[str, ...]]] = {}

@@ -147,10 +147,10 @@ def map_outputs(raw: Any, tasks: Sequence[OutputTask], batch: int, names: Sequen
                 paths[t.name] = fits[0].path
         by_channels = len(paths) - by_names
         how = "+".join(w for w, n in (("names", by_names), ("channels", by_channels)) if n) or "none"
-    missing = [t.name for t in tasks if t.name not in paths]
-    if missing:
+    unmatched = [t.name for t in tasks if t.name not in paths]
+    if unmatched:
         raise DiscoveryError(
-            f"cannot tell which output is task {', '.join(map(repr, missing))}: the model returned "
+            f"cannot tell which output is task {', '.join(map(repr, unmatched))}: the model returned "
             f"{_summary(leaves)} and the tasks need {_need(tasks)}; pass --outputs with one task name per "
             "output in order ('_' skips one; outputs=[...] in the API), or use --tasks to prune for fewer tasks"
         )

@@ -226,4 +226,4 @@ def embedded_json(page: str) -> dict[str, object]:
         '<script type="application/json" id="report-data">'
     )
     end = page.index("</script>", start)
-    return json.loads(page[start:end])  # type: ignore[no-any-return]
+    return json.loads(page[start:end])

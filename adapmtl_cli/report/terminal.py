@@ -1,14 +1,15 @@
-"""Render runs for the terminal (rich) and pick the renderer for each ``--format``.
+"""Render runs, ``inspect``'s dry run and ``data check`` for the terminal (rich); pick the renderer per ``--format``.
 
-Renderers are pure: they take ``report_data`` views and return a renderable or a string; only ``ui.py``
-prints. Markdown, CSV and JSON live in ``report_text``, the HTML page in ``report_html``, figures in ``plots``.
+Renderers are pure: they take ``views`` (or the plain records a job returns) and give back a renderable or a
+string; only ``cli/ui.py`` prints. Markdown, CSV and JSON live in ``text``, the HTML page in ``html``, figures in
+``plots``. Nothing here imports a job: the dry run's records are described by the protocols below.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -33,10 +34,9 @@ from adapmtl_cli.report.views import (
     sorted_layers,
 )
 
-if TYPE_CHECKING:
-    from adapmtl_cli.jobs.inspect import NotPruned, StepEstimate
-
 __all__ = [
+    "NotPrunedModule",
+    "StepCost",
     "components_renderable",
     "compare_renderable",
     "dataset_renderable",
@@ -45,6 +45,42 @@ __all__ = [
     "report_markdown",
     "report_renderable",
 ]
+
+
+class NotPrunedModule(Protocol):
+    """A module that keeps all its weights, and why (what ``jobs.inspect.not_pruned`` lists)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def params(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class StepCost(Protocol):
+    """The measured cost of a planned run's training step (what ``jobs.inspect.estimate_step`` returns)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def timed_steps(self) -> int: ...
+    @property
+    def seconds_per_step(self) -> float: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def peak_memory_bytes(self) -> int: ...
+    @property
+    def memory_kind(self) -> str: ...
+    @property
+    def total_seconds(self) -> float: ...
 
 
 def _bar(fraction: float, width: int = 12) -> str:
@@ -206,7 +242,7 @@ def render_text(
         return report_html(runs, layers=layers, sort=sort, plots=plots)
     console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, soft_wrap=False)
     console.print(terminal_renderable(runs, layers=layers, sort=sort))
-    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def terminal_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: str = "model") -> Group:
@@ -217,8 +253,8 @@ def terminal_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: 
 
 def components_renderable(
     manifest: ComponentsManifest,
-    not_pruned: Sequence[NotPruned] | None = None,
-    estimate: StepEstimate | None = None,
+    not_pruned: Sequence[NotPrunedModule] | None = None,
+    estimate: StepCost | None = None,
 ) -> Group:
     """``inspect``'s view: the component tree, what will not be pruned and why, and the step estimate."""
     tree = Tree(
@@ -267,12 +303,12 @@ def components_renderable(
     return Group(*parts)
 
 
-def _not_pruned_table(items: Sequence[NotPruned]) -> Table:
+def _not_pruned_table(items: Sequence[NotPrunedModule]) -> Table:
     """Modules that keep all their weights: norms and other types grouped by type, named modules listed."""
     table = Table(title="Not pruned", title_justify="left")
     for col in ("reason", "modules", "params"):
         table.add_column(col, justify="right" if col == "params" else "left")
-    groups: dict[tuple[str, str], list[NotPruned]] = {}
+    groups: dict[tuple[str, str], list[NotPrunedModule]] = {}
     for x in items:
         key = (x.reason, x.type if x.reason == "type not prunable" else "")
         groups.setdefault(key, []).append(x)

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from adapmtl_cli.config import LayerSparsity, PruneConfig, RunReport
 from adapmtl_cli.errors import AdapmtlError, ConfigError
-from adapmtl_cli.files.rundir import RunDir, atomic_write, read_jsonl, read_model
+from adapmtl_cli.files.atomic import atomic_write, read_jsonl, read_model
+from adapmtl_cli.files.rundir import RunDir
 
 FORMATS = ("table", "json", "markdown", "csv", "html")
 SORTS = ("model", "sparsity", "params", "name")

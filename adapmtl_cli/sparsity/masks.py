@@ -8,6 +8,7 @@ ranking by a score and cutting at a count, never at a threshold value, so ties c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from adapmtl_cli.sparsity.thresholds import ParametrizedLayers, parameter_order
 
 class WeightMask(nn.Module):
     """Parametrization ``w -> w * mask``; the mask is a buffer (saved with the model's state)."""
+
+    mask: torch.Tensor
 
     def __init__(self, shape: torch.Size) -> None:
         super().__init__()
@@ -32,7 +35,7 @@ class MaskedModel(ParametrizedLayers):
     """The user's model with a mask on every prunable layer of the component map (groups = components)."""
 
     def mask(self, fqn: str) -> torch.Tensor:
-        return self.layer_modules()[fqn].parametrizations.weight[0].mask
+        return cast(WeightMask, self.weight_parametrization(fqn)[0]).mask
 
 
 def inject_masks_(model: nn.Module, cmap: ComponentMap) -> MaskedModel:
@@ -82,5 +85,5 @@ def bake_masks_(mm: MaskedModel) -> nn.Module:
     model = mm.unparametrize_()
     for module in modules:
         # w * 0 is -0.0 for negative w; adding +0.0 turns every zero into +0.0 and changes nothing else.
-        module.weight.add_(0.0)
+        cast(torch.Tensor, module.weight).add_(0.0)
     return model

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.sparsity.thresholds import ThresholdedModel
 
 
@@ -47,7 +48,8 @@ _SAMPLE = 1 << 16
 
 def _flat(w: torch.Tensor) -> torch.Tensor:
     """All values of ``w`` as a 1-D view, in memory order (also for channels-last weights)."""
-    order = sorted(range(w.dim()), key=lambda d: -w.stride(d))
+    strides = w.stride()
+    order = sorted(range(w.dim()), key=lambda d: -strides[d])
     return w.permute(order).reshape(-1)
 
 
@@ -223,8 +225,6 @@ def _bisect(counter: _ZeroCounter, want: int, iters: int) -> tuple[float, int]:
 
 def check_bounds(bounds: Bounds, sizes: dict[str, int], target: float) -> None:
     """Refuse bounds on unknown groups, inverted or out-of-range bounds, and bounds no split can meet."""
-    from adapmtl_cli.errors import ConfigError
-
     for group, (low, high) in bounds.items():
         if group not in sizes:
             raise ConfigError(

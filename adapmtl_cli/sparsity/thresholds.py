@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ class ThresholdBank(nn.Module):
         self.raw = nn.ParameterDict({_key(g): nn.Parameter(torch.tensor(float(init))) for g in self.groups})
 
     def logit(self, group: str) -> nn.Parameter:
-        return self.raw[_key(group)]
+        return cast(nn.Parameter, self.raw[_key(group)])
 
     def value(self, group: str) -> torch.Tensor:
         """The threshold ``sigmoid(s)`` in fp32."""
@@ -92,7 +92,7 @@ def soft_threshold(weight: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
     ``t`` is a 0-d tensor of ``weight``'s dtype.
     """
-    return _SoftThresholdFn.apply(weight, t)  # type: ignore[no-any-return]
+    return _SoftThresholdFn.apply(weight, t)
 
 
 class SoftThreshold(nn.Module):
@@ -101,6 +101,9 @@ class SoftThreshold(nn.Module):
     ``scale`` is the layer's fixed threshold scale (1 unless the method sets layer scales, see
     ``layer_scales.py``): the group's one learnable threshold, measured in this layer's own units.
     """
+
+    _bank: ThresholdBank
+    scale: torch.Tensor
 
     def __init__(self, bank: ThresholdBank, group: str) -> None:
         super().__init__()
@@ -142,8 +145,13 @@ class ParametrizedLayers(nn.Module):
             self.__dict__["_layer_cache"] = cache
         return cache
 
+    def weight_parametrization(self, fqn: str) -> parametrize.ParametrizationList:
+        """The parametrization list on layer ``fqn``'s weight (``original`` is the raw weight)."""
+        module: Any = self.layer_modules()[fqn]  # parametrize adds ``parametrizations`` at run time
+        return cast(parametrize.ParametrizationList, module.parametrizations.weight)
+
     def raw_weight(self, fqn: str) -> torch.Tensor:
-        return self.layer_modules()[fqn].parametrizations.weight.original
+        return self.weight_parametrization(fqn).original
 
     def unparametrize_(self) -> nn.Module:
         """Make every parametrized weight a plain parameter holding its current value; returns the user's model.
@@ -185,7 +193,7 @@ class ThresholdedModel(ParametrizedLayers):
         """Whether any layer scale may differ from 1 (set by ``set_layer_scales_``; saves work when not)."""
 
     def soft_threshold(self, fqn: str) -> SoftThreshold:
-        return self.layer_modules()[fqn].parametrizations.weight[0]  # type: ignore[no-any-return]
+        return cast(SoftThreshold, self.weight_parametrization(fqn)[0])
 
     def layer_scale(self, fqn: str) -> torch.Tensor:
         """The layer's threshold scale (a 0-d fp32 buffer, saved with the model's state)."""

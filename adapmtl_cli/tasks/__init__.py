@@ -1,85 +1,14 @@
-"""Registry of task kinds (segmentation, depth, normal, ...) and the aliases users and models use for them."""
+"""Task kinds (segmentation, depth, normal, ...): the registry, the task contract, and the built-in kinds.
+
+Importing this package registers the built-in kinds: each kind module registers its own with
+:func:`~adapmtl_cli.tasks.registry.register_task`, so the registry never imports a kind.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.tasks import classification, dense_regression, depth, normal, segmentation  # noqa: F401  (registration)
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec, TaskSpec
-
-TASKS: dict[str, Callable[..., TaskSpec]] = {}
-
-# Names seen in the wild (MTAN, LibMTL, AdaShare, Taskonomy, user code) -> canonical registry key.
-ALIASES: dict[str, str] = {
-    "seg": "segmentation",
-    "segmentation": "segmentation",
-    "semantic": "segmentation",
-    "semseg": "segmentation",
-    "segment_semantic": "segmentation",
-    "label": "segmentation",
-    "depth": "depth",
-    "depth_zbuffer": "depth",
-    "normal": "normal",
-    "normals": "normal",
-    "surface_normal": "normal",
-    "surface_normals": "normal",
-    "sn": "normal",
-    "classification": "classification",
-    "multilabel": "multilabel",
-    "regression": "regression",
-    "keypoints": "keypoints",
-    "keypoint": "keypoints",
-    "keypoints2d": "keypoints",
-    "edges": "edges",
-    "edge": "edges",
-    "edge_texture": "edges",
-}
-
-
-def register_task(name: str) -> Callable[[Callable[..., TaskSpec]], Callable[..., TaskSpec]]:
-    """Register a task factory under ``name``; registering a name twice is a bug."""
-
-    def wrap(factory: Callable[..., TaskSpec]) -> Callable[..., TaskSpec]:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is registered twice")
-        TASKS[name] = factory
-        return factory
-
-    return wrap
-
-
-def canonical_task_name(name: str) -> str | None:
-    """The registry key for a task name or alias (case-insensitive), or None when unknown."""
-    return ALIASES.get(name.strip().lower().replace("-", "_"))
-
-
-def match_task(name: str, task_names: Sequence[str]) -> str | None:
-    """Which of ``task_names`` the user or model name ``name`` means: an exact (case-insensitive) match first,
-    then an alias of a built-in kind (``seg`` -> ``segmentation``); None when neither applies."""
-    folded = name.strip().lower()
-    for task in task_names:
-        if task.lower() == folded:
-            return task
-    canon = canonical_task_name(name)
-    return canon if canon in task_names else None
-
-
-def get_task(name: str, /, **kwargs: Any) -> TaskSpec:
-    """Build the task registered as ``name`` (aliases accepted)."""
-    key = canonical_task_name(name)
-    if key is None or key not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[key](**kwargs)
-
-
-from adapmtl_cli.tasks import (  # noqa: E402,F401  (registration side effects)
-    classification,  # noqa: E402,F401  (registration side effects)
-    dense_regression,  # noqa: E402,F401  (registration side effects)
-    depth,
-    normal,
-    segmentation,
-)
+from adapmtl_cli.tasks.registry import ALIASES, TASKS, canonical_task_name, get_task, match_task, register_task
 
 __all__ = [
     "ALIASES",

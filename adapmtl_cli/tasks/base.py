@@ -35,17 +35,28 @@ class MetricMeter(Protocol):
 class TaskSpec(Protocol):
     """A task kind: what the model must output for it, its loss and its metrics.
 
-    Attributes:
-        name: the task's name in its dataset: the key of its target in each sample, of its output, of its
-            metrics. Built-in kinds default to their registry key (``"segmentation"``); a dataset with two
-            tasks of one kind names them apart (``Classification(name="left_digit")``).
-        channels: number of output channels the model must produce for this task.
-        metrics: the metrics ``new_meter().compute()`` returns, in display order.
+    The three attributes are read-only here, so a task may provide each as a (frozen dataclass) field, a
+    class variable or a property.
     """
 
-    name: str
-    channels: int
-    metrics: tuple[MetricSpec, ...]
+    @property
+    def name(self) -> str:
+        """The task's name in its dataset: the key of its target in each sample, of its output, of its metrics.
+
+        Built-in kinds default to their registry key (``"segmentation"``); a dataset with two tasks of one kind
+        names them apart (``Classification(name="left_digit")``).
+        """
+        ...
+
+    @property
+    def channels(self) -> int:
+        """Number of output channels the model must produce for this task."""
+        ...
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """The metrics ``new_meter().compute()`` returns, in display order."""
+        ...
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 

@@ -32,34 +32,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
-from adapmtl_cli.tasks import register_task
+from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ",".join(str(s) for s in t.shape) + ")"
-
-
-def _vector_output(task: str, pred: torch.Tensor, channels: int, batch: int) -> torch.Tensor:
-    """``pred`` as fp32 ``(B, channels)``, after checks; ``(B, C, 1, 1)`` is flattened."""
-    if pred.dim() == 4 and pred.shape[-2:] == (1, 1):
-        pred = pred.flatten(1)
-    if pred.dim() != 2 or not pred.is_floating_point():
-        raise DiscoveryError(
-            f"task {task!r} expects a float output (B,{channels}) or (B,{channels},1,1), got {_shape(pred)} "
-            f"{pred.dtype}; pool the head's feature map (e.g. x.mean((2, 3))) or check --outputs"
-        )
-    if pred.shape[1] != channels:
-        raise DiscoveryError(
-            f"task {task!r} expects {channels} outputs per sample, got {pred.shape[1]} {_shape(pred)}; "
-            "check --outputs or the head size"
-        )
-    if pred.shape[0] != batch:
-        raise DiscoveryError(
-            f"task {task!r} output has batch size {pred.shape[0]} but its target has {batch}; check --outputs"
-        )
-    return pred.float()
+from adapmtl_cli.tasks.checks import shape_text, vector_output
+from adapmtl_cli.tasks.registry import register_task
 
 
 def _class_target(task: str, target: torch.Tensor) -> torch.Tensor:
@@ -68,7 +44,7 @@ def _class_target(task: str, target: torch.Tensor) -> torch.Tensor:
         target = target[:, 0]
     if target.dim() != 1 or target.is_floating_point() or target.is_complex():
         raise DataError(
-            f"task {task!r} expects one integer class id per sample (batch (B,)), got {_shape(target)} "
+            f"task {task!r} expects one integer class id per sample (batch (B,)), got {shape_text(target)} "
             f"{target.dtype}; return torch.tensor(label) (int64) from the dataset"
         )
     return target.long()
@@ -113,7 +89,7 @@ class Classification:
         the meter reports them as a ``DataError``.
         """
         labels = _class_target(self.name, target)
-        logits = _vector_output(self.name, pred, self.num_classes, labels.shape[0])
+        logits = vector_output(self.name, pred, self.num_classes, labels.shape[0])
         labels = labels.to(logits.device)
         valid = (labels >= 0) & (labels < self.num_classes)
         safe = torch.where(valid, labels, torch.full_like(labels, -100))
@@ -136,7 +112,7 @@ class _ClassMeter:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         labels = _class_target(self.task, target)
-        logits = _vector_output(self.task, pred.detach(), self.num_classes, labels.shape[0])
+        logits = vector_output(self.task, pred.detach(), self.num_classes, labels.shape[0])
         labels = labels.to(logits.device)
         keep = labels != self.ignore_index
         truth = labels[keep]
@@ -193,10 +169,10 @@ class Multilabel:
             target = target[:, None]
         if target.dim() != 2 or target.shape[1] != self.num_labels or target.is_complex():
             raise DataError(
-                f"task {self.name!r} expects targets (B,{self.num_labels}) of 1/0/-1, got {_shape(target)}; "
+                f"task {self.name!r} expects targets (B,{self.num_labels}) of 1/0/-1, got {shape_text(target)}; "
                 "check the dataset"
             )
-        logits = _vector_output(self.name, pred, self.num_labels, target.shape[0])
+        logits = vector_output(self.name, pred, self.num_labels, target.shape[0])
         return logits, target.to(device=logits.device, dtype=torch.float32)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -287,10 +263,10 @@ class Regression:
             target = target[:, None]
         if target.dim() != 2 or target.shape[1] != self.num_outputs or not target.is_floating_point():
             raise DataError(
-                f"task {self.name!r} expects float targets (B,{self.num_outputs}), got {_shape(target)} "
+                f"task {self.name!r} expects float targets (B,{self.num_outputs}), got {shape_text(target)} "
                 f"{target.dtype}; check the dataset"
             )
-        p = _vector_output(self.name, pred, self.num_outputs, target.shape[0])
+        p = vector_output(self.name, pred, self.num_outputs, target.shape[0])
         return p, target.to(device=p.device, dtype=torch.float32)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

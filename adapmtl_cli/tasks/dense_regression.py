@@ -29,38 +29,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
-from adapmtl_cli.tasks import register_task
+from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.checks import dense_output, label_target, shape_text
 from adapmtl_cli.tasks.depth import Depth
 from adapmtl_cli.tasks.normal import Normal
+from adapmtl_cli.tasks.registry import register_task
 from adapmtl_cli.tasks.segmentation import Segmentation
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ",".join(str(s) for s in t.shape) + ")"
-
-
-def _check_pred(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> torch.Tensor:
-    """``pred`` as fp32 at the target's spatial size, after checking it is ``(B, channels, h, w)`` float."""
-    if pred.dim() != 4 or not pred.is_floating_point():
-        raise DiscoveryError(
-            f"task {name!r} expects a float output (B,{channels},h,w), got {_shape(pred)} {pred.dtype}; check --outputs"
-        )
-    if pred.shape[1] != channels:
-        raise DiscoveryError(
-            f"task {name!r} expects {channels} output channels, got {pred.shape[1]} {_shape(pred)}; check --outputs"
-        )
-    if pred.shape[0] != target.shape[0]:
-        raise DiscoveryError(
-            f"task {name!r} output has batch size {pred.shape[0]} but its target has {target.shape[0]} "
-            f"({_shape(pred)} vs {_shape(target)}); check --outputs"
-        )
-    pred = pred.float()
-    if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
-    return pred
-
 
 # --- keypoints and edges --------------------------------------------------------------------------------
 
@@ -71,10 +46,11 @@ def _align_dense(name: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[t
         target = target.unsqueeze(1)
     if target.dim() != 4 or target.shape[1] != 1 or not target.is_floating_point():
         raise DataError(
-            f"task {name!r} expects float targets (B,1,H,W) with NaN = invalid, got {_shape(target)} "
+            f"task {name!r} expects float targets (B,1,H,W) with NaN = invalid, got {shape_text(target)} "
             f"{target.dtype}; check the dataset adapter"
         )
-    pred = _check_pred(name, pred, target, 1)
+    # "1 output channels" is the wording these kinds have always used; users and tests match it.
+    pred = dense_output(name, pred, target, 1, channel_noun="channels")
     target = target.to(device=pred.device, dtype=torch.float32)
     valid = torch.isfinite(target)
     # Replaced before any arithmetic: 0 * NaN is NaN, so masking a NaN difference afterwards would still leak
@@ -142,14 +118,8 @@ class _L1Meter:
 
 def _align_labels(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> tuple[torch.Tensor, ...]:
     """fp32 logits at the target's size and the ``(B, H, W)`` int64 labels, after the segmentation checks."""
-    if target.dim() == 4 and target.shape[1] == 1:
-        target = target[:, 0]
-    if target.dim() != 3 or target.is_floating_point() or target.is_complex():
-        raise DataError(
-            f"task {name!r} expects integer targets (B,H,W), got {_shape(target)} {target.dtype}; "
-            "check the dataset adapter"
-        )
-    logits = _check_pred(name, pred, target, channels)
+    target = label_target(name, target)
+    logits = dense_output(name, pred, target, channels)
     return logits, target.to(device=logits.device, dtype=torch.long)
 
 
@@ -274,7 +244,7 @@ class _CosineMeter:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         self.base.update(pred, target)  # first: it checks the shapes
-        p = _check_pred(self.name, pred.detach(), target, 3)
+        p = dense_output(self.name, pred.detach(), target, 3)
         g = target.to(device=p.device, dtype=torch.float32)
         valid = (g != 0).any(dim=1)
         cos = (F.normalize(p, dim=1) * F.normalize(g, dim=1)).sum(dim=1)[valid].clamp(-1.0, 1.0)

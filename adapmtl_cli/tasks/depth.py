@@ -15,43 +15,21 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from adapmtl_cli.errors import DataError, DiscoveryError
-from adapmtl_cli.tasks import register_task
+from adapmtl_cli.errors import DataError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.checks import dense_output, map_target
+from adapmtl_cli.tasks.registry import register_task
 
 _NAME = "depth"
 _DELTA1 = 1.25
 _MIN_DEPTH = 1e-6
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ",".join(str(s) for s in t.shape) + ")"
-
-
 def _align(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``pred`` and ``target`` as fp32 ``(B, 1, H, W)`` at the target's size, after shape checks."""
-    if target.dim() == 3:
-        target = target.unsqueeze(1)
-    if target.dim() != 4 or target.shape[1] != 1:
-        raise DataError(f"task {_NAME!r} expects targets (B,1,H,W), got {_shape(target)}; check the dataset adapter")
-    if pred.dim() != 4 or not pred.is_floating_point():
-        raise DiscoveryError(
-            f"task {_NAME!r} expects a float output (B,1,h,w), got {_shape(pred)} {pred.dtype}; check --outputs"
-        )
-    if pred.shape[1] != 1:
-        raise DiscoveryError(
-            f"task {_NAME!r} expects 1 output channel, got {pred.shape[1]} {_shape(pred)}; check --outputs"
-        )
-    if pred.shape[0] != target.shape[0]:
-        raise DiscoveryError(
-            f"task {_NAME!r} output has batch size {pred.shape[0]} but its target has {target.shape[0]} "
-            f"({_shape(pred)} vs {_shape(target)}); check --outputs"
-        )
-    pred = pred.float()
-    if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+    target = map_target(_NAME, target, 1)
+    pred = dense_output(_NAME, pred, target, 1)
     return pred, target.to(device=pred.device, dtype=torch.float32)
 
 

@@ -21,9 +21,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from adapmtl_cli.errors import DataError, DiscoveryError
-from adapmtl_cli.tasks import register_task
+from adapmtl_cli.errors import DataError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.checks import dense_output, map_target
+from adapmtl_cli.tasks.registry import register_task
 
 _NAME = "normal"
 _BIN_DEG = 0.01
@@ -31,30 +32,10 @@ _BINS = 18_000
 _THRESHOLDS = {"within_11_25": 11.25, "within_22_5": 22.5, "within_30": 30.0}
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ",".join(str(s) for s in t.shape) + ")"
-
-
 def _align(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unit-length fp32 ``pred`` and ``target`` at the target's size, and the ``(B, H, W)`` valid mask."""
-    if target.dim() != 4 or target.shape[1] != 3:
-        raise DataError(f"task {_NAME!r} expects targets (B,3,H,W), got {_shape(target)}; check the dataset adapter")
-    if pred.dim() != 4 or not pred.is_floating_point():
-        raise DiscoveryError(
-            f"task {_NAME!r} expects a float output (B,3,h,w), got {_shape(pred)} {pred.dtype}; check --outputs"
-        )
-    if pred.shape[1] != 3:
-        raise DiscoveryError(
-            f"task {_NAME!r} expects 3 output channels, got {pred.shape[1]} {_shape(pred)}; check --outputs"
-        )
-    if pred.shape[0] != target.shape[0]:
-        raise DiscoveryError(
-            f"task {_NAME!r} output has batch size {pred.shape[0]} but its target has {target.shape[0]} "
-            f"({_shape(pred)} vs {_shape(target)}); check --outputs"
-        )
-    pred = pred.float()
-    if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+    target = map_target(_NAME, target, 3)
+    pred = dense_output(_NAME, pred, target, 3)
     target = target.to(device=pred.device, dtype=torch.float32)
     valid = (target != 0).any(dim=1)
     # Normalising the ground truth too keeps slightly non-unit stored normals from biasing the cosine.

@@ -21,44 +21,18 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
-from adapmtl_cli.tasks import register_task
+from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.checks import dense_output, label_target
+from adapmtl_cli.tasks.registry import register_task
 
 _NAME = "segmentation"
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ",".join(str(s) for s in t.shape) + ")"
-
-
 def _align(pred: torch.Tensor, target: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``pred`` as fp32 logits at the target's size and ``target`` as ``(B, H, W)`` int64, after checks."""
-    if target.dim() == 4 and target.shape[1] == 1:
-        target = target[:, 0]
-    if target.dim() != 3 or target.is_floating_point() or target.is_complex():
-        raise DataError(
-            f"task {_NAME!r} expects integer targets (B,H,W), got {_shape(target)} {target.dtype}; "
-            "check the dataset adapter"
-        )
-    if pred.dim() != 4 or not pred.is_floating_point():
-        raise DiscoveryError(
-            f"task {_NAME!r} expects a float output (B,{channels},h,w), got {_shape(pred)} {pred.dtype}; "
-            "check --outputs"
-        )
-    if pred.shape[1] != channels:
-        raise DiscoveryError(
-            f"task {_NAME!r} expects {channels} output channels, got {pred.shape[1]} {_shape(pred)}; "
-            "check --outputs or --num-classes"
-        )
-    if pred.shape[0] != target.shape[0]:
-        raise DiscoveryError(
-            f"task {_NAME!r} output has batch size {pred.shape[0]} but its target has {target.shape[0]} "
-            f"({_shape(pred)} vs {_shape(target)}); check --outputs"
-        )
-    pred = pred.float()
-    if pred.shape[-2:] != target.shape[-2:]:
-        pred = F.interpolate(pred, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+    target = label_target(_NAME, target)
+    pred = dense_output(_NAME, pred, target, channels, channel_hint="check --outputs or --num-classes")
     return pred, target.to(device=pred.device, dtype=torch.long)
 
 

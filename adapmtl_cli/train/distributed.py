@@ -193,7 +193,7 @@ def run_on_main(world: World, fn: Callable[[], T]) -> T:
     kind, value = outcome[0]
     if kind == "error":
         raise mark_rank_copy(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def agree(world: World, fn: Callable[[], T]) -> T:
@@ -214,7 +214,7 @@ def agree(world: World, fn: Callable[[], T]) -> T:
     dist.all_gather_object(errors, None if error is None else _portable(error))
     first = next((i for i, e in enumerate(errors) if e is not None), None)
     if first is None:
-        return result  # type: ignore[no-any-return]
+        return result
     if first == world.rank:
         assert error is not None
         raise error
@@ -259,16 +259,3 @@ def all_reduce_sum_(tensor: torch.Tensor, world: World) -> torch.Tensor:
     if world.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def check_batch_size(batch_size: int, world: World) -> None:
-    """``--batch-size`` is the global batch: it must split evenly over the ranks.
-
-    Raises:
-        ConfigError: it does not.
-    """
-    if batch_size % world.world_size:
-        raise ConfigError(
-            f"--batch-size {batch_size} does not split over {world.world_size} processes (it is the global batch "
-            f"per step); pass a multiple of {world.world_size}"
-        )

@@ -1,4 +1,7 @@
-"""The scalars of a logged training step, named for dashboards, and a TensorBoard writer for them (optional).
+"""What the training loop reports: each step's numbers, rollbacks, their scalars, and a TensorBoard sink.
+
+``StepInfo`` and ``Rollback`` are what the loop hands its callbacks and what ``metrics.jsonl`` records. The
+scalars of a logged step are named for dashboards; the TensorBoard writer is optional.
 
 The same numbers ``metrics.jsonl`` records every ``--log-every`` steps: total and per-task loss, task weights,
 target and measured sparsity, sparsity per threshold group, thresholds. TensorBoard support goes through
@@ -9,11 +12,57 @@ one-line ``ConfigError`` raised before any work starts.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.train.loop import StepInfo
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after a step (and writes to ``metrics.jsonl`` every ``log_every`` steps)."""
+
+    step: int
+    total_steps: int
+    loss: float
+    task_losses: dict[str, float]
+    task_weights: dict[str, float]
+    target: float
+    sparsity: float | None = None
+    group_sparsity: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "loss": self.loss,
+            "task_losses": self.task_losses,
+            "task_weights": self.task_weights,
+            "target": self.target,
+            "sparsity": self.sparsity,
+            "group_sparsity": self.group_sparsity,
+            "thresholds": self.thresholds,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A divergence the loop recovered from: what went wrong, where it went back to, the new learning rates."""
+
+    step: int
+    """The step of the good state the loop went back to (it continues from there)."""
+    failed_step: int
+    reason: str
+    lrs: list[float]
+    attempt: int
+    max_attempts: int
+
+    def record(self) -> dict[str, Any]:
+        return {"event": "rollback", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
 
 TENSORBOARD_HINT = "pip install tensorboard"
 

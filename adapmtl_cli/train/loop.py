@@ -29,255 +29,52 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from adapmtl_cli.errors import ConfigError, DataError, TrainingError
-from adapmtl_cli.methods.base import Pruner
-from adapmtl_cli.methods.weighting import EqualWeighting, PaperWeighting
-from adapmtl_cli.model.outputs import OutputMapping
+from adapmtl_cli.api import Pruning
+from adapmtl_cli.errors import TrainingError
 from adapmtl_cli.sparsity.thresholds import overall_sparsity
 from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.train.batches import to_device, train_batches
+from adapmtl_cli.train.device import autocast, autocast_dtype, uses_channels_last
 from adapmtl_cli.train.distributed import SINGLE, World, all_reduce_sum_, broadcast_buffers_, mark_rank_copy, wrap_ddp
+from adapmtl_cli.train.events import Rollback, StepInfo
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first GPU if there is one, else CPU; an unavailable device is a ``ConfigError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name!r}: this torch build or machine has no CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {name!r}: MPS is not available on this machine; use --device cpu")
-    return device
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop's slice of the run config (``TrainConfig.of(cfg)`` takes the fields of the same names)."""
 
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    log_every: int = 10
+    save_every: int = 50
+    num_workers: int = 0
+    precision: str = "auto"
+    max_rollbacks: int = 3
 
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start mid-epoch, so a resumed run sees the same batches.
-
-    With ``world_size > 1`` it yields one rank's share: the permutation is cut into global batches of
-    ``global_batch`` samples and rank ``r`` takes the ``r``-th contiguous slice of ``global_batch / world_size``
-    samples of each, so the global batch of step ``k`` depends on (seed, epoch, k) only, never on the number
-    of processes, and a run can resume under another world size.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        seed: int,
-        epoch: int = 0,
-        offset: int = 0,
-        *,
-        global_batch: int = 1,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.n, self.seed, self.epoch, self.offset = n, seed, epoch, offset
-        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()[self.offset :]
-        if self.world_size == 1:
-            return iter(perm)
-        return iter(shard(perm, self.global_batch, self.rank, self.world_size))
-
-    def __len__(self) -> int:
-        if self.world_size == 1:
-            return self.n - self.offset
-        return (self.n - self.offset) // self.global_batch * (self.global_batch // self.world_size)
-
-
-def shard(order: Sequence[int], global_batch: int, rank: int, world_size: int) -> list[int]:
-    """Rank ``rank``'s slice of every complete global batch in ``order`` (an incomplete last one is dropped)."""
-    local = global_batch // world_size
-    out: list[int] = []
-    for start in range(0, len(order) - global_batch + 1, global_batch):
-        out.extend(order[start + rank * local : start + (rank + 1) * local])
-    return out
-
-
-def train_batches(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    start_step: int,
-    num_workers: int = 0,
-    world: World = SINGLE,
-    pin_memory: bool = False,
-) -> Iterator[Any]:
-    """Endless batches in a deterministic order, starting at batch number ``start_step``.
-
-    ``pin_memory`` (for CUDA runs) has the loader return page-locked batches, so the copies to the GPU
-    (``non_blocking``) overlap with compute.
-
-    ``batch_size`` is the global batch; in a distributed run this rank gets its ``batch_size / world_size``
-    share of each (``EpochSampler``). A dataset with a ``set_epoch(epoch, seed)`` method (random augmentation)
-    is told each epoch before its loader starts, so its random draws depend on (seed, epoch, index) only and a
-    resumed run sees the same ones.
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    if n < batch_size:
-        raise DataError(
-            f"the train split has {n} samples, fewer than --batch-size {batch_size}; lower --batch-size "
-            "(incomplete batches are dropped)"
-        )
-    if batch_size % world.world_size:
-        raise ConfigError(f"--batch-size {batch_size} does not split over {world.world_size} processes")
-    local = batch_size // world.world_size
-    per_epoch = n // batch_size
-    epoch, within = divmod(start_step, per_epoch)
-    while True:
-        sampler = EpochSampler(
-            n,
-            seed,
-            epoch,
-            within * batch_size,
-            global_batch=batch_size,
-            rank=world.rank,
-            world_size=world.world_size,
-        )
-        set_epoch = getattr(dataset, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch, seed)
-        loader = DataLoader(
-            dataset,
-            batch_size=local,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
-        yield from loader
-        epoch, within = epoch + 1, 0
-
-
-def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    image, targets = batch
-    return image.to(device, non_blocking=True), {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def autocast_dtype(precision: str, device_type: str, *, bf16_supported: bool | None = None) -> torch.dtype | None:
-    """The autocast dtype ``--precision`` means on this kind of device; ``None`` is plain fp32.
-
-    ``auto``: bf16 on CUDA (fp16, with a gradient scaler, on GPUs without bf16), fp32 elsewhere. ``bf16`` also
-    works on the CPU, where it must be asked for. Thresholds, their sparsity and the losses stay fp32 always.
-
-    Args:
-        bf16_supported: whether the GPU has bf16; asked from torch when omitted (CUDA only).
-
-    Raises:
-        ConfigError: the device cannot autocast to that dtype.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return None
-    if device_type == "cuda":
-        if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported()
-        if precision == "auto":
-            return torch.bfloat16 if bf16_supported else torch.float16
-        if precision == "bf16" and not bf16_supported:
-            raise ConfigError("--precision bf16: this GPU has no bfloat16 support; pass --precision fp16 or fp32")
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "auto":
-        return None
-    if device_type == "cpu" and precision == "bf16":
-        return torch.bfloat16
-    raise ConfigError(
-        f"--precision {precision} is not supported on {device_type}; use fp32 (or bf16 on the CPU, bf16/fp16 on CUDA)"
-    )
-
-
-def autocast_for(device: torch.device, precision: str = "auto") -> Any:
-    """The autocast context of ``precision`` on ``device`` (a no-op context for fp32)."""
-    return _autocast(device, autocast_dtype(precision, device.type))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def uses_channels_last(module: torch.nn.Module, device: torch.device) -> bool:
-    """Channels-last memory on CUDA for models with 2-D convolutions (faster cuDNN kernels, tensor cores)."""
-    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    tasks: Sequence[TaskSpec],
-    mapping: OutputMapping,
-    device: torch.device,
-    batch_size: int = 8,
-    max_batches: int | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-    precision: str = "auto",
-) -> dict[str, dict[str, float]]:
-    """Every task's metrics over ``dataset`` (pooled over all pixels of the split), under ``precision``."""
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    meters = {t.name: t.new_meter() for t in tasks}
-    dtype = autocast_dtype(precision, device.type)
-    for i, batch in enumerate(loader):
-        if i >= total:
-            break
-        x, y = to_device(batch, device)
-        with _autocast(device, dtype):
-            preds = mapping.select(model(x))
-        for t in tasks:
-            meters[t.name].update(preds[t.name], y[t.name])
-        if on_batch:
-            on_batch(i + 1, total)
-    model.train(was_training)
-    return {name: m.compute() for name, m in meters.items()}
+    @classmethod
+    def of(cls, cfg: Any) -> TrainConfig:
+        """The fields of ``cfg`` (a ``PruneConfig``) this config has; the others keep their defaults."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)})
 
 
 @dataclass
-class StepInfo:
-    """What the loop reports after a step (and writes to ``metrics.jsonl`` every ``log_every`` steps)."""
+class LoopHooks:
+    """Callbacks of the loop. In a distributed run ``on_log``, ``on_save`` and ``on_rollback`` are called on every
+    rank at the same steps (so they may hold collectives)."""
 
-    step: int
-    total_steps: int
-    loss: float
-    task_losses: dict[str, float]
-    task_weights: dict[str, float]
-    target: float
-    sparsity: float | None = None
-    group_sparsity: dict[str, float] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "loss": self.loss,
-            "task_losses": self.task_losses,
-            "task_weights": self.task_weights,
-            "target": self.target,
-            "sparsity": self.sparsity,
-            "group_sparsity": self.group_sparsity,
-            "thresholds": self.thresholds,
-            "seconds": self.seconds,
-        }
+    on_step: Callable[[StepInfo], None] | None = None
+    on_log: Callable[[StepInfo], None] | None = None
+    on_save: Callable[[LoopState], None] | None = None
+    on_rollback: Callable[[Rollback], None] | None = None
 
 
 @dataclass
@@ -293,22 +90,6 @@ class LoopState:
     rollbacks: int = 0
     scaler: dict[str, Any] | None = None
     """The fp16 gradient scaler's state (``None`` for other precisions)."""
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """A divergence the loop recovered from: what went wrong, where it went back to, the new learning rates."""
-
-    step: int
-    """The step of the good state the loop went back to (it continues from there)."""
-    failed_step: int
-    reason: str
-    lrs: list[float]
-    attempt: int
-    max_attempts: int
-
-    def record(self) -> dict[str, Any]:
-        return {"event": "rollback", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
 
 def _cpu_clone(obj: Any) -> Any:
@@ -337,8 +118,8 @@ def _non_finite_params(module: torch.nn.Module, step: int) -> str | None:
     return f"parameter {bad[0]!r}{more} became non-finite in optimizer step {step}"
 
 
-def _group_sparsity(pruner: Pruner) -> tuple[float, dict[str, float]]:
-    layers = pruner.measure()
+def _group_sparsity(pruning: Pruning) -> tuple[float, dict[str, float]]:
+    layers = pruning.measure()
     groups: dict[str, list[int]] = {}
     for layer in layers:
         acc = groups.setdefault(layer.group, [0, 0])
@@ -389,10 +170,6 @@ def adam(params: Any) -> torch.optim.Optimizer:
         return torch.optim.Adam(params)
 
 
-def make_optimizer(pruner: Pruner, lr: float, threshold_lr: float) -> torch.optim.Optimizer:
-    return adam(pruner.param_groups(lr, threshold_lr))
-
-
 def _divergence_message(first: str, last: str, rollbacks: int, good_step: int) -> str:
     advice = "lower --lr, check the data for invalid values, or check the model for operations that overflow"
     if rollbacks == 0:
@@ -414,169 +191,191 @@ def _param_probe(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([p.detach().float().sum() for p in params]).sum()
 
 
-def finetune(
-    pruner: Pruner,
-    dataset: Dataset,
-    tasks: Sequence[TaskSpec],
-    mapping: OutputMapping,
-    *,
-    device: torch.device,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    threshold_lr: float,
-    weighting: PaperWeighting | EqualWeighting,
-    seed: int,
-    log_every: int = 10,
-    save_every: int = 50,
-    num_workers: int = 0,
-    resume: LoopState | None = None,
-    max_rollbacks: int = 3,
-    precision: str = "auto",
-    world: World = SINGLE,
-    on_step: Callable[[StepInfo], None] | None = None,
-    on_log: Callable[[StepInfo], None] | None = None,
-    on_save: Callable[[LoopState], None] | None = None,
-    on_rollback: Callable[[Rollback], None] | None = None,
-) -> StepInfo:
-    """Run the loop from step 0 (or ``resume.step``) to ``steps``; return the last step's info.
+class _Loop:
+    """One run of the loop: the training objects, their snapshots, and the step."""
 
-    In a distributed run every rank calls this with the same arguments; ``on_log``, ``on_save`` and
-    ``on_rollback`` are called on every rank at the same steps (so they may hold collectives), and the logged
-    sparsity and thresholds are measured on rank 0 only.
+    def __init__(
+        self,
+        pruning: Pruning,
+        dataset: Dataset,
+        tasks: Sequence[TaskSpec],
+        cfg: TrainConfig,
+        device: torch.device,
+        world: World,
+        hooks: LoopHooks,
+    ) -> None:
+        self.pruning, self.dataset, self.tasks, self.cfg = pruning, dataset, list(tasks), cfg
+        self.device, self.world, self.hooks = device, world, hooks
+        self.tm = pruning.pruner.module
+        self.tm.to(device).train()
+        self.channels_last = uses_channels_last(self.tm, device)
+        if self.channels_last:
+            self.tm.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a real overload missing from torch's stubs
+        self.dtype = autocast_dtype(cfg.precision, device.type)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.optimizer = adam(pruning.param_groups(cfg.lr))
+        self.elapsed, self.rollbacks = 0.0, 0
+        self.names = [t.name for t in self.tasks]
+        self.flags = torch.tensor([0.0, 1.0], device=device)  # the stop flag's two values: no upload per step
+        self.pin = device.type == "cuda"
+        self.params = [p for p in self.tm.parameters() if p.requires_grad]
 
-    Raises:
-        TrainingError: the loss or the weights stayed non-finite after ``max_rollbacks`` rollbacks.
-        KeyboardInterrupt: after the state was saved, so the run can be resumed.
-    """
-    tm = pruner.module
-    tm.to(device).train()
-    channels_last = uses_channels_last(tm, device)
-    if channels_last:
-        tm.to(memory_format=torch.channels_last)
-    dtype = autocast_dtype(precision, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    optimizer = make_optimizer(pruner, lr, threshold_lr)
-    start, elapsed, rollbacks = 0, 0.0, 0
-    if resume is not None:
-        tm.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        weighting.load_state_dict(resume.weighting)
+    def start_(self, resume: LoopState | None) -> int:
+        """Load ``resume`` (or seed a fresh run); returns the first step."""
+        if resume is None:
+            torch.manual_seed(self.cfg.seed)
+            self.pruning.step_count = 0
+            return 0
+        self.pruning.load_state_dict({"model": resume.model, "weighting": resume.weighting, "step": resume.step})
+        self.optimizer.load_state_dict(resume.optimizer)
         if resume.scaler:
-            scaler.load_state_dict(resume.scaler)
+            self.scaler.load_state_dict(resume.scaler)
         torch.set_rng_state(resume.rng)
-        start, elapsed, rollbacks = resume.step, resume.elapsed, resume.rollbacks
-    else:
-        torch.manual_seed(seed)
-    net = wrap_ddp(tm, world, device)
-    params = [p for p in tm.parameters() if p.requires_grad]
-    names = [t.name for t in tasks]
-    flags = torch.tensor([0.0, 1.0], device=device)  # the stop flag's two values, placed once: no upload per step
+        self.elapsed, self.rollbacks = resume.elapsed, resume.rollbacks
+        return resume.step
 
-    def snapshot(step: int) -> LoopState:
+    def snapshot(self, step: int) -> LoopState:
         return LoopState(
             step=step,
-            optimizer=_cpu_clone(optimizer.state_dict()),
-            weighting=weighting.state_dict(),
-            model=_cpu_clone(tm.state_dict()),
+            optimizer=_cpu_clone(self.optimizer.state_dict()),
+            weighting=self.pruning.weighting.state_dict(),
+            model=_cpu_clone(self.tm.state_dict()),
             rng=torch.get_rng_state(),
-            elapsed=elapsed,
-            rollbacks=rollbacks,
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            elapsed=self.elapsed,
+            rollbacks=self.rollbacks,
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
 
-    def restore_(state: LoopState) -> None:
-        tm.load_state_dict(state.model)
-        # load_state_dict keeps references to same-device tensors: hand it a copy so ``good`` stays intact.
-        optimizer.load_state_dict(_cpu_clone(state.optimizer))
-        weighting.load_state_dict(state.weighting)
+    def restore_(self, state: LoopState) -> None:
+        self.pruning.load_state_dict({"model": state.model, "weighting": state.weighting, "step": state.step})
+        # load_state_dict keeps references to same-device tensors: hand it a copy so the snapshot stays intact.
+        self.optimizer.load_state_dict(_cpu_clone(state.optimizer))
         if state.scaler:
-            scaler.load_state_dict(state.scaler)
+            self.scaler.load_state_dict(state.scaler)
         torch.set_rng_state(state.rng)
 
-    def measured(info: StepInfo) -> StepInfo:
-        if world.is_main:
-            info.sparsity, info.group_sparsity = _group_sparsity(pruner)
-            info.thresholds = pruner.thresholds()
+    def batches(self, step: int) -> Iterator[Any]:
+        c = self.cfg
+        return train_batches(self.dataset, c.batch_size, c.seed, step, c.num_workers, self.world, self.pin)
+
+    def measured(self, info: StepInfo) -> StepInfo:
+        if self.world.is_main:
+            info.sparsity, info.group_sparsity = _group_sparsity(self.pruning)
+            info.thresholds = self.pruning.thresholds()
         return info
 
-    good = snapshot(start)  # the state a divergence rolls back to: the last one saved
-    first_failure: str | None = None
+    def train_step(self, net: torch.nn.Module, batch: Any, stop: _StopFlag) -> list[float]:
+        """Forward, weighted loss, backward, optimizer step; returns the all-reduced losses, total, probe, stop."""
+        x, y = to_device(batch, self.device)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            preds = self.pruning.discovery.mapping.select(net(x))
+        if self.dtype is not None:
+            preds = {k: v.float() for k, v in preds.items()}
+        losses = [t.loss(preds[t.name], y[t.name]) for t in self.tasks]
+        total = self.pruning.weigh(dict(zip(self.names, losses, strict=True)))
+        # Always step, even on a non-finite loss: every rank must take part in DDP's gradient all-reduce.
+        # The caller rolls such a step back.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed, and lowers the scale
+        self.scaler.update()
+        stats = torch.stack(
+            [
+                *(loss.detach().float() for loss in losses),
+                total.detach().float(),
+                _param_probe(self.params).to(self.device),
+                self.flags[int(stop.signal is not None)],
+            ]
+        )
+        return cast(list[float], all_reduce_sum_(stats, self.world).tolist())  # the step's one transfer
 
-    pin = device.type == "cuda"
-    batches = train_batches(dataset, batch_size, seed, start, num_workers, world, pin)
-    info = StepInfo(start, steps, math.nan, {}, weighting.weights(), pruner.target_at(start))
-    step = start
-    t0 = time.perf_counter() - elapsed
-    with _deferred_stop() as stop:
-        while step < steps:
-            x, y = to_device(next(batches), device)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            weights = weighting.weights()
-            with _autocast(device, dtype):
-                preds = mapping.select(net(x))
-            if dtype is not None:
-                preds = {k: v.float() for k, v in preds.items()}
-            losses = [t.loss(preds[t.name], y[t.name]) for t in tasks]
-            total = sum(weights[name] * loss for name, loss in zip(names, losses, strict=True))
-            # Always step, even on a non-finite loss: every rank must take part in DDP's gradient all-reduce.
-            # The check below rolls such a step back.
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()  # type: ignore[union-attr]
-            scaler.step(optimizer)  # skips the update when fp16 gradients overflowed, and lowers the scale
-            scaler.update()
-            stats = torch.stack(
-                [
-                    *(loss.detach().float() for loss in losses),
-                    total.detach().float(),  # type: ignore[union-attr]
-                    _param_probe(params).to(device),
-                    flags[int(stop.signal is not None)],
-                ]
-            )
-            values = all_reduce_sum_(stats, world).tolist()  # the step's one device-to-host transfer
-            loss_values = {name: v / world.world_size for name, v in zip(names, values, strict=False)}
-            total_value, probe, stopping = values[-3] / world.world_size, values[-2], values[-1] > 0
-            bad = [k for k, v in loss_values.items() if not math.isfinite(v)]
-            problem: str | None = None
-            if bad:
-                problem = f"loss of task {', '.join(map(repr, bad))} became {loss_values[bad[0]]} at step {step}"
-            elif not math.isfinite(probe):
-                problem = _non_finite_params(tm, step)
-            if problem is not None:
-                first_failure = first_failure or problem
-                if rollbacks >= max_rollbacks:
-                    error = TrainingError(_divergence_message(first_failure, problem, rollbacks, good.step))
-                    raise error if world.is_main else mark_rank_copy(error)
-                rollbacks += 1
-                lrs = [group["lr"] * 0.5 for group in optimizer.param_groups]
-                restore_(good)
-                for group, group_lr in zip(optimizer.param_groups, lrs, strict=True):
-                    group["lr"] = group_lr
-                batches = train_batches(dataset, batch_size, seed, good.step, num_workers, world, pin)
-                if on_rollback:
-                    on_rollback(Rollback(good.step, step, problem, lrs, rollbacks, max_rollbacks))
-                step = good.step
-                continue
-            target = pruner.target_at(step + 1)
-            sparsity = pruner.after_step_(step + 1)
-            weighting.update(step, loss_values)
-            elapsed = time.perf_counter() - t0
-            info = StepInfo(step + 1, steps, total_value, loss_values, weights, target, sparsity, seconds=elapsed)
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                measured(info)
-                if on_log:
-                    on_log(info)
-            if on_step:
-                on_step(info)
-            if (step + 1) % save_every == 0 or step + 1 == steps or stopping:
-                good = snapshot(step + 1)
-                if on_save:
-                    on_save(good)
-            if stopping:
-                raise KeyboardInterrupt if world.is_main else mark_rank_copy(KeyboardInterrupt())
-            step += 1
-    broadcast_buffers_(tm, world)
+    def problem(self, losses: dict[str, float], probe: float, step: int) -> str | None:
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            return f"loss of task {', '.join(map(repr, bad))} became {losses[bad[0]]} at step {step}"
+        if not math.isfinite(probe):
+            return _non_finite_params(self.tm, step)
+        return None
+
+    def roll_back_(self, good: LoopState, step: int, problem: str) -> None:
+        """Go back to ``good`` with halved learning rates, and tell the hooks."""
+        self.rollbacks += 1
+        lrs = [group["lr"] * 0.5 for group in self.optimizer.param_groups]
+        self.restore_(good)
+        for group, group_lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = group_lr
+        if self.hooks.on_rollback:
+            self.hooks.on_rollback(Rollback(good.step, step, problem, lrs, self.rollbacks, self.cfg.max_rollbacks))
+
+    def run(self, start: int) -> StepInfo:
+        cfg, world, hooks = self.cfg, self.world, self.hooks
+        net = wrap_ddp(self.tm, world, self.device)
+        good = self.snapshot(start)  # the state a divergence rolls back to: the last one saved
+        first_failure: str | None = None
+        batches = self.batches(start)
+        info = StepInfo(start, cfg.steps, math.nan, {}, self.pruning.task_weights(), self.pruning.target_at(start))
+        step = start
+        t0 = time.perf_counter() - self.elapsed
+        with _deferred_stop() as stop:
+            while step < cfg.steps:
+                weights = self.pruning.task_weights()
+                values = self.train_step(net, next(batches), stop)
+                losses = {name: v / world.world_size for name, v in zip(self.names, values, strict=False)}
+                total, probe, stopping = values[-3] / world.world_size, values[-2], values[-1] > 0
+                problem = self.problem(losses, probe, step)
+                if problem is not None:
+                    first_failure = first_failure or problem
+                    if self.rollbacks >= cfg.max_rollbacks:
+                        error = TrainingError(_divergence_message(first_failure, problem, self.rollbacks, good.step))
+                        raise error if world.is_main else mark_rank_copy(error)
+                    self.roll_back_(good, step, problem)
+                    batches, step = self.batches(good.step), good.step
+                    continue
+                target = self.pruning.target_at(step + 1)
+                sparsity = self.pruning.step(losses)
+                self.elapsed = time.perf_counter() - t0
+                info = StepInfo(step + 1, cfg.steps, total, losses, weights, target, sparsity, seconds=self.elapsed)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    self.measured(info)
+                    if hooks.on_log:
+                        hooks.on_log(info)
+                if hooks.on_step:
+                    hooks.on_step(info)
+                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
+                    good = self.snapshot(step + 1)
+                    if hooks.on_save:
+                        hooks.on_save(good)
+                if stopping:
+                    raise KeyboardInterrupt if world.is_main else mark_rank_copy(KeyboardInterrupt())
+                step += 1
+        return info
+
+
+def finetune(
+    pruning: Pruning,
+    dataset: Dataset,
+    tasks: Sequence[TaskSpec],
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    world: World = SINGLE,
+    resume: LoopState | None = None,
+    hooks: LoopHooks | None = None,
+) -> StepInfo:
+    """Run the loop from step 0 (or ``resume.step``) to ``cfg.steps``; return the last step's info.
+
+    In a distributed run every rank calls this with the same arguments; the logged sparsity and thresholds are
+    measured on rank 0 only.
+
+    Raises:
+        TrainingError: the loss or the weights stayed non-finite after ``cfg.max_rollbacks`` rollbacks.
+        KeyboardInterrupt: after the state was saved, so the run can be resumed.
+    """
+    loop = _Loop(pruning, dataset, tasks, cfg, device, world, hooks or LoopHooks())
+    info = loop.run(loop.start_(resume))
+    broadcast_buffers_(loop.tm, world)
     if not info.group_sparsity:
-        measured(info)
+        loop.measured(info)
     return info

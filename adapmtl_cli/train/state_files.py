@@ -8,6 +8,9 @@ anything before the new state is complete on disk:
 2. retire the old pair: ``latest.pt.sha256 -> prev.pt.sha256``, then ``latest.pt -> prev.pt``;
 3. write ``latest.pt.sha256`` (atomically), then rename the temporary file to ``latest.pt``; fsync the folder.
 
+The whole save is one ``atomic_write`` (``files/atomic.py``); step 2 and the sidecar of step 3 run as its
+``before_replace``, after the temporary file is synced and before it is renamed.
+
 A crash between any two of these leaves at least one state that loads: a file whose sidecar names another hash
 is rejected, a file without a sidecar is used only when no verified one exists (a crash inside step 2, or a
 run saved before checksums existed). A full disk fails in step 1, before anything was renamed.
@@ -20,11 +23,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 import torch
 
-from adapmtl_cli.files.rundir import RunDir, create_temp, fsync_dir, sidecar, write_error, write_text
+from adapmtl_cli.files.atomic import atomic_write, write_text
+from adapmtl_cli.files.rundir import RunDir, sidecar
 
 T = TypeVar("T")
 _CHUNK = 1 << 20
@@ -63,32 +67,36 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _write_temp(target: Path, payload: dict[str, Any]) -> tuple[Path, str]:
-    """``payload`` in a complete, fsynced temporary file next to ``target``; returns it and its sha256."""
-    try:
-        fd, tmp = create_temp(target)
-    except OSError as exc:
-        raise write_error(target, exc) from exc
-    writer: _HashingWriter | None = None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+class _HashedSave:
+    """The ``write`` step of a state save: ``torch.save`` through a :class:`_HashingWriter`, keeping the sha256."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.digest = ""
+
+    def __call__(self, tmp: Path) -> None:
+        with tmp.open("wb") as fh:
             writer = _HashingWriter(fh)
-            torch.save(payload, writer)  # type: ignore[arg-type]
+            try:
+                torch.save(self.payload, cast(BinaryIO, writer))  # torch.save calls only write() and flush()
+            except RuntimeError as exc:
+                if writer.error is not None:
+                    raise writer.error from exc  # the OSError, so atomic_write names the real cause
+                raise
             fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(target, exc) from exc
-    except RuntimeError as exc:
-        tmp.unlink(missing_ok=True)
-        if writer is not None and writer.error is not None:
-            raise write_error(target, writer.error) from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    assert writer is not None
-    return tmp, writer.sha.hexdigest()
+        self.digest = writer.sha.hexdigest()
+
+
+def _retire_latest(run: RunDir, digest: str) -> None:
+    """Step 2 and the sidecar of step 3: the old pair becomes ``prev``, then the new state's sidecar is written."""
+    latest, prev = run.state, run.prev_state
+    if latest.is_file():
+        if sidecar(latest).is_file():
+            os.replace(sidecar(latest), sidecar(prev))
+        else:
+            sidecar(prev).unlink(missing_ok=True)
+        os.replace(latest, prev)
+    write_text(sidecar(latest), f"{digest}  {latest.name}\n")
 
 
 def save_state(run: RunDir, payload: dict[str, Any]) -> None:
@@ -97,22 +105,9 @@ def save_state(run: RunDir, payload: dict[str, Any]) -> None:
     Raises:
         ConfigError: the state folder cannot be written (read-only, full disk); both older states are kept.
     """
-    latest, prev = run.state, run.prev_state
-    tmp, digest = _write_temp(latest, payload)
-    try:
-        if latest.is_file():
-            if sidecar(latest).is_file():
-                os.replace(sidecar(latest), sidecar(prev))
-            else:
-                sidecar(prev).unlink(missing_ok=True)
-            os.replace(latest, prev)
-        write_text(sidecar(latest), f"{digest}  {latest.name}\n")
-        os.replace(tmp, latest)
-        fsync_dir(run.state_dir)
-    except OSError as exc:
-        raise write_error(latest, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    save = _HashedSave(payload)
+    # The old pair is retired only once the new file is complete and synced (step 1 done).
+    atomic_write(run.state, save, before_replace=lambda: _retire_latest(run, save.digest))
 
 
 def verify(path: Path) -> str | None:
@@ -125,7 +120,8 @@ def verify(path: Path) -> str | None:
         want = words[0].lower() if words else ""
         got = file_sha256(path)
     except (OSError, UnicodeDecodeError) as exc:
-        return f"unreadable ({exc.strerror or exc})"
+        reason = exc.strerror if isinstance(exc, OSError) else None
+        return f"unreadable ({reason or exc})"
     if got != want:
         return "checksum mismatch (damaged or truncated)"
     return None

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import DATASETS, DatasetAdapter, get_dataset
 from adapmtl_cli.data.augment import AugmentedSplit, augment_sample
-from adapmtl_cli.data.nyuv2 import NpySplit, NyuV2, NyuV2Npy, describe, detect_layout
-from adapmtl_cli.data.synth.scenes import NYU13_CLASSES, generate_scenes
+from adapmtl_cli.data.layouts import NYU13_CLASSES, detect_layout
+from adapmtl_cli.data.nyuv2 import NpySplit, NyuV2, NyuV2Npy, describe
+from adapmtl_cli.data.synth.scenes import generate_scenes
 from adapmtl_cli.errors import DataError
 
 H, W = 24, 32

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import DatasetAdapter, get_dataset
 from adapmtl_cli.data.augment import AugmentedSplit
+from adapmtl_cli.data.layouts import NYU13_CLASSES, NYU40_CLASSES
 from adapmtl_cli.data.nyuv2 import NyuV2
 from adapmtl_cli.data.nyuv2_adashare import AdaShareSplit, NyuV2AdaShare, decode_normals
-from adapmtl_cli.data.synth.scenes import NYU13_CLASSES, NYU40_CLASSES, generate_scenes, render_scene
+from adapmtl_cli.data.synth.scenes import generate_scenes, render_scene
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.jobs.prune import components_manifest, prepare
+from adapmtl_cli.jobs.prepare import components_manifest, prepare
 
 H, W = 24, 32
 SEED = 11

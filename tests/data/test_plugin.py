@@ -17,7 +17,8 @@ from adapmtl_cli.config import make_prune_config
 from adapmtl_cli.data import DatasetAdapter, get_dataset
 from adapmtl_cli.data.plugin import PluginSplit, load_plugin
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.jobs.prune import prepare, run_prune
+from adapmtl_cli.jobs.prepare import prepare
+from adapmtl_cli.jobs.prune import run_prune
 from adapmtl_cli.tasks.classification import Classification, Multilabel, Regression
 
 HEADER = """

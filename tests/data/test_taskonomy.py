@@ -16,11 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from adapmtl_cli.data import DATASETS, DatasetAdapter, get_dataset
+from adapmtl_cli.data.layouts import NYU13_CLASSES, TASKONOMY_CLASSES
 from adapmtl_cli.data.synth.scenes import render_scene
 from adapmtl_cli.data.synth.taskonomy import RAW_CLASS_IDS, edge_texture, generate_taskonomy, keypoints2d
-from adapmtl_cli.data.taskonomy import TASKONOMY_CLASSES, Taskonomy, TaskonomySplit
+from adapmtl_cli.data.taskonomy import Taskonomy, TaskonomySplit
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.jobs.prune import prepare, select_tasks
+from adapmtl_cli.jobs.prepare import prepare, select_tasks
 from adapmtl_cli.tasks.dense_regression import WeightedSegmentation
 
 H, W = 24, 32
@@ -48,14 +49,6 @@ def _index(root: Path) -> dict:
 
 def _write_index(root: Path, index: dict) -> None:
     (root / "taskonomy.json").write_text(json.dumps(index))
-
-
-def _open_error(root: Path, split: str = "train", adapter: Taskonomy | None = None) -> str:
-    with pytest.raises(DataError) as info:
-        (adapter or Taskonomy()).open(root, split)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- hand-written files: every decoding rule, exactly ---------------------------------------------------
@@ -154,7 +147,7 @@ def test_registered_with_five_tasks_in_order(source: Path) -> None:
 
 
 def test_round_trip_equals_the_rendered_scenes(source: Path) -> None:
-    to_class = np.array([-1] + [RAW_CLASS_IDS[name] - 1 for name in _nyu_classes()])  # NYU id + 1 -> class
+    to_class = np.array([-1] + [RAW_CLASS_IDS[name] - 1 for name in NYU13_CLASSES])  # NYU id + 1 -> class
     to_class[0] = 0  # unlabelled: raw 0, merged into background
     adapter = get_dataset("taskonomy", {"input": "rgb01"})
     for split_id, split, count in ((0, "train", 6), (1, "val", 3)):
@@ -178,12 +171,6 @@ def test_round_trip_equals_the_rendered_scenes(source: Path) -> None:
             assert np.allclose(y["keypoints"][0].numpy(), kp, atol=1e-6, rtol=0)
             assert np.allclose(y["edges"][0].numpy(), edges, atol=1e-6, rtol=0)
     assert (y["edges"] > -1).any() and (y["keypoints"] > -1).any()
-
-
-def _nyu_classes() -> tuple[str, ...]:
-    from adapmtl_cli.data.synth.scenes import NYU13_CLASSES
-
-    return NYU13_CLASSES
 
 
 def test_batches_through_a_dataloader(source: Path) -> None:
@@ -262,85 +249,7 @@ def test_describe(source: Path) -> None:
     assert ignore["ignore"] == counts[0] and ignore["background"] == counts[1]
 
 
-# --- bad layouts: one clear line each ------------------------------------------------------------------
-
-
-def test_missing_root_and_index(tmp_path: Path) -> None:
-    assert "does not exist; pass the folder that holds taskonomy.json" in _open_error(tmp_path / "nope")
-    assert "taskonomy.json' does not exist" in _open_error(tmp_path)
-    (tmp_path / "taskonomy.json").write_text("{not json")
-    assert "is not valid JSON" in _open_error(tmp_path)
-    (tmp_path / "taskonomy.json").write_text("[]")
-    assert "holds a JSON list; expected an object of split lists" in _open_error(tmp_path)
-
-
-def test_split_keys(root: Path) -> None:
-    index = _index(root)
-    _write_index(root, {"train": index["train"]})
-    assert "has no 'test' list (its keys: 'train'); add the val samples" in _open_error(root, "val")
-    _write_index(root, {"train": index["train"], "val": index["test"]})
-    assert len(Taskonomy().open(root, "val")) == 3  # a 'val' key is accepted when there is no 'test'
-    assert "unknown split 'dev'" in _open_error(root, "dev")
-    _write_index(root, {"train": []})
-    assert "key 'train' must be a non-empty list of samples" in _open_error(root)
-
-
-def test_malformed_entries_and_unsafe_paths(root: Path, tmp_path: Path) -> None:
-    index = _index(root)
-    outside = tmp_path / "outside.png"
-    outside.write_bytes(b"")
-    train = index["train"]
-    train[0] = train[0][:5]
-    train[1] = ["/abs/rgb.png", *train[1][1:]]
-    train[2] = [train[2][0], "../up/segment_semantic/x.png", *train[2][2:]]
-    train[3] = [train[3][2], train[3][1], train[3][0], *train[3][3:]]  # rgb and normal swapped
-    _write_index(root, index)
-    message = _open_error(root)
-    assert "train[0] is" in message and "expected 6 relative paths (rgb, segment_semantic" in message
-    assert "train[1]: its rgb path '/abs/rgb.png' is absolute" in message
-    assert "train[2]: its segment_semantic path '../up/segment_semantic/x.png' contains '..'" in message
-    assert "train[3]: its rgb path" in message and "names normal; entries list paths in the order" in message
-
-
-def test_symlink_out_of_root(root: Path, tmp_path: Path) -> None:
-    index = _index(root)
-    real = root / index["train"][0][0]
-    (tmp_path / "elsewhere.png").write_bytes(real.read_bytes())
-    real.unlink()
-    real.symlink_to(tmp_path / "elsewhere.png")
-    assert "points outside the dataset root" in _open_error(root)
-
-
-def test_missing_modality_is_one_grouped_problem(root: Path) -> None:
-    for entry in _index(root)["train"]:
-        (root / entry[4]).unlink()
-    message = _open_error(root)
-    assert message.startswith("6 of 6 keypoints2d files of 'train' are missing (first ")
-    assert "fetch keypoints2d too" in message
-    assert len(Taskonomy().open(root, "val")) == 3  # the other split is untouched
-
-
-def test_wrong_modes_sizes_and_corrupt_files(root: Path) -> None:
-    entries = _index(root)["train"]
-    Image.fromarray(np.zeros((H, W), np.uint8)).save(root / entries[0][0])  # grey rgb
-    Image.fromarray(np.zeros((H, W), np.uint8)).save(root / entries[0][3])  # 8-bit depth
-    Image.fromarray(np.zeros((H, W + 1, 3), np.uint8)).save(root / entries[1][2])  # other size
-    (root / entries[2][1]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / entries[3][2], format="JPEG")
-    message = _open_error(root)
-    assert f"{entries[0][0]}' is a mode-L image; rgb must be an 8-bit RGB image" in message
-    assert f"{entries[0][3]}' is a mode-L image; depth_zbuffer must be a 16-bit grey PNG" in message
-    assert f"{entries[1][2]}' is {H}x{W + 1} but" in message and "resize beforehand with nearest" in message
-    assert f"{entries[2][1]}' is not a readable image" in message
-    assert f"{entries[3][2]}' is a JPEG file; normal must be a (lossless) PNG" in message
-
-
-def test_at_most_five_problems_are_listed(root: Path) -> None:
-    for entry in _index(root)["train"]:
-        Image.fromarray(np.zeros((H, W), np.uint8)).save(root / entry[0])
-        Image.fromarray(np.zeros((H, W), np.uint8)).save(root / entry[2])
-    message = _open_error(root)
-    assert message.count("is a mode-L image") == 5 and message.endswith("and 7 more")
+# --- values checked when a sample is read -------------------------------------------------------------
 
 
 def test_bad_values_are_caught_when_read(root: Path) -> None:
@@ -351,18 +260,6 @@ def test_bad_values_are_caught_when_read(root: Path) -> None:
     data = Taskonomy().open(root, "train")
     with pytest.raises(DataError, match="holds class id 18; Taskonomy segment_semantic is 0"):
         data[0]
-
-
-def test_prior_file_is_checked(root: Path) -> None:
-    np.save(root / "semseg_prior_factor.npy", np.ones(13))
-    with pytest.raises(DataError, match=r"holds \(13,\); expected 17 numeric class weights"):
-        Taskonomy().tasks(root)
-    np.save(root / "semseg_prior_factor.npy", -np.ones(17))
-    with pytest.raises(DataError, match="negative, NaN or all-zero weights"):
-        Taskonomy().tasks(root)
-    (root / "semseg_prior_factor.npy").unlink()
-    with pytest.raises(DataError, match="semseg_prior_factor.npy' does not exist"):
-        Taskonomy().tasks(root)
 
 
 # --- end to end: prepare() with a model whose outputs are keyed by the five task names ------------------

@@ -129,6 +129,7 @@ def test_invalid_knobs_raise_config_error(factory: object, overrides: dict[str, 
         factory(**overrides)  # type: ignore[operator]
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
 @pytest.mark.parametrize("name", TINY_FACTORIES)
 def test_onnx_export_matches_onnxruntime(name: str, dynamo: bool, tmp_path: object) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from adapmtl_cli.data.synth.scenes import SceneSummary
+from adapmtl_cli.data.synth.scenes import SceneSummary, generate_scenes
+from adapmtl_cli.data.synth.taskonomy import generate_taskonomy
 
 SYNTH_LAYOUTS = ("nyuv2", "nyuv2-adashare", "taskonomy")
 """The ``--layout`` values: MTAN/LibMTL NYU-v2, AdaShare-family NYU-v2, Tiny-Taskonomy."""
@@ -23,13 +24,19 @@ def generate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SceneSummary:
     """Render ``train`` + ``val`` scenes into ``root`` in ``layout`` (one of ``SYNTH_LAYOUTS``)."""
-    kwargs = dict(train=train, val=val, size=size, seed=seed, overwrite=overwrite, on_progress=on_progress)
     if layout == "taskonomy":
-        from adapmtl_cli.data.synth.taskonomy import generate_taskonomy
-
-        return generate_taskonomy(root, **kwargs)  # type: ignore[arg-type]
+        return generate_taskonomy(
+            root, train=train, val=val, size=size, seed=seed, overwrite=overwrite, on_progress=on_progress
+        )
     if layout not in SYNTH_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
-    from adapmtl_cli.data.synth.scenes import generate_scenes
-
-    return generate_scenes(root, layout="adashare" if layout == "nyuv2-adashare" else "mtan", **kwargs)  # type: ignore[arg-type]
+    return generate_scenes(
+        root,
+        train=train,
+        val=val,
+        size=size,
+        seed=seed,
+        overwrite=overwrite,
+        on_progress=on_progress,
+        layout="adashare" if layout == "nyuv2-adashare" else "mtan",
+    )

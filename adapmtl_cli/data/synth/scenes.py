@@ -22,7 +22,6 @@ the NYU-40 id of each class (:data:`NYU13_TO_NYU40`) and 255 = unlabelled, ``nor
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,22 +30,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adapmtl_cli.data.layouts import (
+    ADASHARE_FOLDERS,
+    ADASHARE_JSON,
+    MTAN_FOLDERS,
+    NYU13_CLASSES,
+    NYU40_CLASSES,
+    NYUV2_LAYOUTS,
+)
 from adapmtl_cli.errors import ConfigError, DataError
-
-NYU13_CLASSES = (
-    "bed", "books", "ceiling", "chair", "floor", "furniture", "objects",
-    "picture", "sofa", "table", "tv", "wall", "window",
-)  # fmt: skip
-"""The 13 NYU-v2 classes in MTAN/LibMTL order; the index is the class id."""
-
-NYU40_CLASSES = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
-    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
-    "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box",
-    "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
-    "otherfurniture", "otherprop",
-)  # fmt: skip
-"""Gupta et al.'s 40 NYU-v2 classes; the index (their 1-based id minus 1) is the class id of the AdaShare layout."""
+from adapmtl_cli.files.atomic import atomic_write
 
 NYU13_TO_NYU40 = {
     "bed": "bed", "books": "books", "ceiling": "ceiling", "chair": "chair", "floor": "floor",
@@ -56,13 +49,8 @@ NYU13_TO_NYU40 = {
 """The NYU-40 class the generator writes for each of its 13 classes in the AdaShare layout: the same name where
 NYU-40 has it, ``tv`` -> ``television``, and the catch-all classes for the generic ``furniture`` and ``objects``."""
 
-SPLITS = ("train", "val")
-FOLDERS = ("image", "label", "depth", "normal")
-MANIFEST = "synthetic.json"
-LAYOUTS = ("mtan", "adashare")
-ADASHARE_JSON = "nyu_v2_3task.json"
-ADASHARE_FOLDERS = ("img", "seg", "normal_mask", "depth")
-"""The AdaShare layout's folders, in the order of each JSON entry."""
+_SPLITS = ("train", "val")
+_MANIFEST = "synthetic.json"
 _FORMAT_VERSION = 1
 
 _KINECT = (518.857901, 519.469611, 325.582449, 253.736166)  # fx, fy, cx, cy at 480x640
@@ -346,29 +334,34 @@ def adashare_arrays(scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary name, so a crash never leaves half a file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+def write_error(path: Path, exc: OSError) -> DataError:
+    """The one-line error for a generated file that cannot be written (read-only folder, full disk)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return DataError(f"cannot write {str(path)!r}: {reason}; check that the folder is writable and the disk has space")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` atomically (``files.atomic``), so a crash never leaves half a file behind."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write, error=write_error, parents=False)
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) ``array`` as PNG through a temporary name."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write a uint8 (H, W) or (H, W, 3) ``array`` as PNG, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), error=write_error, parents=False)
 
 
 def _write_json(path: Path, content: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(content, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), error=write_error, parents=False)
 
 
 def _write_manifest(root: Path, params: dict[str, object], complete: bool) -> None:
-    _write_json(root / MANIFEST, {**params, "complete": complete})
+    _write_json(root / _MANIFEST, {**params, "complete": complete})
 
 
 def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
@@ -379,12 +372,12 @@ def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
     """
     if root.exists() and not root.is_dir():
         raise DataError(f"output {str(root)!r} is a file, not a folder; pass a folder path")
-    if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file() and not overwrite:
+    if root.is_dir() and any(root.iterdir()) and not (root / _MANIFEST).is_file() and not overwrite:
         raise DataError(
-            f"output folder {str(root)!r} is not empty and holds no earlier synthetic data ({MANIFEST}); "
+            f"output folder {str(root)!r} is not empty and holds no earlier synthetic data ({_MANIFEST}); "
             "pass an empty or new folder, or overwrite=True"
         )
-    mtan = [root / split / folder for split in SPLITS for folder in FOLDERS]
+    mtan = [root / split / folder for split in _SPLITS for folder in MTAN_FOLDERS]
     adashare = [root / folder for folder in ADASHARE_FOLDERS]
     for sub in mtan + adashare:
         if sub.is_dir():
@@ -396,7 +389,7 @@ def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
         if sub.is_dir() and not any(sub.iterdir()):
             sub.rmdir()
     if layout == "adashare":
-        for split in SPLITS:
+        for split in _SPLITS:
             if (root / split).is_dir() and not any((root / split).iterdir()):
                 (root / split).rmdir()
     for sub in mtan if layout == "mtan" else adashare:
@@ -450,9 +443,10 @@ def generate_scenes(
 
     Raises:
         ConfigError: a count, size, seed or layout is out of range.
-        DataError: ``root`` is a file, or a non-empty folder not made by this generator.
+        DataError: ``root`` is a file, or a non-empty folder not made by this generator, or a file cannot be
+            written (read-only folder, full disk).
     """
-    check_generator_parameters(train, val, size, seed, layout=(layout, LAYOUTS))
+    check_generator_parameters(train, val, size, seed, layout=(layout, NYUV2_LAYOUTS))
     root = Path(root)
     start = time.perf_counter()
     _prepare_root(root, overwrite, layout)
@@ -471,12 +465,12 @@ def generate_scenes(
     _write_manifest(root, params, complete=False)
     total, done = train + val, 0
     entries: dict[str, list[list[str]]] = {"train": [], "test": []}
-    for split_id, (split, count) in enumerate(zip(SPLITS, (train, val), strict=True)):
+    for split_id, (split, count) in enumerate(zip(_SPLITS, (train, val), strict=True)):
         for i in range(count):
             scene = render_scene(np.random.default_rng([seed, split_id, i]), size)
             if layout == "mtan":
-                for folder in FOLDERS:
-                    _save_npy(root / split / folder / f"{i}.npy", scene[folder])
+                for folder in MTAN_FOLDERS:
+                    save_npy(root / split / folder / f"{i}.npy", scene[folder])
             else:
                 entries["train" if split == "train" else "test"].append(_save_adashare(root, done + 1, scene))
             done += 1
@@ -495,6 +489,6 @@ def _save_adashare(root: Path, number: int, scene: dict[str, np.ndarray]) -> lis
     entry = []
     for folder, array in adashare_arrays(scene).items():
         relative = f"{folder}/{number:04d}.{'npy' if folder == 'depth' else 'png'}"
-        (_save_npy if folder == "depth" else _save_png)(root / relative, array)
+        (save_npy if folder == "depth" else _save_png)(root / relative, array)
         entry.append(relative)
     return entry

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +37,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adapmtl_cli.data.synth.scenes import NYU13_CLASSES, SceneSummary, check_generator_parameters, render_scene
-from adapmtl_cli.data.taskonomy import DOMAINS, FOLDERS, PRIOR_FILE, SPLIT_FILE, TASKONOMY_CLASSES
+from adapmtl_cli.data.layouts import (
+    NYU13_CLASSES,
+    TASKONOMY_CLASSES,
+    TASKONOMY_DOMAINS,
+    TASKONOMY_FOLDERS,
+    TASKONOMY_JSON,
+    TASKONOMY_PRIOR,
+)
+from adapmtl_cli.data.synth.scenes import SceneSummary, check_generator_parameters, render_scene, save_npy, write_error
 from adapmtl_cli.errors import DataError
+from adapmtl_cli.files.atomic import atomic_write
 
 MANIFEST = "taskonomy_synth.json"
 RAW_CLASS_IDS = {
@@ -129,24 +136,24 @@ def building_name(split_id: int, number: int) -> str:
 
 
 def sample_paths(split_id: int, index: int) -> list[str]:
-    """The six root-relative paths of sample ``index`` of a split, in :data:`FOLDERS` order."""
+    """The six root-relative paths of sample ``index`` of a split, in :data:`TASKONOMY_FOLDERS` order."""
     building, local = divmod(index, SAMPLES_PER_BUILDING)
     point, view = divmod(local, 2)
     name = building_name(split_id, building)
-    return [f"{name}/{f}/point_{point}_view_{view}_domain_{DOMAINS[f]}.png" for f in FOLDERS]
+    return [f"{name}/{f}/point_{point}_view_{view}_domain_{TASKONOMY_DOMAINS[f]}.png" for f in TASKONOMY_FOLDERS]
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as PNG through a temporary name, so a crash never leaves half a file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    """Write ``array`` as PNG atomically (``files.atomic``), so a crash never leaves half a file behind."""
+
+    def write(tmp: Path) -> None:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
+
+    atomic_write(path, write, error=write_error, parents=False)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), error=write_error, parents=False)
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
@@ -160,7 +167,7 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         )
     root.mkdir(parents=True, exist_ok=True)
     for building in root.glob(f"{_PREFIX}*"):
-        for folder in FOLDERS:
+        for folder in TASKONOMY_FOLDERS:
             sub = building / folder
             if sub.is_dir():
                 for stale in [*sub.glob("point_*.png"), *sub.glob(".*.tmp")]:
@@ -188,7 +195,8 @@ def generate_taskonomy(
 
     Raises:
         ConfigError: a count, size or seed is out of range.
-        DataError: ``root`` is a file, or a non-empty folder not made by this generator.
+        DataError: ``root`` is a file, or a non-empty folder not made by this generator, or a file cannot be
+            written (read-only folder, full disk).
     """
     check_generator_parameters(train, val, size, seed)
     root = Path(root)
@@ -213,7 +221,7 @@ def generate_taskonomy(
         for i in range(count):
             files = encode_scene(render_scene(np.random.default_rng([seed, split_id, i]), size))
             paths = sample_paths(split_id, i)
-            for folder, rel in zip(FOLDERS, paths, strict=True):
+            for folder, rel in zip(TASKONOMY_FOLDERS, paths, strict=True):
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 _save_png(root / rel, files[folder])
             if split_id == 0:
@@ -224,10 +232,7 @@ def generate_taskonomy(
                 on_progress(done, total)
     half = math.ceil(train / 2)
     index |= {"train1": index["train"][:half], "train2": index["train"][half:]}
-    tmp = root / f".{PRIOR_FILE}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, class_weights(raw_pixels), allow_pickle=False)
-    os.replace(tmp, root / PRIOR_FILE)
-    _write_text(root / SPLIT_FILE, json.dumps(index) + "\n")
+    save_npy(root / TASKONOMY_PRIOR, class_weights(raw_pixels))
+    _write_text(root / TASKONOMY_JSON, json.dumps(index) + "\n")
     _write_text(root / MANIFEST, json.dumps({**params, "complete": True}, indent=2) + "\n")
     return SceneSummary(root=root, train=train, val=val, size=size, seed=seed, seconds=time.perf_counter() - start)

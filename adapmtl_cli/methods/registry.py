@@ -1,0 +1,114 @@
+"""The method registry: ``--method`` name -> factory, each method's defaults, and the rules on their options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.methods.base import MethodContext, Pruner
+from adapmtl_cli.sparsity.schedule import check_bounds
+
+METHODS: dict[str, Callable[[MethodContext], Pruner]] = {}
+DEFAULT_WEIGHTING: dict[str, str] = {}
+"""Task weighting each method uses unless ``--weighting`` says otherwise."""
+DEFAULT_LAYER_SCALE: dict[str, str | None] = {}
+"""Layer scales each threshold method uses unless ``--layer-scale`` says otherwise (None: mask methods)."""
+CALIBRATES: set[str] = set()
+"""Methods that score weights with task gradients on training batches whatever their layer scale."""
+COMPONENT_BOUNDS: set[str] = set()
+"""Methods with one learned threshold per component, which ``--component-sparsity`` bounds."""
+
+
+def register_method(
+    name: str,
+    *,
+    weighting: str = "equal",
+    layer_scale: str | None = None,
+    calibrates: bool = False,
+    component_bounds: bool = False,
+) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
+    """Register a method factory under ``name``; registering a name twice is a bug.
+
+    Args:
+        weighting: the task weighting the method uses unless asked otherwise.
+        layer_scale: the layer scales of a threshold method (None: the method prunes with masks).
+        calibrates: the method always scores weights with task gradients (needs calibration batches).
+        component_bounds: the method has one learned threshold per component (``--component-sparsity``).
+    """
+
+    def wrap(factory: Callable[[MethodContext], Pruner]) -> Callable[[MethodContext], Pruner]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = factory
+        DEFAULT_WEIGHTING[name] = weighting
+        DEFAULT_LAYER_SCALE[name] = layer_scale
+        if calibrates:
+            CALIBRATES.add(name)
+        if component_bounds:
+            COMPONENT_BOUNDS.add(name)
+        return factory
+
+    return wrap
+
+
+def check_method(name: str) -> None:
+    """Refuse a method name that is not registered, listing the ones that are."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+
+
+def weighting_name(method: str, weighting: str | None) -> str:
+    """``weighting`` if given, else the method's own default (adaptive for AdapMTL, equal for baselines)."""
+    check_method(method)
+    return weighting or DEFAULT_WEIGHTING[method]
+
+
+def layer_scale_name(method: str, layer_scale: str | None) -> str | None:
+    """``layer_scale`` if given, else the method's own default; None for methods without thresholds."""
+    check_method(method)
+    default = DEFAULT_LAYER_SCALE[method]
+    return (layer_scale or default) if default is not None else None
+
+
+def needs_calibration(method: str, layer_scale: str | None) -> bool:
+    """Whether building ``method`` scores weights by task saliency on training batches."""
+    return method in CALIBRATES or layer_scale_name(method, layer_scale) == "saliency"
+
+
+def check_method_options(
+    method: str,
+    *,
+    layer_scale: str | None,
+    bounds: Mapping[str, tuple[float, float]] | None,
+    sizes: Mapping[str, int],
+    sparsity: float,
+) -> None:
+    """Every rule on how a method's options combine, checked before any work (the one place they live).
+
+    ``--layer-scale`` needs a threshold method; ``--component-sparsity`` needs one learned threshold per
+    component, bounds on known components and a split that can meet the target.
+
+    Args:
+        sizes: per component, its prunable weights (components without any are left out).
+    """
+    check_method(method)
+    if layer_scale is not None and DEFAULT_LAYER_SCALE[method] is None:
+        scaled = ", ".join(m for m, s in DEFAULT_LAYER_SCALE.items() if s)
+        raise ConfigError(
+            f"--layer-scale scales learned thresholds (--method {scaled}); --method {method} prunes with masks"
+        )
+    if not bounds:
+        return
+    if method not in COMPONENT_BOUNDS:
+        raise ConfigError(
+            f"--component-sparsity needs one learned threshold per component (--method "
+            f"{', '.join(sorted(COMPONENT_BOUNDS))}); --method {method} has none"
+        )
+    check_bounds(dict(bounds), dict(sizes), sparsity)
+
+
+def build_pruner(name: str, ctx: MethodContext) -> Pruner:
+    """Apply method ``name`` to ``ctx.model`` after checking how its options combine."""
+    sizes = {c.name: c.prunable_params for c in ctx.cmap.components if c.prunable_params}
+    check_method_options(name, layer_scale=ctx.layer_scale, bounds=ctx.bounds, sizes=sizes, sparsity=ctx.sparsity)
+    return METHODS[name](ctx)

@@ -1,0 +1,80 @@
+"""The run's ``report.json``: where the sparsity went (per component and layer) and what it cost each task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from adapmtl_cli.config import DeltaTEntry, PruneConfig, RunReport, ScoreEntry, TaskMetrics
+from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, delta_m, delta_p, delta_t
+
+if TYPE_CHECKING:  # the report reads a finished ``Pruning``; the stage that prunes sits above this one
+    from adapmtl_cli.api import Pruning
+
+Metrics = dict[str, dict[str, float]]
+
+
+def build_report(
+    cfg: PruneConfig,
+    pruning: Pruning,
+    tasks: Sequence[TaskSpec],
+    dense: Metrics,
+    pruned: Metrics,
+    *,
+    task_weights: Mapping[str, float],
+    wall: float,
+) -> RunReport:
+    """The report of a finished run (``pruning`` finalized; ``task_weights``: those of the last step)."""
+    parts = pruning.report()
+    specs = {t.name: t for t in tasks}
+    dt = delta_t(dense, pruned, specs)
+    warnings = []
+    unreached = pruning.discovery.cmap.unreached
+    if unreached:
+        warnings.append(f"{len(unreached)} modules are reached by no task and were not pruned")
+    return RunReport(
+        method=cfg.method,
+        weighting=parts["weighting"],
+        layer_scale=parts["layer_scale"],
+        target_sparsity=cfg.sparsity,
+        overall_sparsity=parts["overall_sparsity"],
+        prunable_params=parts["prunable_params"],
+        zeros=parts["zeros"],
+        steps=cfg.steps,
+        wall_seconds=wall,
+        components=pruning.component_sparsity(),
+        layers=pruning.layer_sparsity(),
+        tasks={
+            name: TaskMetrics(
+                dense=dense[name],
+                pruned=pruned[name],
+                higher_is_better={m.name: m.higher_is_better for m in specs[name].metrics},
+            )
+            for name in specs
+        },
+        delta_t=DeltaTEntry(
+            per_task=dt.per_task, overall=dt.overall, convention=dt.convention, skipped=list(dt.skipped)
+        ),
+        scores=other_scores(dense, pruned, specs),
+        task_weights=dict(task_weights),
+        warnings=warnings,
+    )
+
+
+def other_scores(dense: Any, pruned: Any, specs: dict[str, TaskSpec]) -> dict[str, ScoreEntry]:
+    """Δm and Δ_p of the pruned metrics against the dense ones, each with its convention."""
+    dp = delta_p(dense, pruned, specs)
+    return {
+        "delta_m": ScoreEntry(
+            overall=delta_m(dense, pruned, specs),
+            higher_is_better=SCORE_CONVENTIONS["delta_m"].higher_is_better,
+            convention=SCORE_CONVENTIONS["delta_m"].text,
+        ),
+        "delta_p": ScoreEntry(
+            overall=dp.overall,
+            per_task=dp.per_task,
+            higher_is_better=SCORE_CONVENTIONS["delta_p"].higher_is_better,
+            convention=SCORE_CONVENTIONS["delta_p"].text,
+        ),
+    }

@@ -1,0 +1,118 @@
+"""The shape checks every task kind runs on a model output and its target, with the errors that name the fix.
+
+A wrong *output* is the model's or ``--outputs``' fault and raises ``DiscoveryError``; a wrong *target* is the
+dataset's and raises ``DataError``. Dense outputs are then resized bilinearly to the target's size in fp32 (see
+``tasks/base.py``), so models with a lower output stride need no special handling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adapmtl_cli.errors import DataError, DiscoveryError
+
+
+def shape_text(t: torch.Tensor) -> str:
+    """A tensor's shape as error messages write it: ``(2,3,24,32)``."""
+    return "(" + ",".join(str(s) for s in t.shape) + ")"
+
+
+def dense_output(
+    task: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    channels: int,
+    *,
+    channel_hint: str = "check --outputs",
+    channel_noun: str | None = None,
+) -> torch.Tensor:
+    """``pred`` as fp32 at ``target``'s spatial size, after checking it is a float ``(B, channels, h, w)``.
+
+    Args:
+        task: the task's name, as the messages say it.
+        pred: the model's output for the task.
+        target: the batch's target; its first dimension is the batch, its last two the size to resize to.
+        channels: the output channels the task needs.
+        channel_hint: what a wrong channel count tells the user to check.
+        channel_noun: the word after the count in that message; by default "channel" for 1, else "channels".
+
+    Raises:
+        DiscoveryError: ``pred`` is not a 4-d float tensor, has another channel count, or another batch size.
+    """
+    if pred.dim() != 4 or not pred.is_floating_point():
+        raise DiscoveryError(
+            f"task {task!r} expects a float output (B,{channels},h,w), got {shape_text(pred)} {pred.dtype}; "
+            "check --outputs"
+        )
+    if pred.shape[1] != channels:
+        noun = channel_noun or ("channel" if channels == 1 else "channels")
+        raise DiscoveryError(
+            f"task {task!r} expects {channels} output {noun}, got {pred.shape[1]} {shape_text(pred)}; {channel_hint}"
+        )
+    if pred.shape[0] != target.shape[0]:
+        raise DiscoveryError(
+            f"task {task!r} output has batch size {pred.shape[0]} but its target has {target.shape[0]} "
+            f"({shape_text(pred)} vs {shape_text(target)}); check --outputs"
+        )
+    pred = pred.float()
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = F.interpolate(pred, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+    return pred
+
+
+def vector_output(task: str, pred: torch.Tensor, channels: int, batch: int) -> torch.Tensor:
+    """``pred`` as fp32 ``(B, channels)`` for a per-sample task, after checks; ``(B, C, 1, 1)`` is flattened.
+
+    Raises:
+        DiscoveryError: ``pred`` is not a float ``(B, channels)`` (a spatial map is refused, never pooled), or
+            its batch size is not ``batch``.
+    """
+    if pred.dim() == 4 and pred.shape[-2:] == (1, 1):
+        pred = pred.flatten(1)
+    if pred.dim() != 2 or not pred.is_floating_point():
+        raise DiscoveryError(
+            f"task {task!r} expects a float output (B,{channels}) or (B,{channels},1,1), got {shape_text(pred)} "
+            f"{pred.dtype}; pool the head's feature map (e.g. x.mean((2, 3))) or check --outputs"
+        )
+    if pred.shape[1] != channels:
+        raise DiscoveryError(
+            f"task {task!r} expects {channels} outputs per sample, got {pred.shape[1]} {shape_text(pred)}; "
+            "check --outputs or the head size"
+        )
+    if pred.shape[0] != batch:
+        raise DiscoveryError(
+            f"task {task!r} output has batch size {pred.shape[0]} but its target has {batch}; check --outputs"
+        )
+    return pred.float()
+
+
+def map_target(task: str, target: torch.Tensor, channels: int) -> torch.Tensor:
+    """A dense target as ``(B, channels, H, W)``; a one-channel map may also come as ``(B, H, W)``.
+
+    Raises:
+        DataError: any other shape.
+    """
+    if channels == 1 and target.dim() == 3:
+        target = target.unsqueeze(1)
+    if target.dim() != 4 or target.shape[1] != channels:
+        raise DataError(
+            f"task {task!r} expects targets (B,{channels},H,W), got {shape_text(target)}; check the dataset adapter"
+        )
+    return target
+
+
+def label_target(task: str, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel class ids as ``(B, H, W)``; ``(B, 1, H, W)`` is squeezed. The dtype is left as it came.
+
+    Raises:
+        DataError: another shape, or a float or complex dtype.
+    """
+    if target.dim() == 4 and target.shape[1] == 1:
+        target = target[:, 0]
+    if target.dim() != 3 or target.is_floating_point() or target.is_complex():
+        raise DataError(
+            f"task {task!r} expects integer targets (B,H,W), got {shape_text(target)} {target.dtype}; "
+            "check the dataset adapter"
+        )
+    return target

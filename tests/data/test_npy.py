@@ -1,0 +1,74 @@
+"""The shared ``.npy`` readers: header-only shape and dtype for every format version, and what they refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapmtl_cli.data.npy import load_npy, read_npy_header
+from adapmtl_cli.errors import DataError
+
+
+def _write(path: Path, array: np.ndarray, version: tuple[int, int]) -> Path:
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, array, version=version, allow_pickle=False)
+    return path
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_header_gives_shape_and_dtype_in_every_version(tmp_path: Path, version: tuple[int, int]) -> None:
+    path = _write(tmp_path / "a.npy", np.zeros((4, 5, 3), dtype=np.float32), version)
+    shape, dtype = read_npy_header(path)
+    assert shape == (4, 5, 3) and dtype == np.float32
+
+
+def test_header_refuses_pickled_objects(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"objects\.npy' holds Python objects \(dtype 'object'\); unpickling"):
+        read_npy_header(path)
+
+
+def test_header_refuses_truncated_files(tmp_path: Path) -> None:
+    path = tmp_path / "short.npy"
+    np.save(path, np.zeros((8, 8), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"short\.npy' is truncated \(\d+ bytes, its header needs \d+\); re-copy it"):
+        read_npy_header(path)
+
+
+def test_header_refuses_non_numeric_and_garbage(tmp_path: Path) -> None:
+    text = tmp_path / "text.npy"
+    np.save(text, np.array(["abc"]))
+    with pytest.raises(DataError, match=r"text\.npy' has dtype '<U3'; expected a numeric array"):
+        read_npy_header(text)
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"not an array")
+    with pytest.raises(DataError, match=r"garbage\.npy' is not a readable \.npy file .*re-save it with numpy\.save"):
+        read_npy_header(garbage)
+    with pytest.raises(DataError, match=r"missing\.npy' is not a readable \.npy file"):
+        read_npy_header(tmp_path / "missing.npy")
+
+
+def test_load_returns_the_array_and_refuses_non_finite_floats(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert np.array_equal(load_npy(labels), np.arange(6).reshape(2, 3))
+    for bad in (np.nan, np.inf):
+        path = tmp_path / "depth.npy"
+        np.save(path, np.array([1.0, bad], dtype=np.float32))
+        with pytest.raises(DataError, match=r"depth\.npy' holds NaN or infinite values; fix or drop this sample"):
+            load_npy(path)
+
+
+def test_load_refuses_pickles_and_garbage(tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"pickled\.npy' cannot be read .*re-save it with numpy\.save"):
+        load_npy(pickled)
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataError, match=r"garbage\.npy' cannot be read"):
+        load_npy(garbage)

@@ -1,0 +1,194 @@
+"""The prune pipeline end to end: acceptance of the shared run, and resuming an interrupted run exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.jobs.prepare import Hooks, components_manifest, prepare
+from adapmtl_cli.jobs.prune import run_prune
+
+pytest.register_assert_rewrite("fixtures_e2e")
+
+from fixtures_e2e import (  # noqa: E402
+    COMPONENTS,
+    FACTORY,
+    TARGET,
+    TASKS,
+    CliRun,
+    copy_run,
+    prune_config,
+    read_metrics,
+    read_report,
+)
+
+pytest_plugins = ["fixtures_e2e"]
+
+
+def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+# --- acceptance of the shared run --------------------------------------------------------------------
+
+
+def test_overall_sparsity_hits_the_target(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    assert rep.target_sparsity == TARGET
+    assert abs(rep.overall_sparsity - TARGET) <= 0.005  # the acceptance bound
+    assert abs(rep.overall_sparsity - TARGET) <= 0.001  # what the level controller promises (ties only)
+
+
+def test_every_component_reports_its_sparsity(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    assert sorted(c.name for c in rep.components) == sorted(COMPONENTS)
+    for c in rep.components:
+        assert c.params > 0 and 0 <= c.zeros <= c.params
+        assert c.sparsity == pytest.approx(c.zeros / c.params)
+        assert c.threshold is not None and c.threshold > 0
+    assert sum(c.zeros for c in rep.components) == rep.zeros
+    assert sum(c.params for c in rep.components) == rep.prunable_params
+    # The split between components is learned, not uniform: they end at different sparsities.
+    assert len({round(c.sparsity, 3) for c in rep.components}) > 1
+
+
+def test_delta_t_and_task_metrics_are_present(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    assert sorted(rep.tasks) == sorted(TASKS)
+    for tm in rep.tasks.values():
+        assert tm.dense.keys() == tm.pruned.keys() == tm.higher_is_better.keys()
+        assert all(math.isfinite(v) for v in [*tm.dense.values(), *tm.pruned.values()])
+    # Δ_T recomputed from the report's own numbers: per task, sum of ±(pruned − dense)/dense × 100 over its
+    # metrics whose dense value is non-zero, then the mean over tasks.
+    expected: dict[str, float] = {}
+    skipped = []
+    for task, tm in rep.tasks.items():
+        for metric, base in tm.dense.items():
+            if base == 0:
+                skipped.append(f"{task}.{metric}")
+                continue
+            sign = 1.0 if tm.higher_is_better[metric] else -1.0
+            expected[task] = expected.get(task, 0.0) + sign * (tm.pruned[metric] - base) / base * 100.0
+    dt = rep.delta_t
+    assert math.isfinite(dt.overall)
+    assert dt.per_task == pytest.approx(expected)
+    assert sorted(dt.skipped) == sorted(skipped)
+    assert dt.overall == pytest.approx(sum(expected.values()) / len(expected))
+    assert sorted(rep.task_weights) == sorted(TASKS)
+
+
+def test_report_zero_count_equals_zeros_in_the_pruned_weights(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    weights = load_file(str(pruned_run.path / "pruned.safetensors"))
+    manifest = json.loads((pruned_run.path / "components.json").read_text())
+    assert [layer.name for layer in rep.layers] == [layer["name"] for layer in manifest["layers"]]
+    total = 0
+    for layer in rep.layers:
+        w = weights[f"{layer.name}.weight"]
+        zeros = int((w == 0).sum())
+        assert (zeros, w.numel()) == (layer.zeros, layer.params), layer.name
+        total += zeros
+    assert total == rep.zeros
+    assert sum(layer.params for layer in rep.layers) == rep.prunable_params
+
+
+def test_pruned_weights_keep_the_users_keys(pruned_run: CliRun, checkpoint: Path) -> None:
+    weights = load_file(str(pruned_run.path / "pruned.safetensors"))
+    original = torch.load(checkpoint, weights_only=True)
+    assert weights.keys() == original.keys()
+    assert all(weights[k].shape == original[k].shape for k in original)
+
+
+def test_metrics_log_follows_the_schedule(pruned_run: CliRun) -> None:
+    records = read_metrics(pruned_run.path)
+    targets = [r["target"] for r in records]
+    assert targets == sorted(targets) and targets[-1] == TARGET
+    for r in records:
+        assert abs(r["sparsity"] - r["target"]) <= 0.001, r["step"]
+        assert sorted(r["group_sparsity"]) == sorted(COMPONENTS)
+        assert sorted(r["task_losses"]) == sorted(TASKS)
+        assert all(math.isfinite(v) for v in r["task_losses"].values())
+
+
+def test_prepare_finds_backbone_and_heads(checkpoint: Path, scenes: Path) -> None:
+    prepared = prepare(str(checkpoint), factory=FACTORY, trust_pickle=False, data="synthetic", data_dir=str(scenes))
+    manifest = components_manifest(prepared)
+    by_name = {c.name: c for c in manifest.components}
+    assert sorted(by_name) == sorted(COMPONENTS)
+    assert sorted(by_name["backbone"].tasks) == sorted(TASKS)
+    for task in TASKS:
+        assert by_name[f"head:{task}"].tasks == [task]
+    assert manifest.output_mapping == "names"
+
+
+# --- resume --------------------------------------------------------------------------------------------
+
+
+def test_resume_after_interruption_matches_the_uninterrupted_run(
+    interrupted_run: Path, uninterrupted_run: Path, checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    run = copy_run(interrupted_run, tmp_path / "run")
+    resumed = run_prune(prune_config(checkpoint, scenes, run), resume=True)
+    want = read_report(uninterrupted_run)
+    assert resumed.overall_sparsity == want.overall_sparsity
+    assert resumed.zeros == want.zeros
+    a = load_file(str(uninterrupted_run / "pruned.safetensors"))
+    b = load_file(str(run / "pruned.safetensors"))
+    assert a.keys() == b.keys()
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not unequal, f"{len(unequal)} tensors differ, max abs diff {_max_abs_diff(a, b):.3e}"
+    assert [c.model_dump() for c in resumed.components] == [c.model_dump() for c in want.components]
+    assert resumed.tasks == want.tasks
+
+
+def test_resumed_metrics_log_equals_the_uninterrupted_one(
+    interrupted_run: Path, uninterrupted_run: Path, checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    run = copy_run(interrupted_run, tmp_path / "run")
+    run_prune(prune_config(checkpoint, scenes, run), resume=True)
+    got, want = read_metrics(run), read_metrics(uninterrupted_run)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want]
+
+
+def test_interrupted_run_left_resumable_state(interrupted_run: Path) -> None:
+    assert (interrupted_run / "config.json").is_file()
+    assert (interrupted_run / "dense_metrics.json").is_file()
+    assert not (interrupted_run / "pruned.safetensors").exists()
+    assert not (interrupted_run / "report.json").exists()
+    assert torch.load(interrupted_run / "state" / "latest.pt", weights_only=True)["step"] == 12
+    assert torch.load(interrupted_run / "state" / "prev.pt", weights_only=True)["step"] == 6
+
+
+def test_resume_takes_the_saved_config(
+    interrupted_run: Path, uninterrupted_run: Path, checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    """Options given with --resume do not override the run's config.json ("its config wins")."""
+    run = copy_run(interrupted_run, tmp_path / "run")
+    resumed = run_prune(prune_config(checkpoint, scenes, run, sparsity=0.5, steps=30), resume=True)
+    assert resumed.target_sparsity == TARGET and resumed.steps == read_report(uninterrupted_run).steps
+
+
+def test_resume_of_a_finished_run_rebuilds_the_same_weights(pruned_run: CliRun, tmp_path: Path) -> None:
+    run = copy_run(pruned_run.path, tmp_path / "run")
+    before = load_file(str(run / "pruned.safetensors"))
+    (run / "pruned.safetensors").unlink()
+    (run / "report.json").unlink()
+    cfg = prune_config(Path("unused.pt"), Path("unused"), run)
+    messages: list[str] = []
+    rep = run_prune(cfg, resume=True, hooks=Hooks(status=messages.append))
+    assert any("already finished" in m for m in messages)
+    after = load_file(str(run / "pruned.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert rep.zeros == read_report(pruned_run.path).zeros
+
+
+def test_run_prune_refuses_an_occupied_folder(pruned_run: CliRun, checkpoint: Path, scenes: Path) -> None:
+    with pytest.raises(ConfigError, match="already holds files"):
+        run_prune(prune_config(checkpoint, scenes, pruned_run.path))
