@@ -35,6 +35,7 @@ from adapmtl_cli.export.sparse_codec import load_sparse, save_sparse
 from adapmtl_cli.methods import (
     MethodContext,
     Pruner,
+    allocation_name,
     build_pruner,
     check_method,
     layer_scale_name,
@@ -206,6 +207,7 @@ def prepare(
     losses: Mapping[str, LossFn] | None = None,
     weighting: str | None = None,
     layer_scale: str | None = None,
+    allocation: str | None = None,
     threshold_lr: float = DEFAULTS.threshold_lr,
     ramp_end: float = DEFAULTS.ramp_end,
     component_sparsity: Mapping[str, tuple[float, float]] | None = None,
@@ -225,7 +227,7 @@ def prepare(
         calibration: ``(input, {task: target})`` batches; methods that score weights by task saliency (the
             default's layer scales, ``disparse``) use the first few.
         losses: ``{task: fn(output, target) -> scalar}``; needed with ``calibration``.
-        weighting, layer_scale, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options (None:
+        weighting, layer_scale, allocation, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options (None:
             the method's own default). exclude, backbone, heads: discovery overrides (see ``discover``).
         discovery: a ``discover`` result for this model, to skip the forward pass.
 
@@ -262,11 +264,14 @@ def prepare(
             task_losses=task_losses if batches is not None else None,
             bounds=dict(component_sparsity or {}),
             layer_scale=layer_scale,
+            allocation=allocation,
         ),
     )
     chosen = weighting_name(method, weighting)
     scale = layer_scale_name(method, layer_scale)
-    settings = PruningSettings(method, chosen, scale, float(sparsity), steps, threshold_lr)
+    settings = PruningSettings(
+        method, chosen, scale, allocation_name(method, allocation), float(sparsity), steps, threshold_lr
+    )
     return Pruning(pruner, found, make_weighting(chosen, names, steps), settings)
 
 
@@ -277,6 +282,7 @@ class PruningSettings:
     method: str
     weighting: str
     layer_scale: str | None
+    allocation: str | None
     sparsity: float
     steps: int
     threshold_lr: float
@@ -419,6 +425,7 @@ class Pruning:
             "method": s.method,
             "weighting": s.weighting,
             "layer_scale": s.layer_scale,
+            "allocation": s.allocation,
             "target_sparsity": s.sparsity,
             "overall_sparsity": zeros / total if total else 0.0,
             "prunable_params": total,

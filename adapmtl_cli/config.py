@@ -32,18 +32,30 @@ class PruneConfig(_File):
     tasks: list[str] | None = None
     outputs: list[str] | None = None
     method: Literal[
-        "adapmtl", "disparse", "gmp", "magnitude_oneshot", "str_global", "str_layer", "uniform_magnitude"
+        "adapmtl",
+        "disparse",
+        "disparse_dynamic",
+        "gmp",
+        "imp",
+        "lth",
+        "magnitude_oneshot",
+        "snip",
+        "str_global",
+        "str_layer",
+        "uniform_magnitude",
     ] = "adapmtl"
     sparsity: float = Field(0.9, gt=0.0, lt=1.0, allow_inf_nan=False)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-4, gt=0.0, allow_inf_nan=False)
     threshold_lr: float = Field(0.002, gt=0.0, allow_inf_nan=False)
-    weighting: Literal["adaptive", "paper", "equal"] | None = None
+    weighting: Literal["adaptive", "paper", "equal", "norm"] | None = None
     """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
     layer_scale: Literal["saliency", "none"] | None = None
     """Per-layer threshold scales of threshold methods (None: the method's own; saliency for adapmtl)."""
+    allocation: Literal["adam", "marginal", "frozen"] | None = None
+    """How threshold methods move the split between components (None: the method's own; adam)."""
     component_sparsity: dict[str, tuple[float, float]] = Field(default_factory=dict)
     """``--component-sparsity NAME=MIN:MAX``: floors and caps of components' final sparsity (adapmtl only)."""
     seed: int = 0
@@ -57,6 +69,8 @@ class PruneConfig(_File):
     save_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
     eval_batches: int | None = Field(None, ge=1)
+    eval_split: Literal["val", "test"] = "val"
+    """The split the dense and the pruned model are evaluated on: ``val`` (tune on it) or ``test`` (held out)."""
     num_workers: int = Field(0, ge=0)
 
     @field_validator("device")
@@ -177,6 +191,8 @@ class RunReport(_File):
     weighting: str
     layer_scale: str | None = None
     """Threshold methods: ``saliency`` or ``none`` (``--layer-scale``); None for mask methods and older reports."""
+    allocation: str | None = None
+    """Threshold methods: how the split moved (``--allocation``); None for mask methods and older reports."""
     target_sparsity: float
     overall_sparsity: float
     prunable_params: int
@@ -189,6 +205,10 @@ class RunReport(_File):
     delta_t: DeltaTEntry
     scores: dict[str, ScoreEntry] = Field(default_factory=dict)
     """Δm (``delta_m``) and Δ_p (``delta_p``); absent in reports written before they were added."""
+    collapsed: dict[str, bool] = Field(default_factory=dict)
+    """Per task: did the pruned model collapse (``tasks.scores.collapse``)? Empty in reports written before it.
+
+    ``scores`` then also holds the bounded Δ_T (``delta_t_bounded``: each metric's change clipped to ±100 %)."""
     task_weights: dict[str, float]
     warnings: list[str] = Field(default_factory=list)
 

@@ -9,7 +9,7 @@ import typer
 from adapmtl_cli.cli import options as o
 
 SYNTH_EPILOG = (
-    "Examples: adapmtl data synth ./scenes --train 256 --val 64 --size 96,128 --seed 0  |  "
+    "Examples: adapmtl data synth ./scenes --train 256 --val 64 --test 64 --size 96,128 --seed 0  |  "
     "adapmtl data synth ./nyu40 --layout nyuv2-adashare  |  adapmtl data synth ./tiny-taskonomy --layout taskonomy"
 )
 CHECK_EPILOG = "Examples: adapmtl data check ./scenes  |  adapmtl data check ./nyu --data nyuv2 --layout adashare"
@@ -24,7 +24,15 @@ def data_synth(
         "PNG + JSON, 40 classes) or taskonomy (Tiny-Taskonomy, 5 tasks).",
     ),
     train: int = typer.Option(256, "--train", min=1, help="Training samples."),
-    val: int = typer.Option(64, "--val", min=1, help="Validation samples."),
+    val: int = typer.Option(64, "--val", min=1, help="Validation samples (tune settings on these)."),
+    test: int = typer.Option(
+        0,
+        "--test",
+        min=0,
+        help="Held-out test samples (0: no test split), disjoint from train and val, which stay as without it; "
+        "in test/ (nyuv2) or the JSON's 'heldout' list (nyuv2-adashare, taskonomy). Evaluate on them with "
+        "prune --eval-split test.",
+    ),
     size: str | None = typer.Option(None, "--size", help="Image height,width (default 96,128; taskonomy 256,256)."),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier generated folder."),
@@ -44,10 +52,11 @@ def data_synth(
         raise ConfigError(f"--size {text!r} must be HEIGHT,WIDTH, e.g. 96,128") from None
     if h < 16 or w < 16:
         raise ConfigError(f"--size {text!r} is too small; use at least 16,16")
-    with ui.spinner(f"rendering {train + val} scenes ({layout})"):
-        summary = generate(layout, root, train=train, val=val, size=(h, w), seed=seed, overwrite=overwrite)
+    with ui.spinner(f"rendering {train + val + test} scenes ({layout})"):
+        summary = generate(layout, root, train=train, val=val, test=test, size=(h, w), seed=seed, overwrite=overwrite)
+    held_out = f" + {summary.test} test" if summary.test else ""
     ui.success(
-        f"wrote {summary.train} train + {summary.val} val scenes of {h}x{w} to {root} in the {layout} layout "
+        f"wrote {summary.train} train + {summary.val} val{held_out} scenes of {h}x{w} to {root} in the {layout} layout "
         f"({summary.seconds:.1f} s); check it with: adapmtl data check {root}"
         + (" --data taskonomy" if layout == "taskonomy" else "")
     )

@@ -107,6 +107,12 @@ def one_of(names: Sequence[str], notes: Mapping[str, str] | None = None) -> str:
 WEIGHTING_NOTES = {
     "adaptive": "loss growth relative to the dense level",
     "paper": "the paper's step-to-step estimator",
+    "norm": "each loss over its dense level, the control for adaptive",
+}
+ALLOCATION_NOTES = {
+    "adam": "Adam steps on the threshold logits at --threshold-lr; default",
+    "marginal": "toward equal marginal loss per pruned weight",
+    "frozen": "the start's split, held; the control",
 }
 LAYER_SCALE_NOTES = {
     "saliency": "each layer's threshold in its own units, from task gradients; keeps whole layers from being "
@@ -114,6 +120,10 @@ LAYER_SCALE_NOTES = {
     "none": "the paper's one raw threshold per component; default for the baselines",
 }
 PRECISION_NOTES = {"auto": "bf16 on CUDA, fp32 elsewhere"}
+EVAL_SPLIT_NOTES = {
+    "val": "the split to tune settings on",
+    "test": "the held-out split, e.g. from `adapmtl data synth --test N`, for results with settings frozen",
+}
 LOG_FORMAT_NOTES = {"text": "live view", "jsonl": "one JSON object per line"}
 
 
@@ -193,6 +203,12 @@ LAYER_SCALE = typer.Option(
     "--layer-scale",
     help=f"Per-layer threshold scales: {one_of(choices('layer_scale'), LAYER_SCALE_NOTES)}.",
 )
+ALLOCATION = typer.Option(
+    DEFAULTS.allocation,
+    "--allocation",
+    help=f"How the split between components moves (threshold methods): "
+    f"{one_of(choices('allocation'), ALLOCATION_NOTES)}.",
+)
 SEED = typer.Option(DEFAULTS.seed, "--seed")
 DEVICE = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option(
@@ -202,7 +218,14 @@ PRECISION = typer.Option(
 )
 SAVE_EVERY = typer.Option(DEFAULTS.save_every, "--save-every", help="Save resumable state every N steps.")
 LOG_EVERY = typer.Option(DEFAULTS.log_every, "--log-every", help="Measure sparsity and log metrics every N steps.")
-EVAL_BATCHES = typer.Option(DEFAULTS.eval_batches, "--eval-batches", help="Evaluate on at most N validation batches.")
+EVAL_BATCHES = typer.Option(
+    DEFAULTS.eval_batches, "--eval-batches", help="Evaluate on at most N batches (of --eval-split)."
+)
+EVAL_SPLIT = typer.Option(
+    DEFAULTS.eval_split,
+    "--eval-split",
+    help=f"Split the dense and the pruned model are evaluated on: {one_of(choices('eval_split'), EVAL_SPLIT_NOTES)}.",
+)
 
 # --- one prune invocation (SessionOptions) ---------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.utils.data import Dataset
 
-from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks.base import TaskSpec
 
 Sample = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -37,22 +37,34 @@ class DatasetAdapter(Protocol):
         ...
 
     def open(self, root: Path, split: str) -> Dataset[Sample]:
-        """The ``split`` (``"train"`` or ``"val"``) under ``root``; raises ``DataError`` on a bad layout.
+        """The ``split`` (one of :data:`SPLITS`) under ``root``; raises ``DataError`` on a bad layout.
 
-        Opening validates everything that can be checked without decoding every sample (names, counts, shapes
-        from headers), so a bad folder fails before training starts, with the file named.
+        ``val`` is what ``prune`` evaluates on by default; ``test`` (``--eval-split test``) is the held-out split,
+        and a root without one gives a one-line ``DataError`` naming the folder or index it looked in. Opening
+        validates everything that can be checked without decoding every sample (names, counts, shapes from
+        headers), so a bad folder fails before training starts, with the file named.
         """
         ...
 
     def describe(self, root: Path) -> dict[str, Any]:
-        """Validate both splits and summarise the folder for ``adapmtl data check``.
+        """Validate every split present and summarise the folder for ``adapmtl data check``.
 
-        Keys: ``root``, ``layout``, ``splits`` (``{split: {"folder", "samples", "size"}}``), ``tasks`` (names),
+        Keys: ``root``, ``layout``, ``splits`` (``{split: {"folder", "samples", "size"}}``, ``test`` only where the
+        folder has one), ``tasks`` (names),
         ``sampled`` (``{"split", "samples"}``: what the statistics below were computed on), ``class_pixels``
         (``{class name or "ignore": pixels}``, or None without a segmentation task), ``depth_invalid_ratio``
         (float or None). Adapters may add keys; renderers show the known ones.
         """
         ...
+
+
+SPLITS = ("train", "val", "test")
+"""The split names ``open`` takes: ``train`` to fine-tune on, ``val`` to tune settings on, ``test`` held out."""
+
+
+def unknown_split(split: str) -> DataError:
+    """The one-line error for a split name that is none of :data:`SPLITS`."""
+    return DataError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
 
 
 TRUE = frozenset({"1", "true", "yes", "on"})

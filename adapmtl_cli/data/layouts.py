@@ -40,6 +40,16 @@ ADASHARE_JSON = "nyu_v2_3task.json"
 ADASHARE_FOLDERS = ("img", "seg", "normal_mask", "depth")
 """The AdaShare layout's folders, in the order of each JSON entry."""
 
+# --- the held-out test split of the JSON-indexed layouts ----------------------------------------------------
+
+HELDOUT_KEY = "heldout"
+"""The JSON list of our ``test`` split in ``nyu_v2_3task.json`` and ``taskonomy.json``.
+
+Both indexes ship two lists, ``train`` and ``test``, and that ``test`` list is the original dataset's only
+evaluation set, which we read as ``val`` (the split settings are tuned on). A held-out test split, looked at only
+once settings are frozen, is a third list under this key (``adapmtl data synth --test N`` writes it); real
+packs have none, so opening their ``test`` split is a ``DataError``."""
+
 # --- Tiny-Taskonomy ---------------------------------------------------------------------------------------
 
 TASKONOMY_JSON = "taskonomy.json"

@@ -1,6 +1,8 @@
 """NYU-v2 in the MTAN/LibMTL ``.npy`` layout, and the ``nyuv2``/``synthetic`` registrations that pick a layout.
 
-``root/{train,val}/{image,label,depth,normal}/{i}.npy`` holds one HWC array per sample, ``i = 0..N-1``:
+``root/{train,val,test}/{image,label,depth,normal}/{i}.npy`` holds one HWC array per sample, ``i = 0..N-1``
+(``test/``, the held-out split, is optional; ``val`` falls back to ``test/`` when there is no ``val/``, as some
+NYU-v2 copies name their only evaluation folder so):
 image (H, W, 3) RGB in [0, 1]; label (H, W) class ids 0..12 stored as floats, -1 = ignore; depth (H, W, 1) or
 (H, W) metres, 0 = invalid; normal (H, W, 3) unit vectors, all-zero = invalid. ``open`` checks the layout from
 the ``.npy`` headers alone (names, counts, shapes, dtypes, truncation), so a bad folder fails at once with the
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data.augment import AugmentedSplit
-from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option
+from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option, unknown_split
 from adapmtl_cli.data.layouts import (
     ADASHARE_JSON,
     MTAN_TASK_FOLDERS,
@@ -72,15 +74,24 @@ def _other_layout(root: Path) -> str:
 
 
 def _resolve_split(root: Path, split: str) -> Path:
-    """The folder of ``split``; ``val`` falls back to ``test/`` (and ``test`` to ``val/``) when absent."""
+    """The folder of ``split``; ``val`` falls back to ``test/`` when there is no ``val/``, ``test`` never falls back.
+
+    Raises:
+        DataError: the root or the split's folder does not exist (one line naming it), or the split is unknown.
+    """
     if not root.is_dir():
         raise DataError(f"dataset root {quoted(root)} does not exist; pass the folder that holds train/ and val/")
-    candidates = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}.get(split)
+    candidates = {"train": ("train",), "val": ("val", "test"), "test": ("test",)}.get(split)
     if candidates is None:
-        raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
+        raise unknown_split(split)
     for name in candidates:
         if (root / name).is_dir():
             return root / name
+    if split == "test":
+        raise DataError(
+            f"split folder {quoted(root / 'test')} does not exist, so there is no held-out test split; evaluate "
+            f"on val (--eval-split val) or generate one (adapmtl data synth ROOT --test N){_other_layout(root)}"
+        )
     raise DataError(
         f"split folder {quoted(root / split)} does not exist; pass a root holding train/ and val/{_other_layout(root)}"
     )
@@ -237,19 +248,22 @@ def describe(root: Path) -> dict[str, object]:
     """Summarise a dataset folder: samples and size per split, tasks, and label/depth statistics.
 
     The class histogram (pixels per class, plus ``ignore``) and the invalid-depth ratio come from the first
-    64 samples of the validation split (train when there is none). Opening each split validates it.
+    64 samples of the validation split (train when there is none). Opening each split validates it. ``test``
+    is listed when the root holds a ``test/`` folder that ``val`` does not already read.
     """
     adapter = NyuV2Npy()
     root = Path(root)
     splits: dict[str, dict[str, object]] = {}
     opened: dict[str, NpySplit] = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         try:
             folder = _resolve_split(root, split)
         except DataError:
             if root.is_dir():
                 continue
             raise
+        if any(data.folder == folder for data in opened.values()):
+            continue  # a root with test/ and no val/ reads test/ as val: list it once
         opened[split] = data = cast(NpySplit, adapter.open(root, split))  # never augmented: no augment option
         splits[split] = {"folder": folder.name, "samples": len(data), "size": list(data.size)}
     if not opened:

@@ -1,8 +1,11 @@
 """NYU-v2 in the AdaShare / DiSparse / AdapMTL layout: ``nyu_v2_3task.json`` plus PNG and ``.npy`` files.
 
-``root/nyu_v2_3task.json`` maps split keys (``train``, ``test``, optional ``train1``/``train2``) to lists of
-4-tuples of root-relative paths ``[img/XXXX.png, seg/XXXX.png, normal_mask/XXXX.png, depth/XXXX.npy]``. Our
-``val`` split is the JSON's ``test`` (the layout has no separate validation set). Files (datasets.md §1b):
+``root/nyu_v2_3task.json`` maps split keys (``train``, ``test``, optional ``train1``/``train2`` and
+``heldout``) to lists of 4-tuples of root-relative paths ``[img/XXXX.png, seg/XXXX.png, normal_mask/XXXX.png,
+depth/XXXX.npy]``. Our ``val`` split is the JSON's ``test`` (the layout has no separate validation set), and
+our held-out ``test`` split is the optional ``heldout`` list (:data:`~adapmtl_cli.data.layouts.HELDOUT_KEY`,
+written by ``adapmtl data synth --layout nyuv2-adashare --test N``; real packs have none, and opening ``test``
+on them is a ``DataError``). Files (datasets.md §1b):
 
 - ``img``: RGB PNG, uint8. Decoded per the ``input`` option: ``caffe-bgr`` (default, what checkpoints trained by
   AdaShare, DiSparse and AdapMTL expect: channels in BGR order, 0..255 minus the Caffe mean
@@ -33,8 +36,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data.augment import AugmentedSplit
-from adapmtl_cli.data.base import Sample, choice_option
-from adapmtl_cli.data.layouts import ADASHARE_FOLDERS, ADASHARE_JSON, CAFFE_MEAN_BGR, INPUT_ENCODINGS, NYU40_CLASSES
+from adapmtl_cli.data.base import SPLITS, Sample, choice_option, unknown_split
+from adapmtl_cli.data.layouts import (
+    ADASHARE_FOLDERS,
+    ADASHARE_JSON,
+    CAFFE_MEAN_BGR,
+    HELDOUT_KEY,
+    INPUT_ENCODINGS,
+    NYU40_CLASSES,
+)
 from adapmtl_cli.data.npy import load_npy, read_npy_header
 from adapmtl_cli.data.problems import MAX_PROBLEMS, quoted, raise_problems
 from adapmtl_cli.errors import DataError
@@ -43,8 +53,8 @@ from adapmtl_cli.tasks.registry import get_task
 
 NORMALS = ("unit", "adashare")
 TASK_NAMES = ("segmentation", "depth", "normal")
-SPLIT_KEYS = {"train": "train", "val": "test", "test": "test", "train1": "train1", "train2": "train2"}
-"""Our split name -> the JSON key it reads."""
+SPLIT_KEYS = {"train": "train", "val": "test", "test": HELDOUT_KEY, "train1": "train1", "train2": "train2"}
+"""Our split name -> the JSON key it reads (``val`` is AdaShare's ``test`` list, ``test`` the ``heldout`` one)."""
 
 _MODES = {"img": ("RGB",), "seg": ("L",), "normal_mask": ("RGB",)}
 _DESCRIBE_SAMPLES = 64
@@ -244,7 +254,8 @@ class NyuV2AdaShare:
         return [get_task("segmentation", num_classes=len(NYU40_CLASSES)), get_task("depth"), get_task("normal")]
 
     def open(self, root: Path, split: str) -> AdaShareSplit | AugmentedSplit:
-        """Validate ``split`` (``train``, ``val`` = JSON ``test``, ``train1``, ``train2``) from the JSON and headers.
+        """Validate ``split`` from the JSON and headers: ``train``, ``val`` (JSON ``test``), ``test`` (JSON
+        ``heldout``), ``train1``, ``train2``.
 
         Raises:
             DataError: the JSON is missing, invalid or lacks the split; an entry is not 4 relative paths inside
@@ -252,9 +263,14 @@ class NyuV2AdaShare:
         """
         root = Path(root)
         if split not in SPLIT_KEYS:
-            raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
+            raise unknown_split(split)
         index = read_index(root)
         key, json_path = SPLIT_KEYS[split], quoted(root / ADASHARE_JSON)
+        if key == HELDOUT_KEY and key not in index:
+            raise DataError(
+                f"{json_path} has no {key!r} list, so there is no held-out test split (its 'test' list is our val); "
+                "evaluate on val (--eval-split val) or generate one (adapmtl data synth ROOT --test N)"
+            )
         if key not in index:
             keys = ", ".join(map(repr, index)) or "none"
             raise DataError(f"{json_path} has no {key!r} list (its keys: {keys}); the layout needs 'train' and 'test'")
@@ -286,14 +302,14 @@ class NyuV2AdaShare:
     def describe(self, root: Path) -> dict[str, Any]:
         """See :meth:`DatasetAdapter.describe`; statistics come from the first 64 ``test`` samples.
 
-        Splits whose JSON key is absent are left out (AdaShare can write a test-only JSON); ``normals`` and
-        ``input`` report the decoding options.
+        Splits whose JSON key is absent are left out (AdaShare can write a test-only JSON; ``test``, the
+        ``heldout`` list, is listed only where there is one); ``normals`` and ``input`` report the decoding options.
         """
         root = Path(root)
         index = read_index(root)
         plain = NyuV2AdaShare(self.name, normals=self.normals, input_format=self.input_format)
         opened: dict[str, AdaShareSplit] = {}
-        for split in ("train", "val"):
+        for split in SPLITS:
             if SPLIT_KEYS[split] in index:
                 opened[split] = cast(AdaShareSplit, plain.open(root, split))  # never augmented: plain has no augment
         if not opened:

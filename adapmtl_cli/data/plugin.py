@@ -17,7 +17,8 @@ The plug-in interface: a Python file or importable module defining, at module le
       ``update(pred, target)`` and ``compute() -> {metric name: float}`` pooled over everything it saw.
 
 ``dataset(root: Path, split: str, **options) -> Dataset``
-    The ``split`` (``"train"`` or ``"val"``) of the data under ``root`` (``--data-dir``): any object with
+    The ``split`` (``"train"`` or ``"val"``; ``"test"``, the held-out split, with ``prune --eval-split test``;
+    raise for a split you do not have) of the data under ``root`` (``--data-dir``): any object with
     ``__len__`` and ``__getitem__`` (a ``torch.utils.data.Dataset``, even a list). Item ``i`` is
     ``(input, {task name: target})`` with a tensor input and exactly the task names of ``TASKS``; a target is a
     tensor in its kind's format (a Python int or float is turned into a 0-d tensor). ``--data-opt KEY=VALUE``
@@ -49,13 +50,14 @@ from typing import Any, cast
 import torch
 from torch.utils.data import Dataset
 
-from adapmtl_cli.data.base import Sample
+from adapmtl_cli.data.base import SPLITS, Sample, unknown_split
 from adapmtl_cli.errors import AdapmtlError, ConfigError, DataError
 from adapmtl_cli.tasks import TASKS as TASK_KINDS
 from adapmtl_cli.tasks import canonical_task_name
 from adapmtl_cli.tasks.base import MetricMeter, MetricSpec, TaskSpec
 
-SPLITS = ("train", "val")
+_DESCRIBED = ("train", "val")
+"""The splits ``data check`` opens; a plug-in's ``describe(root)`` can report its test split."""
 _MAX_MESSAGE = 300
 
 
@@ -394,7 +396,7 @@ class PluginAdapter:
                 dataset of ``(tensor, {task: target})`` with exactly the declared tasks.
         """
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
+            raise unknown_split(split)
         what = f"dataset(root, {split!r})"
         data = _call(self.name, what, DataError, self._dataset, Path(root), split, **self.options)
         if not (callable(getattr(data, "__len__", None)) and callable(getattr(data, "__getitem__", None))):
@@ -410,9 +412,9 @@ class PluginAdapter:
         return opened
 
     def describe(self, root: Path) -> dict[str, Any]:
-        """Open both splits and summarise them; keys from the plug-in's ``describe(root)`` override these."""
+        """Open train and val and summarise them; keys from the plug-in's ``describe(root)`` override these."""
         splits: dict[str, dict[str, Any]] = {}
-        for split in SPLITS:
+        for split in _DESCRIBED:
             opened = self.open(root, split)
             splits[split] = {"folder": split, "samples": len(opened), "size": list(opened[0][0].shape)}
         summary: dict[str, Any] = {

@@ -2,10 +2,12 @@
 
 Layout. ``root/taskonomy.json`` maps split keys to lists of samples, each a list of 6 root-relative paths in the
 order rgb, segment_semantic, normal, depth_zbuffer, keypoints2d, edge_texture. Keys: ``train`` and ``test`` (our
-``val``), optionally ``train1``/``train2`` (the halves AdaShare alternates between) and ``test_small``; only
-``train`` and ``test`` are read. Any folder structure works (the old ``<building>/<folder>/<file>``, Omnidata's
-``<folder>/taskonomy/<building>/<file>``, AdapMTL's ``train/``-prefixed paths) as long as every path stays inside
-the root. ``root/semseg_prior_factor.npy`` holds the 17 class weights of the segmentation loss.
+``val``), optionally ``heldout`` (our held-out ``test`` split, :data:`~adapmtl_cli.data.layouts.HELDOUT_KEY`;
+``adapmtl data synth --layout taskonomy --test N`` writes it, real packs have none), ``train1``/``train2`` (the
+halves AdaShare alternates between) and ``test_small``; only ``train``, ``test`` and ``heldout`` are read. Any
+folder structure works (the old ``<building>/<folder>/<file>``, Omnidata's ``<folder>/taskonomy/<building>/<file>``,
+AdapMTL's ``train/``-prefixed paths) as long as every path stays inside the root. ``root/semseg_prior_factor.npy``
+holds the 17 class weights of the segmentation loss.
 
 Every image of a split must have one size: the loader never resizes. Our generator writes 256x256; resize real
 Taskonomy (512x512) beforehand with nearest neighbour for every modality, RGB included, as AdaShare does.
@@ -45,7 +47,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapmtl_cli.data.base import Sample, bool_option, check_options, choice_option
-from adapmtl_cli.data.layouts import INPUT_ENCODINGS, TASKONOMY_CLASSES, TASKONOMY_FOLDERS, TASKONOMY_JSON
+from adapmtl_cli.data.layouts import HELDOUT_KEY, INPUT_ENCODINGS, TASKONOMY_CLASSES, TASKONOMY_FOLDERS, TASKONOMY_JSON
 from adapmtl_cli.data.problems import quoted
 from adapmtl_cli.data.registry import register_dataset
 from adapmtl_cli.data.taskonomy_decode import (
@@ -203,7 +205,7 @@ class Taskonomy:
         return [segmentation, TaskonomyNormal(), TaskonomyDepth(), Keypoints(), Edges()]
 
     def open(self, root: Path, split: str) -> TaskonomySplit:
-        """Validate ``split`` (``val`` = the ``test`` list) from the JSON and the image headers.
+        """Validate ``split`` (``val`` = the ``test`` list, ``test`` = the ``heldout`` list) from the JSON and headers.
 
         Raises:
             DataError: the JSON is missing or malformed, a path is absolute, climbs out with ``..`` or leaves the
@@ -227,6 +229,8 @@ class Taskonomy:
     def describe(self, root: Path) -> dict[str, Any]:
         """See :meth:`DatasetAdapter.describe`; statistics come from the first 64 samples of val (else train).
 
+        ``test`` is listed when the JSON has a ``heldout`` list.
+
         ``class_pixels`` counts decoded labels (uncertain pixels under background, or under ``ignore`` with
         ``uncertain=ignore``); extra keys: ``uncertain_pixels`` (raw 0) and ``class_weights`` (the prior).
         """
@@ -234,8 +238,8 @@ class Taskonomy:
         index = load_index(root)
         splits: dict[str, dict[str, Any]] = {}
         opened: dict[str, TaskonomySplit] = {}
-        for split in ("train", "val"):
-            if not any(k in index for k in (("train",) if split == "train" else ("test", "val"))):
+        for split, keys in (("train", ("train",)), ("val", ("test", "val")), ("test", (HELDOUT_KEY,))):
+            if not any(k in index for k in keys):
                 continue
             opened[split] = data = self.open(root, split)
             splits[split] = {"folder": data.key, "samples": len(data), "size": list(data.size)}

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from adapmtl_cli.data.base import unknown_split
 from adapmtl_cli.data.layouts import (
+    HELDOUT_KEY,
     TASKONOMY_CLASSES,
     TASKONOMY_DOMAINS,
     TASKONOMY_FOLDERS,
@@ -111,14 +113,21 @@ def load_index(root: Path) -> dict[str, Any]:
 
 
 def split_key(index: dict[str, Any], split: str, path: Path) -> str:
-    """The key of ``split`` in ``taskonomy.json``: ``val`` reads ``test`` (or ``val`` when there is no ``test``)."""
-    candidates = {"train": ("train",), "val": ("test", "val"), "test": ("test", "val")}.get(split)
+    """The key of ``split`` in ``taskonomy.json``: ``val`` reads ``test`` (or ``val`` when there is no ``test``),
+    ``test`` reads ``heldout`` (:data:`~adapmtl_cli.data.layouts.HELDOUT_KEY`) and nothing else."""
+    candidates = {"train": ("train",), "val": ("test", "val"), "test": (HELDOUT_KEY,)}.get(split)
     if candidates is None:
-        raise DataError(f"unknown split {split!r}; use 'train' or 'val'")
+        raise unknown_split(split)
     for key in candidates:
         if key in index:
             return key
     keys = ", ".join(repr(k) for k in index) or "none"
+    if split == "test":
+        raise DataError(
+            f"{quoted(path)} has no {HELDOUT_KEY!r} list (its keys: {keys}), so there is no held-out test split (its "
+            "'test' list is our val); evaluate on val (--eval-split val) or generate one (adapmtl data synth ROOT "
+            "--layout taskonomy --test N)"
+        )
     raise DataError(f"{quoted(path)} has no {candidates[0]!r} list (its keys: {keys}); add the {split} samples")
 
 

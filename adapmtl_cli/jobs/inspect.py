@@ -118,6 +118,7 @@ def estimate_step(prepared: Prepared, cfg: PruneConfig, *, timed_steps: int = 2)
         losses={t.name: t.loss for t in prepared.tasks},
         weighting=cfg.weighting,
         layer_scale=cfg.layer_scale,
+        allocation=cfg.allocation,
         threshold_lr=cfg.threshold_lr,
         ramp_end=cfg.ramp_end,
         component_sparsity=cfg.component_sparsity,

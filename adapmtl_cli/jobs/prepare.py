@@ -42,9 +42,12 @@ class Prepared:
     tasks: list[TaskSpec]
     train: Dataset
     val: Dataset
+    """The split the dense and the pruned model are evaluated on: ``val``, or ``test`` (see ``eval_split``)."""
     discovery: Discovery
     example_input: torch.Tensor
     """The probe batch discovery ran on (two training samples)."""
+    eval_split: str = "val"
+    """Which split ``val`` holds (``PruneConfig.eval_split``)."""
 
     @property
     def mapping(self) -> OutputMapping:
@@ -119,8 +122,13 @@ def prepare(
     backbone: Sequence[str] = (),
     head: Sequence[str] = (),
     hooks: Hooks | None = None,
+    eval_split: str = "val",
 ) -> Prepared:
-    """Everything up to (and including) component discovery; no training."""
+    """Everything up to (and including) component discovery; no training.
+
+    ``eval_split`` (``val`` or ``test``) is the split opened for evaluation, ``Prepared.val``; a dataset without
+    that split fails here, before any training, with the adapter's one-line ``DataError``.
+    """
     hooks = hooks or Hooks()
     hooks.status(f"loading {checkpoint}")
     loaded = load_model(Path(checkpoint), factory=factory, trust_pickle=trust_pickle)
@@ -128,7 +136,7 @@ def prepare(
     root = Path(data_dir)
     specs = select_tasks(adapter.tasks(root), tasks)
     train = only_tasks(adapter.open(root, "train"), specs)
-    val = only_tasks(adapter.open(root, "val"), specs)
+    val = only_tasks(adapter.open(root, eval_split), specs)
     if len(train) < 1:
         raise DataError(f"{data_dir!r} has an empty train split")
     probe = [train[i] for i in range(min(2, len(train)))]
@@ -146,7 +154,7 @@ def prepare(
     for t in specs:
         if not torch.isfinite(t.loss(preds[t.name], y[t.name])):
             raise DiscoveryError(f"task {t.name!r} gives a non-finite loss on the first batch; check the model")
-    return Prepared(loaded, specs, train, val, found, x)
+    return Prepared(loaded, specs, train, val, found, x, eval_split)
 
 
 def prepare_from(cfg: PruneConfig, hooks: Hooks | None = None) -> Prepared:
@@ -164,6 +172,7 @@ def prepare_from(cfg: PruneConfig, hooks: Hooks | None = None) -> Prepared:
         backbone=cfg.backbone,
         head=cfg.head,
         hooks=hooks,
+        eval_split=cfg.eval_split,
     )
 
 

@@ -32,7 +32,7 @@ from adapmtl_cli.report.build import build_report
 from adapmtl_cli.train.batches import check_batch_size, to_device, train_batches
 from adapmtl_cli.train.device import autocast_dtype, resolve_device
 from adapmtl_cli.train.distributed import World, agree, process_group, rank_device, run_on_main, world_from_env
-from adapmtl_cli.train.evaluate import evaluate
+from adapmtl_cli.train.evaluate import Evaluation, evaluate_with_diagnostics
 from adapmtl_cli.train.events import Rollback, StepInfo
 from adapmtl_cli.train.loop import LoopHooks, LoopState, TrainConfig, finetune
 from adapmtl_cli.train.state_files import load_state, save_state
@@ -144,10 +144,12 @@ class _Job:
     def on_main(self, fn: Callable[[], Any]) -> Any:
         return run_on_main(self.world, fn)
 
-    def evaluate(self, model: nn.Module, label: str) -> Metrics:
-        self.hooks.status(f"evaluating the {label} model on the validation split")
+    def evaluate(self, model: nn.Module, label: str) -> Evaluation:
+        """The model's metrics on the validation split, with its meters' diagnostics (not metrics) beside them."""
+        split = "validation" if self.cfg.eval_split == "val" else self.cfg.eval_split
+        self.hooks.status(f"evaluating the {label} model on the {split} split")
         cb = self.hooks.on_eval
-        return evaluate(
+        return evaluate_with_diagnostics(
             model,
             self.prepared.val,
             self.prepared.tasks,
@@ -181,7 +183,12 @@ def _check_and_prepare(cfg: PruneConfig, run: RunDir, resume: bool, hooks: Hooks
     check_batch_size(cfg.batch_size, len(prepared.train), world)  # type: ignore[arg-type]
     sizes = {c.name: c.prunable_params for c in prepared.cmap.components if c.prunable_params}
     check_method_options(
-        cfg.method, layer_scale=cfg.layer_scale, bounds=cfg.component_sparsity, sizes=sizes, sparsity=cfg.sparsity
+        cfg.method,
+        layer_scale=cfg.layer_scale,
+        bounds=cfg.component_sparsity,
+        sizes=sizes,
+        sparsity=cfg.sparsity,
+        allocation=cfg.allocation,
     )
     return _Job(cfg, run, device, prepared, resume, hooks, world)
 
@@ -198,7 +205,7 @@ def _dense_metrics(job: _Job, model: nn.Module) -> Metrics:
     """The dense model's validation metrics, computed once per run folder (a resume reads them back)."""
     if job.resume and job.run.dense_metrics.is_file():
         return json.loads(job.run.dense_metrics.read_text())
-    metrics = job.evaluate(model, "dense")
+    metrics = job.evaluate(model, "dense").metrics
     write_text(job.run.dense_metrics, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -220,6 +227,7 @@ def _pruning(job: _Job, model: nn.Module) -> Pruning:
         losses={t.name: t.loss for t in p.tasks},
         weighting=cfg.weighting,
         layer_scale=cfg.layer_scale,
+        allocation=cfg.allocation,
         threshold_lr=cfg.threshold_lr,
         ramp_end=cfg.ramp_end,
         component_sparsity=cfg.component_sparsity,
@@ -274,7 +282,8 @@ def _fine_tune(job: _Job, pruning: Pruning) -> StepInfo:
 
 def _finish(job: _Job, pruning: Pruning, model: nn.Module, dense: Metrics, last: StepInfo, started: float) -> RunReport:
     """Score the pruned model, write its weights and the report."""
-    pruned = job.evaluate(model, "pruned")
+    evaluation = job.evaluate(model, "pruned")
+    pruned = evaluation.metrics
     _check_finite(pruned)
     from safetensors.torch import save as save_safetensors
 
@@ -288,6 +297,7 @@ def _finish(job: _Job, pruning: Pruning, model: nn.Module, dense: Metrics, last:
         pruned,
         task_weights=last.task_weights,
         wall=time.perf_counter() - started,
+        diagnostics=evaluation.diagnostics,
     )
     write_model(job.run.report, report)
     return report

@@ -8,8 +8,12 @@ from __future__ import annotations
 from adapmtl_cli.methods import (  # noqa: F401  (registration side effects, in display order)
     adapmtl,
     disparse,
+    disparse_dynamic,
     gmp,
+    imp,
+    lth,
     magnitude_oneshot,
+    snip,
     str_global,
     str_layer,
     uniform_magnitude,
@@ -18,9 +22,11 @@ from adapmtl_cli.methods.base import MethodContext, Pruner
 from adapmtl_cli.methods.registry import (
     CALIBRATES,
     COMPONENT_BOUNDS,
+    DEFAULT_ALLOCATION,
     DEFAULT_LAYER_SCALE,
     DEFAULT_WEIGHTING,
     METHODS,
+    allocation_name,
     build_pruner,
     check_method,
     check_method_options,
@@ -31,6 +37,8 @@ from adapmtl_cli.methods.registry import (
 )
 
 __all__ = [
+    "DEFAULT_ALLOCATION",
+    "allocation_name",
     "CALIBRATES",
     "COMPONENT_BOUNDS",
     "DEFAULT_LAYER_SCALE",

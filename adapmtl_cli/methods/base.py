@@ -23,6 +23,7 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods.layer_scales import LAYER_SCALES, saliency_scales
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, best_task_ranks
 from adapmtl_cli.model.discover import ComponentMap
+from adapmtl_cli.sparsity.allocation import ALLOCATIONS, MarginalAllocator
 from adapmtl_cli.sparsity.masks import (
     MaskedModel,
     bake_masks_,
@@ -31,7 +32,7 @@ from adapmtl_cli.sparsity.masks import (
     keep_top_,
     mask_zeros,
 )
-from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target
+from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target, group_magnitudes
 from adapmtl_cli.sparsity.thresholds import (
     LayerZeros,
     ThresholdedModel,
@@ -62,6 +63,8 @@ class MethodContext:
     """``--component-sparsity``: per component, the final sparsity's floor and cap (component thresholds only)."""
     layer_scale: str | None = None
     """``--layer-scale``: how a threshold method scales its thresholds per layer (None: the method's default)."""
+    allocation: str | None = None
+    """``--allocation``: how a threshold method's split between groups moves (None: the method's default)."""
 
 
 @runtime_checkable
@@ -110,6 +113,7 @@ class ThresholdPruner:
         *,
         per_group_init: bool = False,
         layer_scale: str = "none",
+        allocation: str = "adam",
     ) -> None:
         self.name = name
         self.ctx = ctx
@@ -125,6 +129,11 @@ class ThresholdPruner:
             raise ValueError(f"method {name!r} has {granularity} thresholds; it must not accept component bounds")
         # Only the ratios between thresholds matter: the controller sets the level from step 1 on.
         init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
+        self.allocation = ctx.allocation or allocation
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "marginal":
+            self.tm.allocator = MarginalAllocator(len(self.tm.bank.groups))  # a submodule: its state is saved
         self.module: nn.Module = self.tm
         self._controller: LevelController | None = None
 
@@ -142,9 +151,12 @@ class ThresholdPruner:
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
         weights, bank = _weights_and_rest(self.tm, {id(p) for p in self.tm.bank.parameters()})
+        # Only ``adam`` moves the logits by gradient steps; the other rules keep them in the optimizer at rate 0
+        # so that the optimizer still clears their gradients every step.
+        rate = threshold_lr if self.allocation == "adam" else 0.0
         return [
             {"params": weights, "lr": lr, "weight_decay": 0.0},
-            {"params": bank, "lr": threshold_lr, "weight_decay": 0.0},
+            {"params": bank, "lr": rate, "weight_decay": 0.0},
         ]
 
     def target_at(self, step: int) -> float:
@@ -153,6 +165,9 @@ class ThresholdPruner:
     def after_step_(self, step: int) -> float:
         if self._controller is None:
             self._controller = LevelController(self.tm)
+        allocator = getattr(self.tm, "allocator", None)
+        if isinstance(allocator, MarginalAllocator):
+            allocator.step_(self.tm, group_magnitudes(self.tm, self._controller.workspace))
         target = self.target_at(step)
         if self.bounds:
             # Floors grow with the ramp (a 95% floor must not hit a component at step 1); caps hold throughout.

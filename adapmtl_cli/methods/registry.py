@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods.base import MethodContext, Pruner
+from adapmtl_cli.sparsity.allocation import ALLOCATIONS
 from adapmtl_cli.sparsity.schedule import check_bounds
 
 METHODS: dict[str, Callable[[MethodContext], Pruner]] = {}
@@ -70,6 +71,18 @@ def layer_scale_name(method: str, layer_scale: str | None) -> str | None:
     return (layer_scale or default) if default is not None else None
 
 
+DEFAULT_ALLOCATION = "adam"
+"""How threshold methods move their split between groups unless ``--allocation`` says otherwise."""
+
+
+def allocation_name(method: str, allocation: str | None) -> str | None:
+    """``allocation`` if given, else the threshold methods' default; None for methods without thresholds."""
+    check_method(method)
+    if DEFAULT_LAYER_SCALE[method] is None:
+        return None
+    return allocation or DEFAULT_ALLOCATION
+
+
 def needs_calibration(method: str, layer_scale: str | None) -> bool:
     """Whether building ``method`` scores weights by task saliency on training batches."""
     return method in CALIBRATES or layer_scale_name(method, layer_scale) == "saliency"
@@ -82,11 +95,12 @@ def check_method_options(
     bounds: Mapping[str, tuple[float, float]] | None,
     sizes: Mapping[str, int],
     sparsity: float,
+    allocation: str | None = None,
 ) -> None:
     """Every rule on how a method's options combine, checked before any work (the one place they live).
 
-    ``--layer-scale`` needs a threshold method; ``--component-sparsity`` needs one learned threshold per
-    component, bounds on known components and a split that can meet the target.
+    ``--layer-scale`` and ``--allocation`` need a threshold method; ``--component-sparsity`` needs one learned
+    threshold per component, bounds on known components and a split that can meet the target.
 
     Args:
         sizes: per component, its prunable weights (components without any are left out).
@@ -97,6 +111,10 @@ def check_method_options(
         raise ConfigError(
             f"--layer-scale scales learned thresholds (--method {scaled}); --method {method} prunes with masks"
         )
+    if allocation is not None and DEFAULT_LAYER_SCALE[method] is None:
+        raise ConfigError(f"--allocation moves learned thresholds; --method {method} prunes with masks")
+    if allocation is not None and allocation not in ALLOCATIONS:
+        raise ConfigError(f"--allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
     if not bounds:
         return
     if method not in COMPONENT_BOUNDS:
@@ -110,5 +128,12 @@ def check_method_options(
 def build_pruner(name: str, ctx: MethodContext) -> Pruner:
     """Apply method ``name`` to ``ctx.model`` after checking how its options combine."""
     sizes = {c.name: c.prunable_params for c in ctx.cmap.components if c.prunable_params}
-    check_method_options(name, layer_scale=ctx.layer_scale, bounds=ctx.bounds, sizes=sizes, sparsity=ctx.sparsity)
+    check_method_options(
+        name,
+        layer_scale=ctx.layer_scale,
+        bounds=ctx.bounds,
+        sizes=sizes,
+        sparsity=ctx.sparsity,
+        allocation=ctx.allocation,
+    )
     return METHODS[name](ctx)

@@ -1,4 +1,4 @@
-"""Task-loss weights: AdapMTL's adaptive weighting (our estimator and the paper's), and equal weights.
+"""Task-loss weights: AdapMTL's adaptive weighting (our estimator and the paper's), normalised and equal weights.
 
 AdapMTL (Xiang et al., ACM MM 2024) weighs each task by how strongly its loss reacts while pruning goes on.
 
@@ -13,8 +13,9 @@ loss is compared with its own level at the start of the run (before the sparsity
 ``r_i = EMA(L_i) / L_i(dense)``, and ``w_i ∝ r_i / L_i(dense)``: a task whose loss grew more, relative to where
 it started, weighs more (the paper's principle), and dividing by the dense level makes the weights independent of
 each loss's scale (cross-entropy ~1 and 1 − cosine ~0.1 count alike), which is what Δ_T, a sum of relative
-changes, rewards. Measured in ``docs/architecture.md`` ("Making the default win"). The weights are plain floats:
-no gradient flows through them.
+changes, rewards. Measured in ``docs/architecture.md`` ("Making the default win"). ``norm``
+(:class:`NormWeighting`) is ``w_i ∝ 1 / L_i(dense)`` alone: the control that shows what the robustness factor
+adds. The weights are plain floats: no gradient flows through them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-WEIGHTINGS = ("adaptive", "paper", "equal")
+WEIGHTINGS = ("adaptive", "paper", "equal", "norm")
 
 
 class EqualWeighting:
@@ -136,11 +137,15 @@ class AdaptiveWeighting:
         base = {t: self.base_sum[t] / self.base_count[t] for t in self.tasks}
         if any(not b > 0 for b in base.values()):
             return dict.fromkeys(self.tasks, 1.0)
-        raw = {t: self.avg[t] / base[t] ** 2 for t in self.tasks}
+        raw = {t: self._raw(t, base[t]) for t in self.tasks}
         total = sum(raw.values())
         if total <= 0 or not math.isfinite(total):
             return dict.fromkeys(self.tasks, 1.0)
         return {t: len(self.tasks) * v / total for t, v in raw.items()}
+
+    def _raw(self, task: str, base: float) -> float:
+        """The unnormalised weight: the loss's growth since its dense level, over that level (``EMA(L) / B²``)."""
+        return self.avg[task] / base**2
 
     def state_dict(self) -> dict[str, Any]:
         return {"base_sum": dict(self.base_sum), "base_count": dict(self.base_count), "avg": dict(self.avg)}
@@ -151,7 +156,18 @@ class AdaptiveWeighting:
         self.avg = {t: float(v) for t, v in state["avg"].items()}
 
 
-Weighting = AdaptiveWeighting | PaperWeighting | EqualWeighting
+class NormWeighting(AdaptiveWeighting):
+    """``w_i ∝ 1 / B_i``: each loss normalised by its dense level, without ``adaptive``'s robustness factor.
+
+    The control for ``adaptive``: what the reaction to pruning adds over plain normalisation.
+    """
+
+    def _raw(self, task: str, base: float) -> float:
+        del task
+        return 1.0 / base
+
+
+Weighting = AdaptiveWeighting | PaperWeighting | EqualWeighting | NormWeighting
 
 
 def make_weighting(name: str, tasks: Sequence[str], total_steps: int) -> Weighting:
@@ -161,4 +177,6 @@ def make_weighting(name: str, tasks: Sequence[str], total_steps: int) -> Weighti
         return PaperWeighting(tasks, total_steps)
     if name == "equal":
         return EqualWeighting(tasks)
+    if name == "norm":
+        return NormWeighting(tasks, total_steps)
     raise ValueError(f"unknown weighting {name!r}")

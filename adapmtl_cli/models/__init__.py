@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from adapmtl_cli.models.aspp import ASPP_TINY_DEFAULTS, mobilenet_aspp_tiny
 from adapmtl_cli.models.deeplab import (
     DeepLabResNetMTL,
     deeplab_resnet,
@@ -19,11 +20,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplab_resnet": deeplab_resnet,
     "deeplab_resnet34": deeplab_resnet34,
     "deeplab_resnet_tiny": deeplab_resnet_tiny,
+    "mobilenet_aspp_tiny": mobilenet_aspp_tiny,
     "mobilenet_v2": mobilenet_v2,
     "mobilenet_v2_tiny": mobilenet_v2_tiny,
 }
 
 __all__ = [
+    "ASPP_TINY_DEFAULTS",
     "DEFAULT_TASKS",
     "MODELS",
     "ASPPLiteHead",
@@ -32,6 +35,7 @@ __all__ = [
     "deeplab_resnet",
     "deeplab_resnet34",
     "deeplab_resnet_tiny",
+    "mobilenet_aspp_tiny",
     "mobilenet_v2",
     "mobilenet_v2_tiny",
 ]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapmtl_cli.config import DeltaTEntry, PruneConfig, RunReport, ScoreEntry, TaskMetrics
 from adapmtl_cli.tasks.base import TaskSpec
-from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, delta_m, delta_p, delta_t
+from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, collapse, delta_m, delta_p, delta_t, delta_t_bounded
 
 if TYPE_CHECKING:  # the report reads a finished ``Pruning``; the stage that prunes sits above this one
     from adapmtl_cli.api import Pruning
@@ -24,19 +24,27 @@ def build_report(
     *,
     task_weights: Mapping[str, float],
     wall: float,
+    diagnostics: Mapping[str, Mapping[str, float]] | None = None,
 ) -> RunReport:
-    """The report of a finished run (``pruning`` finalized; ``task_weights``: those of the last step)."""
+    """The report of a finished run (``pruning`` finalized; ``task_weights``: those of the last step).
+
+    ``diagnostics`` are the pruned model's meter diagnostics per task (the evaluation's), which the collapse check
+    reads; without them only the error metrics are checked.
+    """
     parts = pruning.report()
     specs = {t.name: t for t in tasks}
     dt = delta_t(dense, pruned, specs)
+    collapsed = collapse(dense, pruned, specs, diagnostics)
     warnings = []
     unreached = pruning.discovery.cmap.unreached
     if unreached:
         warnings.append(f"{len(unreached)} modules are reached by no task and were not pruned")
+    warnings += [f"task {task} collapsed: {'; '.join(why)}" for task, why in collapsed.reasons.items()]
     return RunReport(
         method=cfg.method,
         weighting=parts["weighting"],
         layer_scale=parts["layer_scale"],
+        allocation=parts["allocation"],
         target_sparsity=cfg.sparsity,
         overall_sparsity=parts["overall_sparsity"],
         prunable_params=parts["prunable_params"],
@@ -57,15 +65,23 @@ def build_report(
             per_task=dt.per_task, overall=dt.overall, convention=dt.convention, skipped=list(dt.skipped)
         ),
         scores=other_scores(dense, pruned, specs),
+        collapsed=collapsed.per_task,
         task_weights=dict(task_weights),
         warnings=warnings,
     )
 
 
 def other_scores(dense: Any, pruned: Any, specs: dict[str, TaskSpec]) -> dict[str, ScoreEntry]:
-    """Δm and Δ_p of the pruned metrics against the dense ones, each with its convention."""
+    """The bounded Δ_T, Δm and Δ_p of the pruned metrics against the dense ones, each with its convention."""
     dp = delta_p(dense, pruned, specs)
+    bounded = delta_t_bounded(dense, pruned, specs)
     return {
+        "delta_t_bounded": ScoreEntry(
+            overall=bounded.overall,
+            per_task=bounded.per_task,
+            higher_is_better=SCORE_CONVENTIONS["delta_t_bounded"].higher_is_better,
+            convention=SCORE_CONVENTIONS["delta_t_bounded"].text,
+        ),
         "delta_m": ScoreEntry(
             overall=delta_m(dense, pruned, specs),
             higher_is_better=SCORE_CONVENTIONS["delta_m"].higher_is_better,

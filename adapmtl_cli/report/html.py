@@ -16,10 +16,15 @@ from adapmtl_cli.config import RunReport
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json
 from adapmtl_cli.report.views import (
     BEST_RULE,
+    BOUNDED_SYMBOL,
     Plot,
     RunView,
+    bounded_score,
+    collapse_line,
+    collapsed_tasks,
     fmt,
     layer_scale_note,
+    per_task_scores,
     relative_change,
     rows,
     score_lines,
@@ -95,6 +100,7 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
         ("target sparsity", f"{r.target_sparsity:.2%}", "target-sparsity"),
         ("achieved sparsity", f"{r.overall_sparsity:.2%}", "overall-sparsity"),
         ("Δ_T", f"{dt.overall:+.2f}%", "delta-t"),
+        *_bounded_card(r),
         ("prunable weights", f"{r.prunable_params:,}", "prunable-params"),
         ("zeros", f"{r.zeros:,}", "zeros"),
         ("steps", f"{r.steps}", "steps"),
@@ -144,11 +150,11 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
             cells += [f'<span class="{cls}">{diff:+.4f}</span>', f'<span class="{cls}">{rel_s}</span>']
             body.append(_row(cells, num))
     parts.append(_table(("task", "metric", "better", "dense", "pruned", "change", "relative"), body, num))
-    per = ", ".join(f"{escape(t)} {v:+.2f}" for t, v in dt.per_task.items())
-    cls = "good" if dt.overall >= 0 else "bad"
-    parts.append(f'<p><b>Δ_T</b> <span class="{cls}"><b>{dt.overall:+.2f}%</b></span> ({per})</p>')
-    extra = "".join(f"<br>{escape(line)}" for line in score_lines(r))
-    parts.append(f'<p class="note">{escape(dt.convention)}<br>{escape(run.baseline)}{extra}</p>')
+    parts.append(_score_paragraph("Δ_T", dt.overall, dt.per_task, r))
+    parts += _bounded_paragraphs(r)
+    bounded = bounded_score(r)
+    conventions = [dt.convention, *([bounded.convention] if bounded else []), run.baseline, *score_lines(r)]
+    parts.append(f'<p class="note">{"<br>".join(escape(line) for line in conventions)}</p>')
     if dt.skipped:
         parts.append(f'<p class="note">skipped (dense value 0): {escape(", ".join(dt.skipped))}</p>')
     if r.task_weights:
@@ -160,6 +166,30 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
     parts.append(f"<details{' open' if layers else ''}><summary><h2 style='display:inline'>Sparsity per layer</h2>")
     parts.append(f"</summary>{_layers(r, sort)}</details>")
     return _page(f"adapmtl report: {run.label}", "\n".join(parts), r.model_dump_json(indent=2))
+
+
+def _bounded_card(r: RunReport) -> list[tuple[str, str, str]]:
+    bounded = bounded_score(r)
+    return [] if bounded is None else [(BOUNDED_SYMBOL, f"{bounded.overall:+.2f}%", "delta-t-bounded")]
+
+
+def _score_paragraph(symbol: str, overall: float, per_task: dict[str, float], r: RunReport) -> str:
+    cls = "good" if overall >= 0 else "bad"
+    per = escape(per_task_scores(per_task, r))
+    return f'<p><b>{escape(symbol)}</b> <span class="{cls}"><b>{overall:+.2f}%</b></span> ({per})</p>'
+
+
+def _bounded_paragraphs(r: RunReport) -> list[str]:
+    """The bounded Δ_T under Δ_T and the collapse line; nothing for reports written before them."""
+    out = []
+    bounded = bounded_score(r)
+    if bounded is not None:
+        out.append(_score_paragraph(BOUNDED_SYMBOL, bounded.overall, bounded.per_task, r))
+    line = collapse_line(r)
+    if line is not None:
+        cls = "warn" if collapsed_tasks(r) else "note"
+        out.append(f'<p class="{cls}" id="collapsed">{escape(line)}</p>')
+    return out
 
 
 def _layers(r: RunReport, sort: str) -> str:

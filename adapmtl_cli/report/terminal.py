@@ -21,13 +21,18 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json, compare_markdown, report_csv, report_markdown
 from adapmtl_cli.report.views import (
     BEST_RULE,
+    BOUNDED_SYMBOL,
     DEFAULT_BASELINE,
     FORMATS,
     Plot,
     RunView,
+    bounded_score,
+    collapse_line,
+    collapsed_tasks,
     fmt,
     layer_scale_note,
     load_report,
+    per_task_scores,
     relative_change,
     rows,
     score_lines,
@@ -165,23 +170,40 @@ def report_renderable(
         f"weighting {report.weighting}{layer_scale_note(report)}, {report.steps} steps, {report.wall_seconds:.0f} s",
     )
     dt = report.delta_t
-    per = ", ".join(f"{t} {v:+.2f}" for t, v in dt.per_task.items())
-    delta = Text.assemble(
-        ("Δ_T ", "bold"),
-        (f"{dt.overall:+.2f}%", "bold green" if dt.overall >= 0 else "bold red"),
-        f"  ({per})",
-    )
-    notes = [dt.convention, baseline or DEFAULT_BASELINE, *score_lines(report)]
+    bounded = bounded_score(report)
+    notes = [dt.convention, *([bounded.convention] if bounded else []), baseline or DEFAULT_BASELINE]
+    notes += score_lines(report)
     if report.task_weights:
         notes.append(_weights_line(report))
     if dt.skipped:
         notes.append(f"skipped (dense value 0): {', '.join(dt.skipped)}")
-    parts: list[RenderableType] = [head, _component_table(report), _metrics_table(report), delta]
+    parts: list[RenderableType] = [head, _component_table(report), _metrics_table(report)]
+    parts += _score_texts(report)
     parts.extend(Text(n, style="dim") for n in notes)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in report.warnings)
     if layers:
         parts.append(_layer_table(report, sort))
     return Group(*parts)
+
+
+def _score_line(symbol: str, overall: float, per_task: dict[str, float], report: RunReport) -> Text:
+    return Text.assemble(
+        (f"{symbol} ", "bold"),
+        (f"{overall:+.2f}%", "bold green" if overall >= 0 else "bold red"),
+        f"  ({per_task_scores(per_task, report)})",
+    )
+
+
+def _score_texts(report: RunReport) -> list[RenderableType]:
+    """Δ_T, the bounded Δ_T under it and the collapse line (yellow when a task collapsed); older reports: Δ_T."""
+    out: list[RenderableType] = [_score_line("Δ_T", report.delta_t.overall, report.delta_t.per_task, report)]
+    bounded = bounded_score(report)
+    if bounded is not None:
+        out.append(_score_line(BOUNDED_SYMBOL, bounded.overall, bounded.per_task, report))
+    line = collapse_line(report)
+    if line is not None:
+        out.append(Text(line, style="bold yellow" if collapsed_tasks(report) else "dim"))
+    return out
 
 
 def _weights_line(report: RunReport) -> str:

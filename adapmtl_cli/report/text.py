@@ -15,10 +15,14 @@ from collections.abc import Sequence
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.report.views import (
     BEST_RULE,
+    BOUNDED_SYMBOL,
     Row,
     RunView,
+    bounded_score,
+    collapse_line,
     fmt,
     layer_scale_note,
+    per_task_scores,
     relative_change,
     rows,
     score_lines,
@@ -30,6 +34,7 @@ SECTION_TITLES = {
     "component": "Sparsity per component",
     "metric": "Task metrics on the validation split",
     "delta_t": "Δ_T (higher is better)",
+    "collapse": "Collapsed tasks (an error metric > 3× dense, or one predicted class)",
     "score": "Other scores (Δm: lower is better; Δ_p: higher is better)",
     "task_weight": "Final task weights",
     "warning": "Warnings",
@@ -68,11 +73,12 @@ def report_markdown(
                 f"| {task} | {m} | {'↑' if hib else '↓'} | {fmt(dense, 'float')} | {fmt(tm.pruned[m], 'float')} | "
                 f"{change} |"
             )
-    per = ", ".join(f"{t} {v:+.2f}" for t, v in report.delta_t.per_task.items())
+    per = per_task_scores(report.delta_t.per_task, report)
     lines += ["", f"**Δ_T** {report.delta_t.overall:+.2f}% ({per}). {report.delta_t.convention}; "]
     lines[-1] += baseline or "baseline: the dense model on the validation split"
     if report.delta_t.skipped:
         lines[-1] += f"; skipped (dense value 0): {', '.join(report.delta_t.skipped)}"
+    lines += _bounded_markdown(report)
     lines += [f"\n{line}" for line in score_lines(report)]
     if report.task_weights:
         weights = ", ".join(f"{t} {fmt(w, 'float')}" for t, w in report.task_weights.items())
@@ -86,6 +92,20 @@ def report_markdown(
                 f"| {x.name} | {x.component} | {x.params:,} | {x.sparsity:.2%} | {fmt(x.threshold, 'threshold')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _bounded_markdown(report: RunReport) -> list[str]:
+    """The bounded Δ_T and the collapse line under Δ_T; nothing for reports written before them."""
+    lines = []
+    bounded = bounded_score(report)
+    if bounded is not None:
+        per = per_task_scores(bounded.per_task, report)
+        lines += ["", f"**{BOUNDED_SYMBOL}** {bounded.overall:+.2f}% ({per}). {bounded.convention}"]
+    collapsed = collapse_line(report)
+    if collapsed is not None:
+        label, _, rest = collapsed.partition(": ")
+        lines += ["", f"**{label}**: {rest}"]
+    return lines
 
 
 def compare_markdown(runs: Sequence[RunView], *, layers: bool = False, sort: str = "model") -> str:

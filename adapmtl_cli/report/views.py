@@ -10,23 +10,28 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from adapmtl_cli.config import LayerSparsity, PruneConfig, RunReport
+from adapmtl_cli.config import LayerSparsity, PruneConfig, RunReport, ScoreEntry
 from adapmtl_cli.errors import AdapmtlError, ConfigError
 from adapmtl_cli.files.atomic import atomic_write, read_jsonl, read_model
 from adapmtl_cli.files.rundir import RunDir
+from adapmtl_cli.tasks.scores import COLLAPSE_CONVENTION, SCORE_CONVENTIONS
 
 FORMATS = ("table", "json", "markdown", "csv", "html")
 SORTS = ("model", "sparsity", "params", "name")
 SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".html": "html"}
 DEFAULT_BASELINE = "baseline: the dense model on the validation split"
 BEST_RULE = "best per row: higher sparsity, better metric, higher Δ_T, shorter time"
+BOUNDED = "delta_t_bounded"
+"""The key of the bounded Δ_T in ``RunReport.scores``; reports show it beside Δ_T, not among the other scores."""
+BOUNDED_SYMBOL = SCORE_CONVENTIONS[BOUNDED].symbol
+COLLAPSED_MARK = " (collapsed)"
 
 _FIELD_TITLES = {
     "target_sparsity": "target sparsity",
@@ -160,7 +165,8 @@ def _baseline(rd: RunDir) -> str:
     except (AdapmtlError, ValidationError, ValueError):
         return DEFAULT_BASELINE
     tail = f" (first {cfg.eval_batches} batches)" if cfg.eval_batches else ""
-    return f"baseline: the dense checkpoint {cfg.checkpoint} on the validation split of {cfg.data_dir}{tail}"
+    split = "validation" if cfg.eval_split == "val" else cfg.eval_split
+    return f"baseline: the dense checkpoint {cfg.checkpoint} on the {split} split of {cfg.data_dir}{tail}"
 
 
 def load_runs(paths: Sequence[Path]) -> list[RunView]:
@@ -299,14 +305,7 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
             add("metric", name, "dense", "float", lambda r, t=task, m=metric: r.tasks[t].dense[m], mark=mark)
             pruned = lambda r, t=task, m=metric: r.tasks[t].pruned[m]  # noqa: E731
             add("metric", name, "pruned", "float", pruned, 1 if hib else -1, mark=mark)
-    for task in _union(rep.delta_t.per_task for rep in reps):
-        add("delta_t", "Δ_T", task, "signed", lambda r, t=task: r.delta_t.per_task[t], +1)
-    add("delta_t", "Δ_T", "overall", "signed", lambda r: r.delta_t.overall, +1)
-    add("delta_t", "Δ_T", "skipped", "text", lambda r: ",".join(r.delta_t.skipped), human=False)
-    for key, symbol in (("delta_m", "Δm"), ("delta_p", "Δ_p")):
-        if any(key in rep.scores for rep in reps):
-            better = next(rep.scores[key].higher_is_better for rep in reps if key in rep.scores)
-            add("score", symbol, "overall", "float", lambda r, k=key: r.scores[k].overall, 1 if better else -1)
+    _score_rows(reps, add)
     for task in _union(rep.task_weights for rep in reps):
         add("task_weight", "weight", task, "float", lambda r, t=task: r.task_weights[t])
     n_warn = max((len(rep.warnings) for rep in reps), default=0)
@@ -327,6 +326,24 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
     return out
 
 
+def _score_rows(reps: Sequence[RunReport], add: Callable[..., None]) -> None:
+    """Δ_T, the bounded Δ_T beside it, the collapse flags and the other scores, as rows (``add`` of ``rows``)."""
+    for task in _union(rep.delta_t.per_task for rep in reps):
+        add("delta_t", "Δ_T", task, "signed", lambda r, t=task: r.delta_t.per_task[t], +1)
+    add("delta_t", "Δ_T", "overall", "signed", lambda r: r.delta_t.overall, +1)
+    add("delta_t", "Δ_T", "skipped", "text", lambda r: ",".join(r.delta_t.skipped), human=False)
+    if any(BOUNDED in rep.scores for rep in reps):
+        for task in _union(rep.scores[BOUNDED].per_task for rep in reps if BOUNDED in rep.scores):
+            add("delta_t", BOUNDED_SYMBOL, task, "signed", lambda r, t=task: r.scores[BOUNDED].per_task[t], +1)
+        add("delta_t", BOUNDED_SYMBOL, "overall", "signed", lambda r: r.scores[BOUNDED].overall, +1)
+    for task in _union(rep.collapsed for rep in reps):
+        add("collapse", "collapsed", task, "text", lambda r, t=task: "yes" if r.collapsed[t] else "no")
+    for key, symbol in (("delta_m", "Δm"), ("delta_p", "Δ_p")):
+        if any(key in rep.scores for rep in reps):
+            better = next(rep.scores[key].higher_is_better for rep in reps if key in rep.scores)
+            add("score", symbol, "overall", "float", lambda r, k=key: r.scores[k].overall, 1 if better else -1)
+
+
 def _better(r: RunReport, task: str, metric: str) -> str:
     return "higher" if r.tasks[task].higher_is_better[metric] else "lower"
 
@@ -341,10 +358,34 @@ def _union(groups: Iterable[Iterable[str]]) -> list[str]:
 
 
 def score_lines(report: RunReport) -> list[str]:
-    """One line per extra score (Δm, Δ_p): its value and its convention."""
+    """One line per extra score (Δm, Δ_p): its value and its convention (the bounded Δ_T is beside Δ_T)."""
     symbols = {"delta_m": ("Δm", "{:+.2f}%"), "delta_p": ("Δ_p", "{:+.4f}")}
     lines = []
     for key, entry in report.scores.items():
+        if key == BOUNDED:
+            continue
         symbol, fmt = symbols.get(key, (key, "{:+.4g}"))
         lines.append(f"{symbol} {fmt.format(entry.overall)}: {entry.convention}")
     return lines
+
+
+def per_task_scores(values: Mapping[str, float], report: RunReport) -> str:
+    """``seg +1.99, depth -3.10 (collapsed)``: a score per task as every format prints it, collapsed tasks marked."""
+    return ", ".join(f"{t} {v:+.2f}" + (COLLAPSED_MARK if report.collapsed.get(t) else "") for t, v in values.items())
+
+
+def bounded_score(report: RunReport) -> ScoreEntry | None:
+    """The bounded Δ_T of ``report``; None in reports written before it."""
+    return report.scores.get(BOUNDED)
+
+
+def collapsed_tasks(report: RunReport) -> list[str]:
+    """The tasks whose pruned model collapsed."""
+    return [task for task, flag in report.collapsed.items() if flag]
+
+
+def collapse_line(report: RunReport) -> str | None:
+    """``collapsed tasks: depth (the rule)``, or ``none``; None in reports written before the check."""
+    if not report.collapsed:
+        return None
+    return f"collapsed tasks: {', '.join(collapsed_tasks(report)) or 'none'} ({COLLAPSE_CONVENTION})"

@@ -70,7 +70,7 @@ class Workspace:
         return buf
 
 
-def _magnitudes(tm: ThresholdedModel, ws: Workspace) -> list[torch.Tensor]:
+def group_magnitudes(tm: ThresholdedModel, ws: Workspace) -> list[torch.Tensor]:
     """Per group, ``|w|`` of all its layers in one flat fp32 buffer (unsorted, on the weights' device)."""
     by_group: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {g: [] for g in tm.bank.groups}
     for fqn, g in tm.groups.items():
@@ -295,7 +295,7 @@ def fit_level_(
     """
     groups = tm.bank.groups
     ws = workspace if workspace is not None else Workspace()
-    mags = _magnitudes(tm, ws)
+    mags = group_magnitudes(tm, ws)
     total = sum(m.numel() for m in mags)
     want = int(round(target * total))
     logits = torch.stack([tm.bank.logit(g).detach().float() for g in groups])

@@ -11,7 +11,8 @@ Targets, per sample (stacked by the data loader into a batch):
   unlabelled. Loss: cross-entropy. Metrics from one split-wide ``C x C`` confusion matrix (rows = truth):
   ``accuracy`` = correct / labelled samples; ``macro_f1`` = mean over classes of
   F1_c = 2 TP / (2 TP + FP + FN), over the classes present in the truth or the prediction (a class absent from
-  both has F1 0/0 and is left out, as in ``sklearn.metrics.f1_score(average="macro")``).
+  both has F1 0/0 and is left out, as in ``sklearn.metrics.f1_score(average="macro")``). Its ``diagnostics()``
+  (not metrics, see ``tasks.base``) count the classes predicted and labelled over the labelled samples.
 - ``multilabel``: ``(L,)`` with 1 = present, 0 = absent, -1 = unknown (skipped by loss and metrics); int or float.
   A label is predicted present when its logit is > 0. Loss: binary cross-entropy with logits, averaged over
   known entries. ``accuracy`` = mean over labels of (TP + TN) / known entries of that label (labels never known
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.base import MetricMeter, MetricSpec, class_diagnostics
 from adapmtl_cli.tasks.checks import shape_text, vector_output
 from adapmtl_cli.tasks.registry import register_task
 
@@ -137,6 +138,10 @@ class _ClassMeter:
         present = denom > 0
         f1 = (2 * tp[present] / denom[present]).mean()
         return {"accuracy": float(tp.sum() / total), "macro_f1": float(f1)}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Distinct classes predicted and labelled over the labelled samples seen (``tasks.base`` keys)."""
+        return class_diagnostics(self.confusion.view(self.num_classes, self.num_classes))
 
 
 @register_task("multilabel")

@@ -14,6 +14,7 @@ by 0 before any arithmetic and masked out, so neither the loss nor its gradient 
 - :class:`WeightedSegmentation`: cross-entropy weighted per class by ``semseg_prior_factor.npy``; metrics mIoU↑,
   pixel acc↑ (the segmentation meter, by composition) plus ``weighted_ce``↓, Taskonomy's segmentation error:
   ``Σ w[g]·CE / Σ w[g]`` pooled over the split's labelled pixels (PyTorch's weighted-mean convention), in nats.
+  Its ``diagnostics()`` are the segmentation meter's (classes predicted and labelled).
 - :class:`TaskonomyNormal`: the normal kind plus ``cosine``↑, the mean cosine similarity between prediction and
   ground truth over valid pixels (both L2-normalised), pooled over the split. Taskonomy's headline normal metric.
 - :class:`TaskonomyDepth`: the depth kind on Taskonomy's log-normalised depth ``log(1 + raw) / log(65536)``;
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.base import DiagnosticMeter, MetricMeter, MetricSpec
 from adapmtl_cli.tasks.checks import dense_output, label_target, shape_text
 from adapmtl_cli.tasks.depth import Depth
 from adapmtl_cli.tasks.normal import Normal
@@ -214,6 +215,10 @@ class _WeightedSegmentationMeter:
         if self.weight_sum <= 0:
             raise DataError(f"{self.task.name} meter saw only pixels of classes weighted 0; check the class weights")
         return {**metrics, "weighted_ce": self.ce_sum / self.weight_sum}
+
+    def diagnostics(self) -> dict[str, float]:
+        """The segmentation meter's diagnostics: distinct classes predicted and labelled."""
+        return self.base.diagnostics() if isinstance(self.base, DiagnosticMeter) else {}
 
 
 # --- Taskonomy normal and depth -------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Metric conventions (both reported as fractions in [0, 1]):
   classes the model gets entirely wrong and inflates mIoU, so their numbers are not comparable with ours.
   Relative scores (Δ_T) stay meaningful as long as dense and pruned models are measured the same way.
 - ``pixel_acc``: correctly labelled valid pixels / valid pixels (pooled, not a mean of batch accuracies).
+
+The meter's ``diagnostics()`` (not metrics; see ``tasks.base``) count the classes predicted and labelled over the
+valid pixels of the split, from the same matrix: one predicted class while the labels hold several is a collapse.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.base import MetricMeter, MetricSpec, class_diagnostics
 from adapmtl_cli.tasks.checks import dense_output, label_target
 from adapmtl_cli.tasks.registry import register_task
 
@@ -119,3 +122,7 @@ class _ConfusionMeter:
         present = union > 0
         miou = (tp[present] / union[present]).mean()
         return {"miou": float(miou), "pixel_acc": float(tp.sum() / total)}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Distinct classes predicted and labelled over the valid pixels seen (``tasks.base`` keys)."""
+        return class_diagnostics(self.confusion.view(self.num_classes, self.num_classes))

@@ -86,7 +86,7 @@ def test_val_falls_back_to_test_folder(root):
     (root / "val").rename(root / "test")
     assert len(NyuV2Npy().open(root, "val")) == 3
     assert len(NyuV2Npy().open(root, "test")) == 3
-    assert "unknown split 'dev'; use 'train' or 'val'" in _open_error(root, "dev")
+    assert "unknown split 'dev'; use 'train', 'val' or 'test'" in _open_error(root, "dev")
 
 
 def test_two_dimensional_depth_and_integer_labels_are_accepted(root):

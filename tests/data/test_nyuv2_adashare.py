@@ -81,7 +81,7 @@ def test_explicit_layout_and_options(source):
     adapter = get_dataset("nyuv2", {"layout": "adashare", "normals": "adashare", "input": "rgb01"})
     assert isinstance(adapter, NyuV2AdaShare) and isinstance(adapter, DatasetAdapter)
     assert (adapter.name, adapter.normals, adapter.input_format) == ("nyuv2", "adashare", "rgb01")
-    assert len(adapter.open(source, "test")) == 3
+    assert len(adapter.open(source, "val")) == 3
     with pytest.raises(DataError, match="holds no|does not exist"):
         get_dataset("nyuv2", {"layout": "mtan"}).open(source, "train")
 
@@ -236,7 +236,7 @@ def test_json_problems(root):
     assert _open_error(root, "val") == (
         f"{json_path} has no 'test' list (its keys: 'train'); the layout needs 'train' and 'test'"
     )
-    assert _open_error(root, "dev") == "unknown split 'dev'; use 'train' or 'val'"
+    assert _open_error(root, "dev") == "unknown split 'dev'; use 'train', 'val' or 'test'"
 
 
 def test_entries_that_are_not_four_paths(root):

@@ -367,7 +367,7 @@ def test_open_errors(body: str, fragment: str, tmp_path: Path) -> None:
 def test_unknown_split_and_late_item_errors(tmp_path: Path) -> None:
     source = HEADER + "\nclass Broken(Pairs):\n    def __getitem__(self, i):\n        return super().__getitem__(i)"
     source += " if i < 2 else {}[i]\n\ndef dataset(root, split):\n    return Broken(4, {})\n"
-    assert _open_error(source, tmp_path, split="test") == "unknown split 'test'; use 'train' or 'val'"
+    assert _open_error(source, tmp_path, split="dev") == "unknown split 'dev'; use 'train', 'val' or 'test'"
     train = load_plugin(_write(tmp_path, source), {}).open(tmp_path, "train")
     assert isinstance(train, PluginSplit)
     with pytest.raises(DataError, match=r"': dataset\(root, 'train'\)\[3\] raised KeyError: 3$"):

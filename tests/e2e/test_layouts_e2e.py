@@ -66,7 +66,7 @@ def test_generate_check_and_prune(tmp_path: Path, layout: str) -> None:
     report = RunReport.model_validate_json((run / "report.json").read_text())
     assert abs(report.overall_sparsity - 0.8) <= 0.001
     assert list(report.tasks) == tasks
-    assert set(report.scores) == {"delta_m", "delta_p"}
+    assert set(report.scores) == {"delta_t_bounded", "delta_m", "delta_p"}
     config = json.loads((run / "config.json").read_text())
     if extra:  # the dataset options are part of the run's config, so resume and --config repeat them
         assert config["data_options"] in ({"augment": "true"}, {"normals": "adashare"})

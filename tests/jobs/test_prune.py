@@ -13,6 +13,10 @@ from safetensors.torch import load_file
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.jobs.prepare import Hooks, components_manifest, prepare
 from adapmtl_cli.jobs.prune import run_prune
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES
+from adapmtl_cli.tasks.scores import DELTA_T_BOUNDED_CONVENTION
+from adapmtl_cli.tasks.segmentation import Segmentation
+from adapmtl_cli.train.evaluate import evaluate, evaluate_with_diagnostics
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -81,6 +85,71 @@ def test_delta_t_and_task_metrics_are_present(pruned_run: CliRun) -> None:
     assert sorted(dt.skipped) == sorted(skipped)
     assert dt.overall == pytest.approx(sum(expected.values()) / len(expected))
     assert sorted(rep.task_weights) == sorted(TASKS)
+
+
+def test_bounded_delta_t_is_delta_t_with_each_change_clipped(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    expected: dict[str, float] = {}
+    for task, tm in rep.tasks.items():
+        for metric, base in tm.dense.items():
+            if base == 0:
+                continue
+            sign = 1.0 if tm.higher_is_better[metric] else -1.0
+            change = sign * (tm.pruned[metric] - base) / base * 100.0
+            expected[task] = expected.get(task, 0.0) + max(-100.0, min(100.0, change))
+    bounded = rep.scores["delta_t_bounded"]
+    assert bounded.per_task == pytest.approx(expected)
+    assert bounded.overall == pytest.approx(sum(expected.values()) / len(expected))
+    assert bounded.higher_is_better and bounded.convention == DELTA_T_BOUNDED_CONVENTION
+    assert list(rep.scores) == ["delta_t_bounded", "delta_m", "delta_p"]
+
+
+def test_collapse_flags_follow_the_reports_numbers(pruned_run: CliRun) -> None:
+    rep = read_report(pruned_run.path)
+    assert sorted(rep.collapsed) == sorted(TASKS)
+    for task, tm in rep.tasks.items():
+        blowup = any(
+            not tm.higher_is_better[m] and base > 0 and tm.pruned[m] > 3 * base for m, base in tm.dense.items()
+        )
+        assert rep.collapsed[task] or not blowup, task
+    for task, flag in rep.collapsed.items():  # each collapsed task says why in the warnings
+        assert flag == any(w.startswith(f"task {task} collapsed: ") for w in rep.warnings)
+
+
+def test_dense_metrics_json_keeps_only_the_metrics(pruned_run: CliRun) -> None:
+    saved = json.loads((pruned_run.path / "dense_metrics.json").read_text())
+    assert saved == {task: tm.dense for task, tm in read_report(pruned_run.path).tasks.items()}
+
+
+def test_evaluation_gives_the_class_counts_beside_unchanged_metrics(checkpoint: Path, scenes: Path) -> None:
+    prepared = prepare(str(checkpoint), factory=FACTORY, trust_pickle=False, data="synthetic", data_dir=str(scenes))
+    model, cpu = prepared.loaded.model, torch.device("cpu")
+    result = evaluate_with_diagnostics(model, prepared.val, prepared.tasks, prepared.mapping, cpu, 4)
+    assert result.metrics == evaluate(model, prepared.val, prepared.tasks, prepared.mapping, cpu, 4)
+    assert list(result.diagnostics) == ["segmentation"]  # depth and normal meters have none
+    seg = next(t for t in prepared.tasks if t.name == "segmentation")
+    counts = result.diagnostics["segmentation"]
+    assert isinstance(seg, Segmentation) and set(counts) == {PREDICTED_CLASSES, LABEL_CLASSES}
+    assert 1 <= counts[PREDICTED_CLASSES] <= seg.num_classes and 1 <= counts[LABEL_CLASSES] <= seg.num_classes
+
+
+def test_a_single_predicted_class_reaches_the_report(
+    pruned_run: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pruned model's meter diagnostics travel through the job into ``collapsed`` and the warnings."""
+    from adapmtl_cli.tasks import segmentation
+
+    run = copy_run(pruned_run.path, tmp_path / "run")
+    (run / "report.json").unlink()
+    monkeypatch.setattr(
+        segmentation._ConfusionMeter, "diagnostics", lambda self: {PREDICTED_CLASSES: 1, LABEL_CLASSES: 5}
+    )
+    rep = run_prune(prune_config(Path("unused.pt"), Path("unused"), run), resume=True)
+    assert rep.collapsed["segmentation"] is True
+    assert "task segmentation collapsed: predicts a single class over the whole split while the labels hold 5" in (
+        "; ".join(rep.warnings)
+    )
+    assert read_report(run).collapsed == rep.collapsed
 
 
 def test_report_zero_count_equals_zeros_in_the_pruned_weights(pruned_run: CliRun) -> None:
@@ -192,3 +261,33 @@ def test_resume_of_a_finished_run_rebuilds_the_same_weights(pruned_run: CliRun, 
 def test_run_prune_refuses_an_occupied_folder(pruned_run: CliRun, checkpoint: Path, scenes: Path) -> None:
     with pytest.raises(ConfigError, match="already holds files"):
         run_prune(prune_config(checkpoint, scenes, pruned_run.path))
+
+
+def test_marginal_allocation_runs_through_the_job_and_resumes_exactly(
+    checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    """``--allocation marginal``: the target is exact, the report names the rule, a resume ends bit-identical."""
+    options = {"allocation": "marginal", "layer_scale": "none", "steps": 8, "save_every": 4}
+    whole = run_prune(prune_config(checkpoint, scenes, tmp_path / "whole", **options))
+    assert whole.allocation == "marginal" and abs(whole.overall_sparsity - TARGET) <= 0.001
+    part = tmp_path / "part"
+    stopped: list[int] = []
+
+    def stop_at_5(info: object) -> None:
+        if getattr(info, "step", 0) == 5 and not stopped:
+            stopped.append(5)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(prune_config(checkpoint, scenes, part, **options), hooks=Hooks(on_step=stop_at_5))
+    run_prune(prune_config(checkpoint, scenes, part, **options), resume=True)
+    a, b = load_file(str(tmp_path / "whole" / "pruned.safetensors")), load_file(str(part / "pruned.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_allocation_is_refused_for_a_mask_method_before_the_run_folder(
+    checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="--allocation moves learned thresholds; --method gmp prunes with masks"):
+        run_prune(prune_config(checkpoint, scenes, tmp_path / "run", method="gmp", allocation="frozen"))
+    assert not (tmp_path / "run").exists()

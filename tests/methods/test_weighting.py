@@ -162,3 +162,16 @@ def test_relative_state_round_trips_through_json() -> None:
         a.update(step, _losses(step))
         b.update(step, _losses(step))
         assert a.weights() == b.weights()
+
+
+def test_norm_weighting_divides_by_the_dense_level_only() -> None:
+    from adapmtl_cli.methods.weighting import NormWeighting
+
+    weighting = make_weighting("norm", ["ce", "cos"], 100)
+    assert isinstance(weighting, NormWeighting)
+    for step in range(10):
+        # ce's loss doubles after its baseline, cos's stays: norm ignores the growth, adaptive would not.
+        weighting.update(step, {"ce": 2.0 if step < 5 else 4.0, "cos": 0.1})
+    weights = weighting.weights()
+    assert weights["cos"] / weights["ce"] == pytest.approx(20.0)  # 1/0.1 against 1/2.0
+    assert sum(weights.values()) == pytest.approx(2.0)

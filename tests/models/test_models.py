@@ -8,6 +8,7 @@ import torch
 from tiny_models import DICT_OUTPUT_MODELS, TINY_MODELS, Branched, HardShared, TupleOutput
 from torch import Tensor, nn
 
+from adapmtl_cli.api import discover
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.models import (
     DEFAULT_TASKS,
@@ -15,10 +16,13 @@ from adapmtl_cli.models import (
     DeepLabResNetMTL,
     MobileNetV2MTL,
     deeplab_resnet_tiny,
+    mobilenet_aspp_tiny,
     mobilenet_v2_tiny,
 )
 
 TINY_FACTORIES = ("deeplab_resnet_tiny", "mobilenet_v2_tiny")
+SMALL_FACTORIES = (*TINY_FACTORIES, "mobilenet_aspp_tiny")
+"""The factories cheap enough to build, run and export in every test run."""
 
 
 def _n_params(model: nn.Module) -> int:
@@ -57,7 +61,7 @@ def test_factory_builds_without_arguments_and_predicts_every_task(name: str) -> 
     assert set(model.heads) == set(DEFAULT_TASKS)
 
 
-@pytest.mark.parametrize("name", TINY_FACTORIES)
+@pytest.mark.parametrize("name", SMALL_FACTORIES)
 def test_tiny_factory_takes_custom_tasks_and_keeps_output_stride_8(name: str) -> None:
     tasks = {"edges": 1, "keypoints": 2, "segmentation": 40}
     model = _build(name, tasks=tasks)
@@ -92,7 +96,7 @@ def test_mobilenet_backbone_matches_standard_mobilenet_v2() -> None:
     assert _n_params(model.backbone) == 2_223_872
 
 
-@pytest.mark.parametrize("name", TINY_FACTORIES)
+@pytest.mark.parametrize("name", SMALL_FACTORIES)
 def test_same_seed_builds_identical_models(name: str) -> None:
     a, b, c = _build(name, seed=0), _build(name, seed=0), _build(name, seed=1)
     for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -100,7 +104,7 @@ def test_same_seed_builds_identical_models(name: str) -> None:
     assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("name", TINY_FACTORIES)
+@pytest.mark.parametrize("name", SMALL_FACTORIES)
 def test_state_dict_round_trip_reproduces_outputs(name: str) -> None:
     source, target = _build(name, seed=0), _build(name, seed=1)
     source.train()(torch.randn(4, 3, 32, 48))  # move BatchNorm running stats away from their defaults
@@ -111,6 +115,39 @@ def test_state_dict_round_trip_reproduces_outputs(name: str) -> None:
         expected, actual = source(x), target(x)
     for task in expected:
         torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=0)
+
+
+def test_head_heavy_model_predicts_at_one_eighth_of_the_demo_input() -> None:
+    out = _build("mobilenet_aspp_tiny")(torch.randn(2, 3, 72, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "segmentation": (2, 13, 9, 12),
+        "depth": (2, 1, 9, 12),
+        "normal": (2, 3, 9, 12),
+    }
+
+
+def test_head_heavy_model_keeps_at_most_15_percent_of_the_prunable_weights_in_the_backbone() -> None:
+    model = _build("mobilenet_aspp_tiny")
+    found = discover(model, torch.randn(2, 3, 72, 96), tasks=list(DEFAULT_TASKS))
+    prunable = {c.name: c.prunable_params for c in found.cmap.components}
+    assert set(prunable) == {"backbone", "head:segmentation", "head:depth", "head:normal"}
+    assert prunable["backbone"] / found.cmap.prunable_params <= 0.15
+    # The sizes the factory's docstring states (module adapmtl_cli.models.aspp).
+    assert prunable == {
+        "backbone": 102_816,
+        "head:segmentation": 367_104,
+        "head:depth": 360_960,
+        "head:normal": 361_984,
+    }
+    assert found.cmap.prunable_params == 1_192_864 and _n_params(model) == 1_200_164
+    assert not found.cmap.unreached and not found.cmap.excluded
+
+
+def test_head_heavy_model_takes_overrides() -> None:
+    model = mobilenet_aspp_tiny(tasks={"depth": 1}, head_width=32)
+    assert isinstance(model, MobileNetV2MTL) and list(model.heads) == ["depth"]
+    assert model(torch.randn(1, 3, 32, 48))["depth"].shape == (1, 1, 4, 6)
+    assert model.heads["depth"].branches[0][0].out_channels == 32
 
 
 @pytest.mark.parametrize(
@@ -131,7 +168,7 @@ def test_invalid_knobs_raise_config_error(factory: object, overrides: dict[str, 
 
 @pytest.mark.onnx
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
-@pytest.mark.parametrize("name", TINY_FACTORIES)
+@pytest.mark.parametrize("name", SMALL_FACTORIES)
 def test_onnx_export_matches_onnxruntime(name: str, dynamo: bool, tmp_path: object) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = _build(name)

@@ -51,6 +51,10 @@ def expected_strings(rep: RunReport, *, layers: bool) -> list[str]:
         if task in rep.delta_t.per_task:
             out.append(f"{task} {rep.delta_t.per_task[task]:+.2f}")
     out += [f"{task} {fmt(w, 'float')}" for task, w in rep.task_weights.items()]
+    bounded = rep.scores["delta_t_bounded"]
+    out += ["bounded Δ_T", f"{bounded.overall:+.2f}%"]
+    out += [f"{task} {v:+.2f}" for task, v in bounded.per_task.items()]
+    out += ["collapsed tasks", ": " + (", ".join(t for t, c in rep.collapsed.items() if c) or "none") + " ("]
     if layers:
         for x in rep.layers:
             out += [x.name, fmt(x.params, "int"), fmt(x.sparsity, "ratio")]
@@ -118,6 +122,12 @@ def test_csv_values_equal_report_json(pruned_run: CliRun) -> None:
     assert num(("delta_t", "Δ_T", "overall")) == rep.delta_t.overall
     for task, w in rep.task_weights.items():
         assert num(("task_weight", "weight", task)) == w
+    bounded = rep.scores["delta_t_bounded"]
+    assert num(("delta_t", "bounded Δ_T", "overall")) == bounded.overall
+    for task, v in bounded.per_task.items():
+        assert num(("delta_t", "bounded Δ_T", task)) == v
+    for task, flag in rep.collapsed.items():
+        assert got[("collapse", "collapsed", task)] == ("yes" if flag else "no")
     for x in rep.layers:
         assert num(("layer", x.name, "sparsity")) == x.sparsity
         assert num(("layer", x.name, "zeros")) == x.zeros

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from adapmtl_cli.config import RunReport
+from adapmtl_cli.config import RunReport, ScoreEntry
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.report.html import report_html
 from adapmtl_cli.report.terminal import compare_renderable, load_report, report_markdown, report_renderable
 from adapmtl_cli.report.text import compare_markdown, report_csv
 from adapmtl_cli.report.views import RunView
+from adapmtl_cli.tasks.scores import COLLAPSE_CONVENTION
 
 pytest.register_assert_rewrite("fixtures_e2e")
 
@@ -142,6 +144,93 @@ Task weights at the last step: seg 0.8000, depth 1.2000
 
 def test_markdown_of_a_tiny_report_exactly() -> None:
     assert report_markdown(_tiny(), layers=True, sort="sparsity", baseline="baseline: B") == TINY_MARKDOWN
+
+
+def _honest(collapsed: dict[str, bool] | None = None) -> RunReport:
+    """The tiny report with the bounded Δ_T (depth clipped from -250 % to -100 %) and the collapse flags."""
+    bounded = ScoreEntry(overall=-45.0, per_task={"seg": 10.0, "depth": -100.0}, higher_is_better=True, convention="bc")
+    flags = {"seg": False, "depth": True} if collapsed is None else collapsed
+    return _tiny(scores={"delta_t_bounded": bounded}, collapsed=flags)
+
+
+HONEST_SCORES = f"""\
+**Δ_T** -7.50% (seg +10.00, depth -25.00 (collapsed)). conv; baseline: B
+
+**bounded Δ_T** -45.00% (seg +10.00, depth -100.00 (collapsed)). bc
+
+**collapsed tasks**: depth ({COLLAPSE_CONVENTION})
+
+Task weights at the last step: seg 0.8000, depth 1.2000
+"""
+
+
+def test_older_reports_have_no_bounded_score_nor_collapse_flags() -> None:
+    old = RunReport.model_validate_json(_tiny().model_dump_json(exclude={"collapsed", "scores"}))
+    assert old.collapsed == {} and old.scores == {}
+    assert report_markdown(old, layers=True, sort="sparsity", baseline="baseline: B") == TINY_MARKDOWN
+
+
+def test_markdown_shows_the_bounded_score_beside_delta_t_and_marks_collapsed_tasks() -> None:
+    md = report_markdown(_honest(), baseline="baseline: B")
+    head = TINY_MARKDOWN[: TINY_MARKDOWN.index("**Δ_T**")]
+    assert md == head + HONEST_SCORES
+
+
+def test_markdown_says_when_no_task_collapsed() -> None:
+    md = report_markdown(_honest({"seg": False, "depth": False}), baseline="baseline: B")
+    assert "**Δ_T** -7.50% (seg +10.00, depth -25.00). conv; baseline: B" in md.splitlines()
+    assert f"**collapsed tasks**: none ({COLLAPSE_CONVENTION})" in md.splitlines()
+    assert "(collapsed)" not in md
+
+
+def test_table_shows_the_bounded_score_and_the_collapse_line() -> None:
+    lines = [line.rstrip() for line in _render(report_renderable(_honest())).splitlines()]
+    at = lines.index("Δ_T -7.50%  (seg +10.00, depth -25.00 (collapsed))")
+    assert lines[at + 1] == "bounded Δ_T -45.00%  (seg +10.00, depth -100.00 (collapsed))"
+    assert lines[at + 2].startswith("collapsed tasks: depth (a task collapses when an error metric")
+    assert "bc" in lines and lines.index("conv") < lines.index("bc") < lines.index(
+        "baseline: the dense model on the validation split"
+    )
+
+
+def test_compare_lists_the_bounded_score_and_the_flags_per_run() -> None:
+    md = compare_markdown([RunView("a", _honest()), RunView("b", _tiny())]).splitlines()
+    assert "| Δ_T overall | -7.50 | -7.50 |" in md  # unchanged
+    assert "| bounded Δ_T depth | -100.00 | - |" in md
+    assert "| bounded Δ_T overall | -45.00 | - |" in md
+    assert "### Collapsed tasks (an error metric > 3× dense, or one predicted class)" in md
+    assert "| collapsed seg | no | - |" in md and "| collapsed depth | yes | - |" in md
+    both = compare_markdown([RunView("a", _honest()), RunView("b", _honest({"seg": False, "depth": False}))])
+    assert "| collapsed depth | yes | no |" in both.splitlines()
+    text = _render(compare_renderable([RunView("a", _honest()), RunView("b", _tiny())]))
+    assert any("bounded Δ_T overall" in x and "-45.00" in x for x in text.splitlines())
+    assert any("collapsed depth" in x and "yes" in x for x in text.splitlines())
+
+
+def test_csv_carries_the_bounded_score_and_the_flags() -> None:
+    lines = report_csv([RunView("a", _honest())], layers=False).splitlines()
+    at = lines.index("delta_t,Δ_T,skipped,")
+    assert lines[at + 1 : at + 6] == [
+        "delta_t,bounded Δ_T,seg,10.0",
+        "delta_t,bounded Δ_T,depth,-100.0",
+        "delta_t,bounded Δ_T,overall,-45.0",
+        "collapse,collapsed,seg,no",
+        "collapse,collapsed,depth,yes",
+    ]
+    old = report_csv([RunView("a", _tiny())], layers=False)
+    assert "bounded" not in old and "collapse" not in old
+
+
+def test_html_shows_the_bounded_score_and_the_collapse_line() -> None:
+    page = report_html([RunView("a", _honest())])
+    assert '<div class="k">bounded Δ_T</div><div class="v" id="delta-t-bounded">-45.00%</div>' in page
+    assert '<b>bounded Δ_T</b> <span class="bad"><b>-45.00%</b></span> (seg +10.00, depth -100.00 (collapsed))' in page
+    assert '<p class="warn" id="collapsed">collapsed tasks: depth (' in page
+    calm = report_html([RunView("a", _honest({"seg": False, "depth": False}))])
+    assert '<p class="note" id="collapsed">collapsed tasks: none (' in calm
+    old = report_html([RunView("a", _tiny())])
+    assert "delta-t-bounded" not in old and 'id="collapsed"' not in old
+    assert '<p><b>Δ_T</b> <span class="bad"><b>-7.50%</b></span> (seg +10.00, depth -25.00)</p>' in old
 
 
 def test_compare_markdown_bolds_the_best_value_only_where_runs_differ() -> None:

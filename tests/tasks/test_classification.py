@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
 from adapmtl_cli.tasks import TASKS, canonical_task_name, get_task
-from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES, DiagnosticMeter, TaskSpec
 from adapmtl_cli.tasks.classification import Classification, Multilabel, Regression
 
 NAN = float("nan")
@@ -161,6 +161,20 @@ def test_classification_metrics_are_bounded_and_batch_invariant(pairs: list[tupl
     assert whole == pytest.approx(split)
     assert all(0.0 <= v <= 1.0 for v in whole.values())
     assert whole["accuracy"] == pytest.approx(sum(t == g for t, g in pairs) / len(pairs))
+
+
+def test_classification_meter_counts_predicted_and_labelled_classes() -> None:
+    task = Classification(num_classes=4)
+    meter = task.new_meter()
+    meter.update(_logits([2, 2, 2, 1], 4), torch.tensor([0, 1, 3, -1]))  # the sample predicted 1 is unlabelled
+    assert isinstance(meter, DiagnosticMeter)
+    assert meter.diagnostics() == {PREDICTED_CLASSES: 1, LABEL_CLASSES: 3}
+    assert list(meter.compute()) == ["accuracy", "macro_f1"]  # the counts are not metrics
+
+
+def test_per_sample_meters_without_classes_have_no_diagnostics() -> None:
+    assert not isinstance(Multilabel(num_labels=2).new_meter(), DiagnosticMeter)
+    assert not isinstance(Regression().new_meter(), DiagnosticMeter)
 
 
 # --- multilabel -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
 from adapmtl_cli.tasks import TASKS, canonical_task_name, get_task
-from adapmtl_cli.tasks.base import MetricMeter, TaskSpec
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES, DiagnosticMeter, MetricMeter, TaskSpec
 from adapmtl_cli.tasks.dense_regression import (
     Edges,
     Keypoints,
@@ -153,6 +153,23 @@ def test_weighted_meter_reports_segmentation_metrics_plus_pooled_weighted_ce() -
     base = Segmentation(num_classes=2).new_meter()
     base.update(logits, labels)
     assert meter.compute() == {**base.compute(), "weighted_ce": pytest.approx(1.75 * math.log(2))}
+
+
+def test_weighted_meter_passes_the_segmentation_class_counts_on() -> None:
+    logits, labels = _two_pixels()
+    meter = WeightedSegmentation(num_classes=2, class_weights=(1.0, 3.0)).new_meter()
+    meter.update(logits, labels)
+    base = Segmentation(num_classes=2).new_meter()
+    base.update(logits, labels)
+    assert isinstance(meter, DiagnosticMeter) and isinstance(base, DiagnosticMeter)
+    assert meter.diagnostics() == base.diagnostics()
+    assert set(meter.diagnostics()) == {PREDICTED_CLASSES, LABEL_CLASSES}
+    assert "weighted_ce" in meter.compute() and PREDICTED_CLASSES not in meter.compute()
+
+
+@pytest.mark.parametrize("task", [Depth(), Normal(), TaskonomyDepth(), TaskonomyNormal(), Keypoints(), Edges()])
+def test_regression_meters_have_no_diagnostics(task: TaskSpec) -> None:
+    assert not isinstance(task.new_meter(), DiagnosticMeter)
 
 
 def test_weighted_meter_rejects_labels_outside_the_classes() -> None:

@@ -15,6 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES, DiagnosticMeter
 from adapmtl_cli.tasks.depth import Depth
 from adapmtl_cli.tasks.normal import Normal
 from adapmtl_cli.tasks.segmentation import Segmentation
@@ -65,6 +66,28 @@ def test_segmentation_scores_are_fractions_and_batching_does_not_matter(
     assert _metrics(task, _splits(logits, labels, cut)) == whole  # integer confusion counts: exact
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cut))
     assert _metrics(task, [(logits[order], labels[order])]) == whole
+
+
+@SETTINGS
+@given(case=_segmentation(), cut=st.integers(0, 4))
+def test_segmentation_class_counts_are_the_distinct_classes_on_labelled_pixels(
+    case: tuple[int, torch.Tensor, torch.Tensor], cut: int
+) -> None:
+    c, logits, labels = case
+    task = Segmentation(num_classes=c)
+    labelled = labels >= 0
+    want = {
+        PREDICTED_CLASSES: len(torch.unique(logits.argmax(dim=1)[labelled])),
+        LABEL_CLASSES: len(torch.unique(labels[labelled])),
+    }
+    whole = task.new_meter()
+    whole.update(logits, labels)
+    assert isinstance(whole, DiagnosticMeter) and whole.diagnostics() == want
+    split = task.new_meter()
+    for pred, target in _splits(logits, labels, cut):
+        split.update(pred, target)
+    assert isinstance(split, DiagnosticMeter) and split.diagnostics() == want
+    assert 1 <= want[PREDICTED_CLASSES] <= c and set(whole.compute()) == {"miou", "pixel_acc"}
 
 
 @SETTINGS

@@ -1,4 +1,5 @@
-"""Δ_T, Δm and Δ_p: the AdapMTL paper's Table 2, hand-computed examples, sign and identity properties."""
+"""Δ_T, Δm, Δ_p and the bounded Δ_T: the AdapMTL paper's Table 2, hand-computed examples, sign, identity and
+bound properties; the collapse flags on hand-built cases."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.tasks.base import MetricMeter, MetricSpec
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES, MetricMeter, MetricSpec
 from adapmtl_cli.tasks.normal import Normal
 from adapmtl_cli.tasks.scores import (
+    COLLAPSE_CONVENTION,
     DELTA_M_CONVENTION,
     DELTA_P_CONVENTION,
+    DELTA_T_BOUNDED_CONVENTION,
     DELTA_T_CONVENTION,
     SCORE_CONVENTIONS,
     DeltaP,
     DeltaT,
+    collapse,
     delta_m,
     delta_p,
     delta_t,
+    delta_t_bounded,
 )
 from adapmtl_cli.tasks.segmentation import Segmentation
 
@@ -207,14 +212,197 @@ def test_one_metric_per_task_makes_delta_p_delta_t_over_100(base: float, new: fl
 
 
 def test_score_conventions_describe_every_score() -> None:
-    assert set(SCORE_CONVENTIONS) == {"delta_t", "delta_m", "delta_p"}
+    assert set(SCORE_CONVENTIONS) == {"delta_t", "delta_m", "delta_p", "delta_t_bounded"}
     t, m, p = SCORE_CONVENTIONS["delta_t"], SCORE_CONVENTIONS["delta_m"], SCORE_CONVENTIONS["delta_p"]
+    b = SCORE_CONVENTIONS["delta_t_bounded"]
     assert (t.symbol, t.higher_is_better, t.unit) == ("Δ_T", True, "percent")
     assert (m.symbol, m.higher_is_better, m.unit) == ("Δm", False, "percent")
     assert (p.symbol, p.higher_is_better, p.unit) == ("Δ_p", True, "fraction")
+    assert (b.symbol, b.higher_is_better, b.unit) == ("bounded Δ_T", True, "percent")
     assert (t.text, m.text, p.text) == (DELTA_T_CONVENTION, DELTA_M_CONVENTION, DELTA_P_CONVENTION)
+    assert b.text == DELTA_T_BOUNDED_CONVENTION and "[−100, +100]" in b.text
     assert "sum" in t.averaging and "flat" in m.averaging and "mean over each task" in p.averaging
+    assert "clipped to ±100 %" in b.averaging and "sum over each task" in b.averaging
     assert delta_p(DENSE, ADAPMTL, SPECS).convention == DELTA_P_CONVENTION
+    assert delta_t_bounded(DENSE, ADAPMTL, SPECS).convention == DELTA_T_BOUNDED_CONVENTION
     for convention in SCORE_CONVENTIONS.values():
         assert "dense" in convention.baseline and "\n" not in convention.text
         assert ("higher is better" in convention.text) == convention.higher_is_better
+
+
+# --- the bounded Δ_T ---------------------------------------------------------------------------------------
+
+
+def test_bounded_delta_t_equals_delta_t_on_the_paper_row() -> None:
+    bounded, plain = delta_t_bounded(DENSE, ADAPMTL, SPECS), delta_t(DENSE, ADAPMTL, SPECS)
+    assert bounded.per_task == plain.per_task and bounded.overall == plain.overall
+    assert bounded.overall == pytest.approx(2.66, abs=0.01)
+
+
+def test_bounded_delta_t_clips_each_metric_before_the_sums() -> None:
+    # abs_err 0.001 -> 0.5 is -49,900 % (the kind of row that reads -21,838): clipped to -100;
+    # delta1 0.2 -> 0.7 is +250 %: clipped to +100; miou 0.5 -> 0.4 is -20 %: kept.
+    dense = {"depth": {"abs_err": 0.001, "delta1": 0.2}, "segmentation": {"miou": 0.5}}
+    pruned = {"depth": {"abs_err": 0.5, "delta1": 0.7}, "segmentation": {"miou": 0.4}}
+    plain = delta_t(dense, pruned, SPECS)
+    assert plain.per_task["depth"] == pytest.approx(-49_900 + 250)
+    bounded = delta_t_bounded(dense, pruned, SPECS)
+    assert bounded.per_task == pytest.approx({"depth": -100 + 100, "segmentation": -20.0})
+    assert bounded.overall == pytest.approx(-10.0)
+
+
+def test_bounded_delta_t_skips_like_delta_t() -> None:
+    dense = {"depth": {"abs_err": 0.0, "delta1": 0.5}}
+    pruned = {"depth": {"abs_err": 0.1, "delta1": 5.0}}
+    result = delta_t_bounded(dense, pruned, SPECS)
+    assert result.skipped == ("depth.abs_err",) and result.per_task == {"depth": 100.0}
+    assert math.isnan(delta_t_bounded({"depth": {"abs_err": 0.0}}, {"depth": {"abs_err": 1.0}}, SPECS).overall)
+    with pytest.raises(ConfigError, match="pruned metrics lack depth.delta1"):
+        delta_t_bounded({"depth": {"delta1": 0.5}}, {"depth": {}}, SPECS)
+
+
+def test_bounded_delta_t_keeps_a_nan_metric_nan() -> None:
+    result = delta_t_bounded({"depth": {"abs_err": 1.0}}, {"depth": {"abs_err": math.nan}}, SPECS)
+    assert math.isnan(result.per_task["depth"]) and math.isnan(result.overall)
+    inf = delta_t_bounded({"depth": {"abs_err": 1.0}}, {"depth": {"abs_err": math.inf}}, SPECS)
+    assert inf.per_task == {"depth": -100.0}
+
+
+_any_value = st.floats(1e-6, 1e6, allow_nan=False)
+
+
+@given(
+    seg=st.tuples(*[_any_value] * 2),
+    normal=st.tuples(*[_any_value] * 5),
+    depth=st.tuples(*[_any_value] * 5),
+    pseg=st.tuples(*[_any_value] * 2),
+    pnormal=st.tuples(*[_any_value] * 5),
+    pdepth=st.tuples(*[_any_value] * 5),
+)
+def test_bounded_delta_t_stays_within_100_points_per_metric(
+    seg: tuple[float, ...],
+    normal: tuple[float, ...],
+    depth: tuple[float, ...],
+    pseg: tuple[float, ...],
+    pnormal: tuple[float, ...],
+    pdepth: tuple[float, ...],
+) -> None:
+    dense, pruned = _row(seg, normal, depth), _row(pseg, pnormal, pdepth)
+    result = delta_t_bounded(dense, pruned, SPECS)
+    for task, value in result.per_task.items():
+        count = len(dense[task])
+        assert -100.0 * count <= value <= 100.0 * count
+    widest = max(len(m) for m in dense.values())
+    assert -100.0 * widest <= result.overall <= 100.0 * widest
+
+
+_dense_value = st.floats(0.01, 100.0, allow_nan=False)
+_ratio = st.floats(0.0, 2.0, allow_nan=False)  # pruned = dense × ratio: every change within ±100 %
+
+
+@given(base=st.tuples(*[_dense_value] * 5), ratios=st.tuples(*[_ratio] * 5))
+def test_bounded_delta_t_equals_delta_t_when_no_change_exceeds_100_percent(
+    base: tuple[float, ...], ratios: tuple[float, ...]
+) -> None:
+    dense = {"normal": dict(zip(NORMAL_KEYS, base, strict=True))}
+    pruned = {"normal": {k: b * r for k, b, r in zip(NORMAL_KEYS, base, ratios, strict=True)}}
+    bounded, plain = delta_t_bounded(dense, pruned, SPECS), delta_t(dense, pruned, SPECS)
+    assert bounded.per_task == pytest.approx(plain.per_task) and bounded.overall == pytest.approx(plain.overall)
+
+
+@given(
+    base=st.tuples(*[_dense_value] * 5),
+    pruned_values=st.tuples(*[st.floats(0.0, 1000.0, allow_nan=False)] * 5),
+    which=st.integers(0, 4),
+    step=st.floats(0.0, 1000.0, allow_nan=False),
+)
+def test_bounded_delta_t_is_monotone_in_each_metric(
+    base: tuple[float, ...], pruned_values: tuple[float, ...], which: int, step: float
+) -> None:
+    """Moving one metric in its better direction never lowers the score (and never raises it the other way)."""
+    dense = {"normal": dict(zip(NORMAL_KEYS, base, strict=True))}
+    before = dict(zip(NORMAL_KEYS, pruned_values, strict=True))
+    key = NORMAL_KEYS[which]
+    higher_is_better = next(m.higher_is_better for m in Normal.metrics if m.name == key)
+    after = {**before, key: before[key] + (step if higher_is_better else -step)}
+    worse = {**before, key: before[key] - (step if higher_is_better else -step)}
+    score = delta_t_bounded(dense, {"normal": before}, SPECS).overall
+    assert delta_t_bounded(dense, {"normal": after}, SPECS).overall >= score - 1e-9
+    assert delta_t_bounded(dense, {"normal": worse}, SPECS).overall <= score + 1e-9
+
+
+# --- collapse flags ----------------------------------------------------------------------------------------
+
+TWO = {"depth": {"abs_err": 0.2, "delta1": 0.8}, "segmentation": {"miou": 0.5, "pixel_acc": 0.7}}
+
+
+def _pruned(**changes: dict[str, float]) -> Row:
+    return {task: {**metrics, **changes.get(task, {})} for task, metrics in TWO.items()}
+
+
+def test_nothing_collapses_when_the_pruned_model_equals_dense() -> None:
+    result = collapse(TWO, TWO, SPECS, {"segmentation": {PREDICTED_CLASSES: 12, LABEL_CLASSES: 13}})
+    assert result.per_task == {"depth": False, "segmentation": False}
+    assert result.reasons == {} and result.convention == COLLAPSE_CONVENTION
+
+
+def test_an_error_metric_above_three_times_dense_collapses_the_task() -> None:
+    result = collapse(TWO, _pruned(depth={"abs_err": 0.61}), SPECS)
+    assert result.per_task == {"depth": True, "segmentation": False}
+    assert result.reasons == {"depth": ("abs_err 0.61 > 3 × dense 0.2",)}
+
+
+def test_exactly_three_times_dense_is_not_a_collapse() -> None:
+    assert collapse(TWO, _pruned(depth={"abs_err": 0.2 * 3}), SPECS).per_task["depth"] is False
+
+
+def test_a_higher_is_better_metric_falling_far_is_not_an_error_blowup() -> None:
+    # delta1 0.8 -> 0.01 is a bad drop, but the error rule reads lower-is-better metrics only (Δ_T shows it).
+    assert collapse(TWO, _pruned(depth={"delta1": 0.01}), SPECS).per_task["depth"] is False
+
+
+def test_error_metrics_without_a_positive_finite_dense_value_are_not_checked() -> None:
+    dense = {"depth": {"abs_err": 0.0, "rel_err": math.inf}}
+    pruned = {"depth": {"abs_err": 5.0, "rel_err": 1e9}}
+    assert collapse(dense, pruned, SPECS).per_task == {"depth": False}
+
+
+def test_a_non_finite_pruned_error_collapses_the_task() -> None:
+    result = collapse(TWO, _pruned(depth={"abs_err": math.nan}), SPECS)
+    assert result.per_task["depth"] is True and result.reasons["depth"] == ("abs_err nan > 3 × dense 0.2",)
+
+
+def test_a_single_predicted_class_collapses_a_classifying_task() -> None:
+    diagnostics = {"segmentation": {PREDICTED_CLASSES: 1, LABEL_CLASSES: 13}}
+    result = collapse(TWO, TWO, SPECS, diagnostics)
+    assert result.per_task == {"depth": False, "segmentation": True}
+    assert result.reasons == {
+        "segmentation": ("predicts a single class over the whole split while the labels hold 13",)
+    }
+
+
+def test_a_single_class_is_no_collapse_when_the_labels_hold_one_class_too() -> None:
+    diagnostics = {"segmentation": {PREDICTED_CLASSES: 1, LABEL_CLASSES: 1}}
+    assert collapse(TWO, TWO, SPECS, diagnostics).per_task["segmentation"] is False
+
+
+def test_two_predicted_classes_and_unknown_label_counts() -> None:
+    assert collapse(TWO, TWO, SPECS, {"segmentation": {PREDICTED_CLASSES: 2}}).per_task["segmentation"] is False
+    alone = collapse(TWO, TWO, SPECS, {"segmentation": {PREDICTED_CLASSES: 1}})
+    assert alone.reasons == {"segmentation": ("predicts a single class over the whole split",)}
+
+
+def test_both_causes_are_listed() -> None:
+    diagnostics = {"segmentation": {PREDICTED_CLASSES: 1, LABEL_CLASSES: 4}}
+    dense = {"segmentation": {"miou": 0.5, "weighted_ce": 0.4}}
+    specs = {"segmentation": _Stub((MetricSpec("miou", True), MetricSpec("weighted_ce", False)))}
+    result = collapse(dense, {"segmentation": {"miou": 0.1, "weighted_ce": 2.0}}, specs, diagnostics)
+    assert result.reasons["segmentation"] == (
+        "weighted_ce 2 > 3 × dense 0.4",
+        "predicts a single class over the whole split while the labels hold 4",
+    )
+
+
+def test_collapse_reports_mismatches_like_the_scores() -> None:
+    with pytest.raises(ConfigError, match="pruned metrics lack task 'segmentation'"):
+        collapse(TWO, {"depth": TWO["depth"]}, SPECS)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
+from adapmtl_cli.tasks.base import LABEL_CLASSES, PREDICTED_CLASSES, DiagnosticMeter
 from adapmtl_cli.tasks.segmentation import Segmentation
 
 
@@ -166,3 +167,25 @@ def test_scores_are_fractions(num_classes: int, seed: int, height: int, width: i
     assert 0.0 <= metrics["miou"] <= 1.0
     assert 0.0 <= metrics["pixel_acc"] <= 1.0
     assert (metrics["miou"] == 1.0) == (metrics["pixel_acc"] == 1.0)
+
+
+# --- diagnostics: the classes predicted, not a metric --------------------------------------------------
+
+
+def test_meter_counts_the_classes_predicted_and_labelled_apart_from_the_metrics() -> None:
+    task = Segmentation(num_classes=5)
+    target = torch.tensor([[[0, 1], [2, -1]]])
+    guess = torch.tensor([[[0, 0], [0, 4]]])  # one class on the labelled pixels; class 4 only on the ignored one
+    meter = task.new_meter()
+    meter.update(_logits(guess, 5), target)
+    assert isinstance(meter, DiagnosticMeter)
+    assert meter.diagnostics() == {PREDICTED_CLASSES: 1, LABEL_CLASSES: 3}
+    assert set(meter.compute()) == {m.name for m in task.metrics} == {"miou", "pixel_acc"}
+
+
+def test_class_counts_pool_over_batches() -> None:
+    task = Segmentation(num_classes=4)
+    meter = task.new_meter()
+    for labels in (torch.tensor([[[0, 0]]]), torch.tensor([[[3, 3]]])):
+        meter.update(_logits(labels, 4), labels)
+    assert meter.diagnostics() == {PREDICTED_CLASSES: 2, LABEL_CLASSES: 2}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from adapmtl_cli.data.synth.scenes import SceneSummary, generate_scenes
+from adapmtl_cli.data.synth.scenes import generate_scenes
 from adapmtl_cli.data.synth.taskonomy import generate_taskonomy
+from adapmtl_cli.data.synth.writing import SceneSummary
 
 SYNTH_LAYOUTS = ("nyuv2", "nyuv2-adashare", "taskonomy")
 """The ``--layout`` values: MTAN/LibMTL NYU-v2, AdaShare-family NYU-v2, Tiny-Taskonomy."""
@@ -18,15 +19,21 @@ def generate(
     *,
     train: int,
     val: int,
+    test: int = 0,
     size: tuple[int, int],
     seed: int,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SceneSummary:
-    """Render ``train`` + ``val`` scenes into ``root`` in ``layout`` (one of ``SYNTH_LAYOUTS``)."""
+    """Render ``train`` + ``val`` (+ ``test``, the held-out split) scenes into ``root`` in ``layout``.
+
+    ``layout`` is one of ``SYNTH_LAYOUTS``; ``test=0`` writes no test split. Where each layout keeps the test
+    split: ``test/`` beside ``train/`` and ``val/`` (nyuv2), the ``heldout`` list of the JSON index
+    (nyuv2-adashare, taskonomy; their ``test`` list is our val).
+    """
     if layout == "taskonomy":
         return generate_taskonomy(
-            root, train=train, val=val, size=size, seed=seed, overwrite=overwrite, on_progress=on_progress
+            root, train=train, val=val, test=test, size=size, seed=seed, overwrite=overwrite, on_progress=on_progress
         )
     if layout not in SYNTH_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
@@ -34,6 +41,7 @@ def generate(
         root,
         train=train,
         val=val,
+        test=test,
         size=size,
         seed=seed,
         overwrite=overwrite,

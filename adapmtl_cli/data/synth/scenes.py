@@ -9,37 +9,39 @@ y down, z forward), classes follow the 13-class MTAN order. The image is rendere
 Kinect-like invalid pixels (border, holes, shadows at depth edges, out of range) get depth 0, normal 0 and
 label -1; label -1 also marks thin unlabelled strips at class boundaries, as in the real annotations.
 
-Pure numpy and deterministic: sample ``i`` of a split comes from ``np.random.default_rng([seed, split, i])``,
-so any prefix of a larger generation is identical to a smaller one, and both layouts hold the same scenes.
+Pure numpy and deterministic: sample ``i`` of a split comes from ``np.random.default_rng([seed, split, i])``
+with split 0 = train, 1 = val, 2 = test, so any prefix of a larger generation is identical to a smaller one,
+both layouts hold the same scenes, the three splits are disjoint draws, and adding a test split leaves the train
+and val files byte for byte as they were.
 
 The AdaShare layout (``layout="adashare"``, datasets.md §1b) stores the same scenes the way AdaShare, DiSparse
 and AdapMTL ship NYU-v2: ``img/XXXX.png`` RGB uint8 (``round(255 * image)``), ``seg/XXXX.png`` 8-bit gray with
 the NYU-40 id of each class (:data:`NYU13_TO_NYU40`) and 255 = unlabelled, ``normal_mask/XXXX.png`` RGB
 ``round((n + 1) / 2 * 255)`` with (255, 255, 255) = invalid, and ``depth/XXXX.npy`` float32 (H, W) metres,
-*filled* (the true ray-cast depth everywhere, as in the real pack), plus ``nyu_v2_3task.json``.
+*filled* (the true ray-cast depth everywhere, as in the real pack), plus ``nyu_v2_3task.json``. That index
+keeps AdaShare's two lists (``train``; ``test``, which is our ``val``) and puts the optional held-out test split
+under :data:`~adapmtl_cli.data.layouts.HELDOUT_KEY`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from adapmtl_cli.data.layouts import (
     ADASHARE_FOLDERS,
     ADASHARE_JSON,
+    HELDOUT_KEY,
     MTAN_FOLDERS,
     NYU13_CLASSES,
     NYU40_CLASSES,
     NYUV2_LAYOUTS,
 )
-from adapmtl_cli.errors import ConfigError, DataError
-from adapmtl_cli.files.atomic import atomic_write
+from adapmtl_cli.data.synth.writing import SceneSummary, check_generator_parameters, save_npy, save_png, write_json
+from adapmtl_cli.errors import DataError
 
 NYU13_TO_NYU40 = {
     "bed": "bed", "books": "books", "ceiling": "ceiling", "chair": "chair", "floor": "floor",
@@ -49,7 +51,8 @@ NYU13_TO_NYU40 = {
 """The NYU-40 class the generator writes for each of its 13 classes in the AdaShare layout: the same name where
 NYU-40 has it, ``tv`` -> ``television``, and the catch-all classes for the generic ``furniture`` and ``objects``."""
 
-_SPLITS = ("train", "val")
+_SPLITS = ("train", "val", "test")
+"""The generated splits; the position is the ``split`` part of each sample's seed."""
 _MANIFEST = "synthetic.json"
 _FORMAT_VERSION = 1
 
@@ -85,18 +88,6 @@ _ALBEDO = np.array(
         [0.06, 0.06, 0.08], [0.80, 0.78, 0.72], [0.85, 0.90, 1.00],
     ]
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SceneSummary:
-    """What ``generate_scenes`` wrote: where, how many samples per split, image size, seed and time taken."""
-
-    root: Path
-    train: int
-    val: int
-    size: tuple[int, int]
-    seed: int
-    seconds: float
 
 
 def kinect_intrinsics(size: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -334,41 +325,16 @@ def adashare_arrays(scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def write_error(path: Path, exc: OSError) -> DataError:
-    """The one-line error for a generated file that cannot be written (read-only folder, full disk)."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return DataError(f"cannot write {str(path)!r}: {reason}; check that the folder is writable and the disk has space")
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` atomically (``files.atomic``), so a crash never leaves half a file behind."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-
-    atomic_write(path, write, error=write_error, parents=False)
-
-
-def _save_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) ``array`` as PNG, atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), error=write_error, parents=False)
-
-
-def _write_json(path: Path, content: object) -> None:
-    text = json.dumps(content, indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), error=write_error, parents=False)
-
-
 def _write_manifest(root: Path, params: dict[str, object], complete: bool) -> None:
-    _write_json(root / _MANIFEST, {**params, "complete": complete})
+    write_json(root / _MANIFEST, {**params, "complete": complete})
 
 
-def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
-    """Create ``root`` with ``layout``'s folders, after clearing the sample files of an earlier generation.
+def _prepare_root(root: Path, overwrite: bool, layout: str, splits: tuple[str, ...]) -> None:
+    """Create ``root`` with ``layout``'s folders for ``splits``, after clearing the samples of an earlier generation.
 
-    The files of *both* layouts are cleared, so a folder regenerated in the other layout is never detected
-    as the old one. A folder holding anything else is refused unless ``overwrite`` is set.
+    The files of *both* layouts and of every split are cleared, so a folder regenerated in the other layout is
+    never detected as the old one, and one regenerated without a test split keeps no stale ``test/``. A folder
+    holding anything else is refused unless ``overwrite`` is set.
     """
     if root.exists() and not root.is_dir():
         raise DataError(f"output {str(root)!r} is a file, not a folder; pass a folder path")
@@ -385,33 +351,15 @@ def _prepare_root(root: Path, overwrite: bool, layout: str) -> None:
             for stale in [*sub.glob(suffix), *sub.glob(".*.tmp")]:
                 stale.unlink()
     (root / ADASHARE_JSON).unlink(missing_ok=True)
-    for sub in adashare if layout == "mtan" else mtan:
-        if sub.is_dir() and not any(sub.iterdir()):
+    wanted = [root / split / folder for split in splits for folder in MTAN_FOLDERS] if layout == "mtan" else adashare
+    for sub in adashare + mtan:
+        if sub not in wanted and sub.is_dir() and not any(sub.iterdir()):
             sub.rmdir()
-    if layout == "adashare":
-        for split in _SPLITS:
-            if (root / split).is_dir() and not any((root / split).iterdir()):
-                (root / split).rmdir()
-    for sub in mtan if layout == "mtan" else adashare:
+    for split in _SPLITS:
+        if (root / split).is_dir() and not any((root / split).iterdir()):
+            (root / split).rmdir()
+    for sub in wanted:
         sub.mkdir(parents=True, exist_ok=True)
-
-
-def check_generator_parameters(
-    train: int, val: int, size: tuple[int, int], seed: int, **choices: tuple[str, tuple[str, ...]]
-) -> None:
-    """One ``ConfigError`` naming every bad count, size or seed (and every ``name=(value, allowed)`` choice)."""
-    problems = []
-    if train < 1 or val < 1:
-        problems.append(f"sample counts must be at least 1, got train={train!r} val={val!r}")
-    if len(size) != 2 or min(size) < 8:
-        problems.append(f"size must be (height, width) with both at least 8, got {size!r}")
-    if seed < 0:
-        problems.append(f"seed must be a non-negative integer, got {seed!r}")
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            problems.append(f"{name} {value!r} must be one of: {', '.join(allowed)}")
-    if problems:
-        raise ConfigError("; ".join(problems))
 
 
 def generate_scenes(
@@ -424,38 +372,47 @@ def generate_scenes(
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     layout: str = "mtan",
+    test: int = 0,
 ) -> SceneSummary:
-    """Render ``train`` + ``val`` scenes into ``root`` in the MTAN or the AdaShare layout.
+    """Render ``train`` + ``val`` (+ ``test``) scenes into ``root`` in the MTAN or the AdaShare layout.
 
-    ``layout="mtan"`` writes ``root/{split}/{folder}/{i}.npy`` (13 classes). ``layout="adashare"`` writes the
-    same scenes as ``root/{img,seg,normal_mask,depth}/XXXX.{png,npy}`` named ``0001``, ``0002``, ... (train
-    first, then val) and ``root/nyu_v2_3task.json`` with ``train``, ``test`` (= val), and ``train1``/``train2``
-    (the first and second half of train; train1 takes the odd one out); the JSON is written last.
+    ``layout="mtan"`` writes ``root/{split}/{folder}/{i}.npy`` (13 classes), ``split`` in ``train``, ``val``
+    and, when ``test`` > 0, ``test``. ``layout="adashare"`` writes the same scenes as
+    ``root/{img,seg,normal_mask,depth}/XXXX.{png,npy}`` named ``0001``, ``0002``, ... (train first, then val,
+    then test) and ``root/nyu_v2_3task.json`` with ``train``, ``test`` (= val, as AdaShare names it),
+    ``train1``/``train2`` (the first and second half of train; train1 takes the odd one out) and, when ``test``
+    > 0, ``heldout`` (our test split); the JSON is written last. With ``test=0`` every file is the same, byte for
+    byte, as a generation without the option; with ``test`` > 0 the train and val files still are.
 
     ``root/synthetic.json`` records the parameters; it also marks the folder as ours, so regenerating into it
-    replaces the old samples. Any other non-empty folder is refused unless ``overwrite`` is set, and even then
-    only the sample files of the two layouts (``{split}/{image,label,depth,normal}/*.npy``,
-    ``{img,seg,normal_mask,depth}/*.{png,npy}``) and ``nyu_v2_3task.json`` are removed.
+    replaces the old samples (a test split written earlier included). Any other non-empty folder is refused
+    unless ``overwrite`` is set, and even then only the sample files of the two layouts
+    (``{train,val,test}/{image,label,depth,normal}/*.npy``, ``{img,seg,normal_mask,depth}/*.{png,npy}``) and
+    ``nyu_v2_3task.json`` are removed.
 
     Args:
         on_progress: called with ``(done, total)`` after each sample.
         layout: ``"mtan"`` or ``"adashare"``.
+        test: held-out test samples (0: no test split).
 
     Raises:
         ConfigError: a count, size, seed or layout is out of range.
         DataError: ``root`` is a file, or a non-empty folder not made by this generator, or a file cannot be
             written (read-only folder, full disk).
     """
-    check_generator_parameters(train, val, size, seed, layout=(layout, NYUV2_LAYOUTS))
+    check_generator_parameters(train, val, size, seed, test, layout=(layout, NYUV2_LAYOUTS))
     root = Path(root)
     start = time.perf_counter()
-    _prepare_root(root, overwrite, layout)
+    counts = {"train": train, "val": val, "test": test}
+    splits = tuple(split for split in _SPLITS if counts[split] > 0)
+    _prepare_root(root, overwrite, layout, splits)
     size = (int(size[0]), int(size[1]))
     params: dict[str, object] = {
         "format_version": _FORMAT_VERSION,
         "layout": "mtan-npy" if layout == "mtan" else "adashare",
         "train": train,
         "val": val,
+        **({"test": test} if test else {}),
         "size": list(size),
         "seed": seed,
         "classes": list(NYU13_CLASSES if layout == "mtan" else NYU40_CLASSES),
@@ -463,25 +420,28 @@ def generate_scenes(
         "intrinsics": dict(zip(("fx", "fy", "cx", "cy"), kinect_intrinsics(size), strict=True)),
     }
     _write_manifest(root, params, complete=False)
-    total, done = train + val, 0
-    entries: dict[str, list[list[str]]] = {"train": [], "test": []}
-    for split_id, (split, count) in enumerate(zip(_SPLITS, (train, val), strict=True)):
-        for i in range(count):
+    total, done = train + val + test, 0
+    keys = {"train": "train", "val": "test", "test": HELDOUT_KEY}  # our split -> its AdaShare JSON list
+    entries: dict[str, list[list[str]]] = {keys[split]: [] for split in splits}
+    for split in splits:
+        split_id = _SPLITS.index(split)
+        for i in range(counts[split]):
             scene = render_scene(np.random.default_rng([seed, split_id, i]), size)
             if layout == "mtan":
                 for folder in MTAN_FOLDERS:
                     save_npy(root / split / folder / f"{i}.npy", scene[folder])
             else:
-                entries["train" if split == "train" else "test"].append(_save_adashare(root, done + 1, scene))
+                entries[keys[split]].append(_save_adashare(root, done + 1, scene))
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
     if layout == "adashare":
         half = (train + 1) // 2
-        entries |= {"train1": entries["train"][:half], "train2": entries["train"][half:]}
-        _write_json(root / ADASHARE_JSON, entries)
+        heldout = {HELDOUT_KEY: entries.pop(HELDOUT_KEY)} if test else {}
+        entries |= {"train1": entries["train"][:half], "train2": entries["train"][half:], **heldout}
+        write_json(root / ADASHARE_JSON, entries)
     _write_manifest(root, params, complete=True)
-    return SceneSummary(root, train, val, size, seed, time.perf_counter() - start)
+    return SceneSummary(root, train, val, size, seed, time.perf_counter() - start, test)
 
 
 def _save_adashare(root: Path, number: int, scene: dict[str, np.ndarray]) -> list[str]:
@@ -489,6 +449,6 @@ def _save_adashare(root: Path, number: int, scene: dict[str, np.ndarray]) -> lis
     entry = []
     for folder, array in adashare_arrays(scene).items():
         relative = f"{folder}/{number:04d}.{'npy' if folder == 'depth' else 'png'}"
-        (save_npy if folder == "depth" else _save_png)(root / relative, array)
+        (save_npy if folder == "depth" else save_png)(root / relative, array)
         entry.append(relative)
     return entry

@@ -1,9 +1,10 @@
 """Procedural Tiny-Taskonomy-like samples, written in the old per-building layout the ``taskonomy`` adapter reads.
 
 Each sample is one scene of :func:`adapmtl_cli.data.synth.scenes.render_scene` (sample ``i`` of a split uses
-``numpy.random.default_rng([seed, split, i])`` with split 0 = train, 1 = test, so it is the same room as the MTAN
-generator's sample ``i``, and any prefix of a larger generation is identical to a smaller one), encoded as the
-Taskonomy files (see ``adapmtl_cli.data.taskonomy`` for the decoding):
+``numpy.random.default_rng([seed, split, i])`` with split 0 = train, 1 = the ``test`` list (our val), 2 = the
+``heldout`` list (our test), so it is the same room as the MTAN generator's sample ``i`` of that split, and any
+prefix of a larger generation is identical to a smaller one), encoded as the Taskonomy files (see
+``adapmtl_cli.data.taskonomy`` for the decoding):
 
 - ``rgb``: uint8 RGB ``rint(image * 255)``.
 - ``segment_semantic``: uint8 raw ids through :data:`RAW_CLASS_IDS` (0 where unlabelled). Room structure is
@@ -22,8 +23,9 @@ Both derived maps use fixed gains, so they depend on the image size (gradients p
 ``semseg_prior_factor.npy`` holds ENet-style weights ``1 / ln(1.02 + p_c)`` from the decoded class frequencies
 ``p_c`` of the train split (uncertain counted as background), bounded by 1/ln 1.02 ≈ 50.5 for absent classes.
 File names are ``<building>/<folder>/point_{p}_view_{v}_domain_{d}.png`` with made-up ``synth_*`` buildings
-(train and test buildings are disjoint), and ``taskonomy.json`` lists ``train``, ``test``, ``train1`` and
-``train2`` (the first and second half of train).
+(the buildings of the three splits are disjoint), and ``taskonomy.json`` lists ``train``, ``test``, ``train1``
+and ``train2`` (the first and second half of train), plus ``heldout`` (our test split,
+:data:`~adapmtl_cli.data.layouts.HELDOUT_KEY`) when one is generated; without it every file is as before.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from adapmtl_cli.data.layouts import (
+    HELDOUT_KEY,
     NYU13_CLASSES,
     TASKONOMY_CLASSES,
     TASKONOMY_DOMAINS,
@@ -45,7 +48,8 @@ from adapmtl_cli.data.layouts import (
     TASKONOMY_JSON,
     TASKONOMY_PRIOR,
 )
-from adapmtl_cli.data.synth.scenes import SceneSummary, check_generator_parameters, render_scene, save_npy, write_error
+from adapmtl_cli.data.synth.scenes import render_scene
+from adapmtl_cli.data.synth.writing import SceneSummary, check_generator_parameters, save_npy, write_error
 from adapmtl_cli.errors import DataError
 from adapmtl_cli.files.atomic import atomic_write
 
@@ -58,6 +62,9 @@ RAW_CLASS_IDS = {
 """Rendered class -> raw segment_semantic id (1 = background; decoded class = raw - 1). Unlabelled -> 0."""
 TRAIN_BUILDINGS = ("ashgrove", "brackenfell", "cinderford", "dunwhistle", "elmbrook", "fernhollow")
 TEST_BUILDINGS = ("glenmarsh", "hollowmere", "ivystone")
+HELDOUT_BUILDINGS = ("juniperdale", "kestrelwick", "larchmont")
+_BUILDINGS = (TRAIN_BUILDINGS, TEST_BUILDINGS, HELDOUT_BUILDINGS)
+"""The buildings of split 0 (train), 1 (the ``test`` list, our val) and 2 (the ``heldout`` list, our test)."""
 SAMPLES_PER_BUILDING = 64
 KEYPOINT_GAIN = 150.0
 EDGE_SCALE = 0.75
@@ -129,8 +136,8 @@ def class_weights(raw_pixels: np.ndarray) -> np.ndarray:
 
 
 def building_name(split_id: int, number: int) -> str:
-    """The made-up building of the ``number``-th group of samples of a split (0 = train, 1 = test)."""
-    names = TRAIN_BUILDINGS if split_id == 0 else TEST_BUILDINGS
+    """The made-up building of the ``number``-th group of samples of a split (0 = train, 1 = test, 2 = heldout)."""
+    names = _BUILDINGS[split_id]
     lap, which = divmod(number, len(names))
     return f"{_PREFIX}{names[which]}{lap + 1 if lap else ''}"
 
@@ -183,8 +190,12 @@ def generate_taskonomy(
     seed: int = 0,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    test: int = 0,
 ) -> SceneSummary:
-    """Render ``train`` + ``val`` scenes into ``root`` as a Tiny-Taskonomy folder (``val`` is the ``test`` list).
+    """Render ``train`` + ``val`` (+ ``test``) scenes into ``root`` as a Tiny-Taskonomy folder.
+
+    ``val`` is the ``test`` list of ``taskonomy.json`` (as AdaShare names it); ``test`` > 0 adds the held-out
+    ``heldout`` list, in buildings of its own.
 
     ``root/taskonomy_synth.json`` records the parameters and marks the folder as ours, so regenerating into it
     replaces the old samples. Any other non-empty folder is refused unless ``overwrite`` is set, and even then
@@ -192,13 +203,14 @@ def generate_taskonomy(
 
     Args:
         on_progress: called with ``(done, total)`` after each sample.
+        test: held-out test samples (0: no test split).
 
     Raises:
         ConfigError: a count, size or seed is out of range.
         DataError: ``root`` is a file, or a non-empty folder not made by this generator, or a file cannot be
             written (read-only folder, full disk).
     """
-    check_generator_parameters(train, val, size, seed)
+    check_generator_parameters(train, val, size, seed, test)
     root = Path(root)
     start = time.perf_counter()
     _prepare_root(root, overwrite)
@@ -208,16 +220,18 @@ def generate_taskonomy(
         "layout": "taskonomy",
         "train": train,
         "val": val,
+        **({"test": test} if test else {}),
         "size": list(size),
         "seed": seed,
         "classes": list(TASKONOMY_CLASSES),
         "raw_class_ids": RAW_CLASS_IDS,
     }
     _write_text(root / MANIFEST, json.dumps({**params, "complete": False}, indent=2) + "\n")
-    index: dict[str, list[list[str]]] = {"train": [], "test": []}
+    lists = (("train", train), ("test", val), (HELDOUT_KEY, test))
+    index: dict[str, list[list[str]]] = {key: [] for key, count in lists if count}
     raw_pixels = np.zeros(len(TASKONOMY_CLASSES) + 1, dtype=np.int64)
-    total, done = train + val, 0
-    for split_id, (key, count) in enumerate((("train", train), ("test", val))):
+    total, done = train + val + test, 0
+    for split_id, (key, count) in enumerate(lists):
         for i in range(count):
             files = encode_scene(render_scene(np.random.default_rng([seed, split_id, i]), size))
             paths = sample_paths(split_id, i)
@@ -231,8 +245,11 @@ def generate_taskonomy(
             if on_progress is not None:
                 on_progress(done, total)
     half = math.ceil(train / 2)
-    index |= {"train1": index["train"][:half], "train2": index["train"][half:]}
+    heldout = {HELDOUT_KEY: index.pop(HELDOUT_KEY)} if test else {}
+    index |= {"train1": index["train"][:half], "train2": index["train"][half:], **heldout}
     save_npy(root / TASKONOMY_PRIOR, class_weights(raw_pixels))
     _write_text(root / TASKONOMY_JSON, json.dumps(index) + "\n")
     _write_text(root / MANIFEST, json.dumps({**params, "complete": True}, indent=2) + "\n")
-    return SceneSummary(root=root, train=train, val=val, size=size, seed=seed, seconds=time.perf_counter() - start)
+    return SceneSummary(
+        root=root, train=train, val=val, size=size, seed=seed, seconds=time.perf_counter() - start, test=test
+    )
