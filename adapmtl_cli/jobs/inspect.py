@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapmtl_cli.api import prepare
 from adapmtl_cli.config import PruneConfig
-from adapmtl_cli.jobs.prepare import Prepared
+from adapmtl_cli.jobs.prepare import Prepared, prepare_pruning
 from adapmtl_cli.train.batches import check_batch_size, to_device
 from adapmtl_cli.train.device import autocast, autocast_dtype, resolve_device
 from adapmtl_cli.train.loop import adam
@@ -107,23 +106,7 @@ def estimate_step(prepared: Prepared, cfg: PruneConfig, *, timed_steps: int = 2)
     model: nn.Module = copy.deepcopy(prepared.loaded.model).to(dev).train()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    pruning = prepare(
-        model,
-        batch[0],
-        tasks=prepared.tasks,
-        sparsity=cfg.sparsity,
-        steps=cfg.steps,
-        method=cfg.method,
-        calibration=[batch],
-        losses={t.name: t.loss for t in prepared.tasks},
-        weighting=cfg.weighting,
-        layer_scale=cfg.layer_scale,
-        allocation=cfg.allocation,
-        threshold_lr=cfg.threshold_lr,
-        ramp_end=cfg.ramp_end,
-        component_sparsity=cfg.component_sparsity,
-        discovery=prepared.discovery,
-    )
+    pruning = prepare_pruning(prepared, model, cfg, calibration=[batch])
     optimizer = adam(pruning.param_groups(cfg.lr))
     dtype = autocast_dtype(cfg.precision, dev.type)
     mapping = prepared.mapping

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from adapmtl_cli.api import Discovery, discover
+from adapmtl_cli.api import Discovery, Pruning, discover
+from adapmtl_cli.api import prepare as prepare_api
 from adapmtl_cli.config import ComponentEntry, ComponentsManifest, LayerEntry, PruneConfig
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
@@ -173,6 +174,27 @@ def prepare_from(cfg: PruneConfig, hooks: Hooks | None = None) -> Prepared:
         head=cfg.head,
         hooks=hooks,
         eval_split=cfg.eval_split,
+    )
+
+
+def prepare_pruning(prepared: Prepared, model: torch.nn.Module, cfg: PruneConfig, calibration: Any) -> Pruning:
+    """The library's ``prepare`` for a planned or real run: ``cfg``'s method options, the tasks' own losses."""
+    return prepare_api(
+        model,
+        prepared.example_input,
+        tasks=prepared.tasks,
+        sparsity=cfg.sparsity,
+        steps=cfg.steps,
+        method=cfg.method,
+        calibration=calibration,
+        losses={t.name: t.loss for t in prepared.tasks},
+        weighting=cfg.weighting,
+        layer_scale=cfg.layer_scale,
+        allocation=cfg.allocation,
+        threshold_lr=cfg.threshold_lr,
+        ramp_end=cfg.ramp_end,
+        component_sparsity=cfg.component_sparsity,
+        discovery=prepared.discovery,
     )
 
 

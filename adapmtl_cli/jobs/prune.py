@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapmtl_cli.api import Pruning, prepare
+from adapmtl_cli.api import Pruning
 from adapmtl_cli.config import PruneConfig, RunReport
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.errors import ConfigError, TrainingError
 from adapmtl_cli.files.atomic import append_jsonl, read_jsonl, read_model, write_bytes, write_model, write_text
 from adapmtl_cli.files.rundir import RunDir, prepare_run_dir
 from adapmtl_cli.jobs.config_file import sync_run_config_toml
-from adapmtl_cli.jobs.prepare import Hooks, Prepared, components_manifest, prepare_from
+from adapmtl_cli.jobs.prepare import Hooks, Prepared, components_manifest, prepare_from, prepare_pruning
 from adapmtl_cli.methods import check_method_options, needs_calibration
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES
 from adapmtl_cli.report.build import build_report
@@ -216,23 +216,7 @@ def _pruning(job: _Job, model: nn.Module) -> Pruning:
     if needs_calibration(cfg.method, cfg.layer_scale):
         job.hooks.status(f"scoring the weights by task saliency on {CALIBRATION_BATCHES} training batches")
     batches = (to_device(b, job.device) for b in train_batches(p.train, cfg.batch_size, cfg.seed + 1, 0))
-    return prepare(
-        model,
-        p.example_input,
-        tasks=p.tasks,
-        sparsity=cfg.sparsity,
-        steps=cfg.steps,
-        method=cfg.method,
-        calibration=batches,
-        losses={t.name: t.loss for t in p.tasks},
-        weighting=cfg.weighting,
-        layer_scale=cfg.layer_scale,
-        allocation=cfg.allocation,
-        threshold_lr=cfg.threshold_lr,
-        ramp_end=cfg.ramp_end,
-        component_sparsity=cfg.component_sparsity,
-        discovery=p.discovery,
-    )
+    return prepare_pruning(p, model, cfg, calibration=batches)
 
 
 def _loop_hooks(job: _Job) -> LoopHooks:

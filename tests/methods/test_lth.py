@@ -7,32 +7,15 @@ from typing import Any
 
 import pytest
 import torch
+from method_samples import TASKS
+from method_samples import sample_batch as _batch
+from method_samples import task_losses as _losses
 from tiny_models import HardShared
-from torch import nn
 
 from adapmtl_cli.methods import CALIBRATES, MethodContext, build_pruner
 from adapmtl_cli.methods.lth import LotteryTicket
 from adapmtl_cli.methods.mask_rounds import MagnitudeRounds, round_sparsity
 from adapmtl_cli.model.discover import discover_components
-from adapmtl_cli.tasks import get_task
-
-TASKS = {"segmentation": get_task("segmentation", num_classes=13), "depth": get_task("depth")}
-Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
-
-
-def _batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(2, 3, 16, 24, generator=g)
-    y = {
-        "segmentation": torch.randint(-1, 13, (2, 16, 24), generator=g),
-        "depth": torch.rand(2, 1, 16, 24, generator=g) + 0.5,
-    }
-    return x, y
-
-
-def _losses(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-    out = module(batch[0])
-    return {t: spec.loss(out[t], batch[1][t]) for t, spec in TASKS.items()}
 
 
 def _context(sparsity: float, steps: int) -> MethodContext:
