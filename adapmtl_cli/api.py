@@ -453,10 +453,6 @@ class Pruning:
         self._final, self._final_thresholds = layers, thresholds
         return model
 
-    @property
-    def finalized(self) -> bool:
-        return self._final is not None
-
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs besides the optimizer: the module (weights, thresholds), weighting and step."""
         return {

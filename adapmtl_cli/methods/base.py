@@ -166,14 +166,17 @@ class ThresholdPruner:
         if self._controller is None:
             self._controller = LevelController(self.tm)
         allocator = getattr(self.tm, "allocator", None)
+        mags = None
         if isinstance(allocator, MarginalAllocator):
-            allocator.step_(self.tm, group_magnitudes(self.tm, self._controller.workspace))
+            # The rule moves logits only, so the weights' magnitudes stay valid for the level fit below.
+            mags = group_magnitudes(self.tm, self._controller.workspace)
+            allocator.step_(self.tm, mags)
         target = self.target_at(step)
         if self.bounds:
             # Floors grow with the ramp (a 95% floor must not hit a component at step 1); caps hold throughout.
             ramp = target / self.ctx.sparsity
             self._controller.bounds = {g: (low * ramp, high) for g, (low, high) in self.bounds.items()}
-        fit = self._controller.step_(step - 1, target, exact=step >= self.ctx.steps)
+        fit = self._controller.step_(step - 1, target, exact=step >= self.ctx.steps, magnitudes=mags)
         return fit.sparsity
 
     def measure(self) -> list[LayerZeros]:

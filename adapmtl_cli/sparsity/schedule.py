@@ -282,6 +282,7 @@ def fit_level_(
     iters: int = 60,
     workspace: Workspace | None = None,
     bounds: Bounds | None = None,
+    magnitudes: list[torch.Tensor] | None = None,
 ) -> LevelFit:
     """Shift every threshold logit by one offset so that overall sparsity equals ``target``; in place.
 
@@ -292,10 +293,11 @@ def fit_level_(
 
     Args:
         workspace: buffers to reuse between calls (see ``Workspace``); a fresh one when omitted.
+        magnitudes: ``group_magnitudes(tm, workspace)`` of the current weights, when the caller has them.
     """
     groups = tm.bank.groups
     ws = workspace if workspace is not None else Workspace()
-    mags = group_magnitudes(tm, ws)
+    mags = magnitudes if magnitudes is not None else group_magnitudes(tm, ws)
     total = sum(m.numel() for m in mags)
     want = int(round(target * total))
     logits = torch.stack([tm.bank.logit(g).detach().float() for g in groups])
@@ -326,7 +328,12 @@ class LevelController:
         self.bounds = bounds or None
         self.workspace = Workspace()
 
-    def step_(self, step: int, target: float, *, exact: bool = True) -> LevelFit:
-        """Fit the level after optimizer step ``step``; ``exact`` is accepted for callers and always true."""
+    def step_(
+        self, step: int, target: float, *, exact: bool = True, magnitudes: list[torch.Tensor] | None = None
+    ) -> LevelFit:
+        """Fit the level after optimizer step ``step``; ``exact`` is accepted for callers and always true.
+
+        ``magnitudes``: the current weights' ``group_magnitudes`` in this controller's workspace, if computed.
+        """
         del step, exact
-        return fit_level_(self.tm, target, workspace=self.workspace, bounds=self.bounds)
+        return fit_level_(self.tm, target, workspace=self.workspace, bounds=self.bounds, magnitudes=magnitudes)
