@@ -33,6 +33,7 @@ class PruneConfig(_File):
     outputs: list[str] | None = None
     method: Literal[
         "adapmtl",
+        "adapmtl_paper",
         "disparse",
         "disparse_dynamic",
         "gmp",

@@ -1,281 +1,489 @@
-"""Quality benchmark: every pruning method, same data and step budget, on dense reference checkpoints.
+"""Quality benchmark (issue #13): every pruning method against the default, on dev for decisions, test for tables.
 
-    python benchmarks/quality.py --quick          # smoke test, a few minutes on 2 CPU cores
-    python benchmarks/quality.py                  # the full table (up to an hour on 2 CPU cores)
+    python benchmarks/quality.py --plan                     # the cells of the frozen test plan and their cost
+    python benchmarks/quality.py --jobs 2                   # run (or resume) the frozen test plan
+    python benchmarks/quality.py --split dev --rows 'adapmtl,adapmtl[allocation=marginal]' --seeds 0,1
+    python benchmarks/quality.py --cell adapmtl:0.9:0:0     # re-run one cell from scratch, print its Δ_T
+    python benchmarks/quality.py --render                   # quality.md from quality.json
 
-Trains (and caches under benchmarks/.cache/) a dense checkpoint per benchmark on generated data, prunes it with
-every method at each sparsity and seed through the same `run_prune` the CLI uses, and writes
-`benchmarks/results/quality{,-quick}.{md,json}`: per method and sparsity, Δ_T mean ± spread over seeds,
-per-task metrics (mean over seeds), per-component sparsity and wall time. Rows of the JSON:
-{"benchmark", "method", "sparsity", "delta_t", "delta_t_spread", "seeds", "components", "tasks", "seconds"}.
+Data: generated NYU-like scenes with three disjoint splits, ``train`` (fine-tuning and dense training),
+``dev`` (the generator's ``val``: every tuning decision) and ``test`` (the committed tables only). Dense
+checkpoints are trained here, per dense seed, to a recorded plateau (validation-loss curve on dev).
+
+Each cell (benchmark, method row, sparsity, seed, dense seed, split) is keyed by a hash of every setting that
+decides its result (``quality_stats.cell_key``) and cached under ``benchmarks/.cache/quality/cells/`` when it
+finishes, so a stopped run resumes where it stopped, across sittings. Results: test cells →
+``benchmarks/results/quality.json`` (the contract below) and ``quality.md``; dev cells → ``quality-dev.*``.
+``--tag NAME`` writes ``quality-NAME.*`` instead. A plan with cells still to run writes its files marked
+partial.
+
+``quality.json``: ``{"frozen_settings", "benchmarks": [{"name", "factory", "backbone_share", "dense_seeds"}],
+"runs": [{"benchmark", "method", "sparsity", "seed", "dense_seed", "split", "delta_t", "score_bounded",
+"collapsed", "achieved_sparsity", "components", "command", ...}]}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-
-import torch
-
-from adapmtl_cli.config import RunReport, make_prune_config
-from adapmtl_cli.data.synth.scenes import generate_scenes
-from adapmtl_cli.files.atomic import save_torch
-from adapmtl_cli.jobs.demo import train_dense
-from adapmtl_cli.jobs.prune import run_prune
-from adapmtl_cli.methods import METHODS
-from adapmtl_cli.models import MODELS
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from quality_stats import DEFAULT_ROW, cell_key, render_markdown  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Bench:
+    """A reference model on generated data, and how its dense checkpoints are trained."""
+
     name: str
     factory: str
     size: tuple[int, int]
-    data_seed: int
-    train: int
-    val: int
-    dense_steps: int
+    data_seed: int = 0
+    train: int = 512
+    dev: int = 128
+    test: int = 256
+    dense_steps: int = 3000
+    dense_lr: float = 2e-3
+    batch_size: int = 8
 
 
-BENCHES = (
-    Bench("deeplab_resnet_tiny/nyu-like", "deeplab_resnet_tiny", (72, 96), 0, 256, 64, 1500),
-    Bench("mobilenet_v2_tiny/nyu-like-b", "mobilenet_v2_tiny", (64, 80), 7, 256, 64, 1500),
-)
+BENCHES = {
+    "aspp": Bench("mobilenet_aspp_tiny", "mobilenet_aspp_tiny", (48, 64)),
+    "resnet": Bench("deeplab_resnet_tiny", "deeplab_resnet_tiny", (48, 64), data_seed=1),
+    "mobilenet": Bench("mobilenet_v2_tiny", "mobilenet_v2_tiny", (48, 64), data_seed=2),
+}
+"""``aspp`` is the head-heavy benchmark of the paper's regime (backbone ≈9% of the weights); the two tiny
+backbone-heavy models stay available (``--bench resnet|mobilenet``) but are not in the frozen test plan."""
 
-# (label, method, option overrides): the default, its ablations, then the baselines.
-VARIANTS: list[tuple[str, str, dict[str, str]]] = [
-    ("adapmtl", "adapmtl", {}),
-    ("adapmtl+paper", "adapmtl", {"weighting": "paper"}),
-    ("adapmtl+equal", "adapmtl", {"weighting": "equal"}),
-    ("adapmtl-noscale", "adapmtl", {"layer_scale": "none"}),
-] + [(m, m, {}) for m in METHODS if m != "adapmtl"]
-REFERENCE = "adapmtl-noscale"
-"""The paper's raw per-component thresholds (with our weighting): the form the default improves on. Shown next to
-the verdict, not part of it (the verdict is against the baselines and the weighting ablations)."""
+ROWS: dict[str, dict[str, Any]] = {
+    "adapmtl": {"method": "adapmtl"},
+    "adapmtl-frozen": {"method": "adapmtl", "allocation": "frozen"},
+    "adapmtl-paper": {"method": "adapmtl_paper"},
+    "adapmtl+equal": {"method": "adapmtl", "weighting": "equal"},
+    "adapmtl+norm": {"method": "adapmtl", "weighting": "norm"},
+    "adapmtl+paperw": {"method": "adapmtl", "weighting": "paper"},
+    "dense+finetune": {"method": "dense"},
+    "disparse": {"method": "disparse"},
+    "disparse-dynamic": {"method": "disparse_dynamic"},
+    "snip": {"method": "snip"},
+    "imp": {"method": "imp"},
+    "lth": {"method": "lth"},
+    "gmp": {"method": "gmp"},
+    "str_global": {"method": "str_global"},
+    "str_layer": {"method": "str_layer"},
+    "magnitude_oneshot": {"method": "magnitude_oneshot"},
+    "uniform_magnitude": {"method": "uniform_magnitude"},
+}
+"""Row name → the options its cells run with (``method`` plus any ``prune`` option). The frozen plan's rows
+overwrite these with the settings chosen on dev (``FROZEN["rows"]``)."""
+
+FROZEN: dict[str, Any] = {
+    "status": "draft: not frozen yet (dev tuning in progress)",
+    "bench": "aspp",
+    "steps": 200,
+    "lr": 5e-4,
+    "threads": 1,
+    "sparsities": [0.9, 0.95],
+    "seeds": [0, 1, 2, 3, 4],
+    "dense_seeds": [0],
+    "second_dense_seed": 1,
+    "second_dense_rows": ["adapmtl", "adapmtl-frozen"],
+    "rows": {},
+}
+"""The test plan's settings, decided on dev and frozen before the test run; written into quality.json."""
 
 
-def dense_checkpoint(bench: Bench, cache: Path) -> tuple[Path, Path]:
-    """Generate the data and train the dense model once; later runs reuse both."""
-    root = cache / bench.name.replace("/", "__")
-    scenes, ckpt = root / "scenes", root / "model.pt"
-    if not (root / "ready").is_file():
-        print(f"[{bench.name}] generating data and training the dense model ({bench.dense_steps} steps)", flush=True)
-        generate_scenes(scenes, train=bench.train, val=bench.val, size=bench.size, seed=bench.data_seed, overwrite=True)
-        model = train_dense(scenes, bench.dense_steps, build=MODELS[bench.factory])
-        save_torch(ckpt, model.state_dict())
-        (root / "ready").write_text("ok\n")
-    return ckpt, scenes
+@dataclass(frozen=True)
+class Cell:
+    bench: Bench
+    row: str
+    options: tuple[tuple[str, Any], ...]
+    sparsity: float
+    seed: int
+    dense_seed: int
+    split: str
+    steps: int
+    lr: float
+    threads: int
+    device: str = "cpu"
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "bench": asdict(self.bench),
+            "options": dict(self.options),
+            "sparsity": self.sparsity,
+            "seed": self.seed,
+            "dense_seed": self.dense_seed,
+            "split": self.split,
+            "steps": self.steps,
+            "lr": self.lr,
+            "threads": self.threads,
+            "device": self.device,
+        }
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.settings())
+
+    def command(self, bench_flag: str) -> str:
+        parts = [
+            "python",
+            "benchmarks/quality.py",
+            "--cell",
+            f"{self.row}:{self.sparsity}:{self.seed}:{self.dense_seed}",
+        ]
+        parts += ["--split", self.split, "--threads", str(self.threads), "--steps", str(self.steps)]
+        parts += ["--lr", str(self.lr), "--bench", bench_flag]
+        if self.bench.dense_steps != BENCHES[bench_flag].dense_steps:
+            parts += ["--dense-steps", str(self.bench.dense_steps)]
+        if self.device != "cpu":
+            parts += ["--device", self.device]
+        return " ".join(shlex.quote(p) for p in parts)
 
 
-def run_one(
-    bench: Bench,
-    ckpt: Path,
-    scenes: Path,
-    method: str,
-    overrides: dict[str, str],
-    sparsity: float,
-    seed: int,
-    steps: int,
-    out: Path,
-) -> tuple[RunReport, float]:
-    cfg = make_prune_config(
-        checkpoint=str(ckpt),
-        factory=f"adapmtl_cli.models:{bench.factory}",
-        data="synthetic",
-        data_dir=str(scenes),
-        method=method,
-        sparsity=sparsity,
-        steps=steps,
-        lr=5e-4,
-        seed=seed,
-        device="cpu",
-        out=str(out),
-        save_every=steps,
-        log_every=max(1, steps // 10),
-        **overrides,
+def parse_row(spec: str, base: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name[key=value,...]`` → (label, options); values are parsed as JSON when they can be."""
+    spec = spec.strip()
+    name, _, rest = spec.partition("[")
+    if name not in base:
+        raise SystemExit(f"unknown row {name!r}; rows: {', '.join(base)}")
+    options = dict(base[name])
+    if rest:
+        if not rest.endswith("]"):
+            raise SystemExit(f"row {spec!r}: expected name[key=value,...]")
+        for item in filter(None, rest[:-1].split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise SystemExit(f"row {spec!r}: {item!r} is not key=value")
+            try:
+                options[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key.strip()] = value.strip()
+    return spec, options
+
+
+def split_rows(text: str) -> list[str]:
+    """Split a comma-separated row list, keeping the commas inside ``[...]``."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [r for r in [*out, cur] if r.strip()]
+
+
+@dataclass
+class Paths:
+    cache: Path
+    results: Path
+
+    def bench_dir(self, bench: Bench) -> Path:
+        return self.cache / bench.name / f"data{bench.data_seed}-{bench.size[0]}x{bench.size[1]}"
+
+    def dense(self, bench: Bench, seed: int) -> Path:
+        return self.bench_dir(bench) / f"dense{seed}-{bench.dense_steps}"
+
+    def cell(self, key: str) -> Path:
+        return self.cache / "cells" / f"{key}.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_data(bench: Bench, paths: Paths) -> Path:
+    from adapmtl_cli.data.synth.scenes import generate_scenes
+
+    root = paths.bench_dir(bench) / "scenes"
+    if not (root.parent / "data-ready").is_file():
+        print(f"[{bench.name}] generating {bench.train}/{bench.dev}/{bench.test} scenes", flush=True)
+        generate_scenes(
+            root, train=bench.train, val=bench.dev, test=bench.test, size=bench.size, seed=bench.data_seed,
+            overwrite=True,
+        )  # fmt: skip
+        (root.parent / "data-ready").write_text("ok\n")
+    return root
+
+
+def ensure_dense(bench: Bench, seed: int, paths: Paths) -> Path:
+    """Train (once) the dense checkpoint for ``seed`` to a plateau; returns its folder (model.pt, curve.json)."""
+    import dense_training
+
+    folder = paths.dense(bench, seed)
+    if not (folder / "curve.json").is_file():
+        scenes = ensure_data(bench, paths)
+        print(f"[{bench.name}] training dense seed {seed} ({bench.dense_steps} steps)", flush=True)
+        curve = dense_training.train(bench, scenes, seed, folder / "model.pt")
+        write_json(folder / "curve.json", curve)
+    return folder
+
+
+def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
+    """Run one cell from scratch; the record that goes into the results file."""
+    import cell_runner
+
+    started, cpu0 = time.perf_counter(), time.process_time()
+    record = cell_runner.run(cell, paths.bench_dir(cell.bench) / "scenes", paths.dense(cell.bench, cell.dense_seed),
+                             paths.cache / "runs" / cell.key)  # fmt: skip
+    record.update(
+        benchmark=cell.bench.name,
+        method=cell.row,
+        options=dict(cell.options),
+        sparsity=cell.sparsity,
+        seed=cell.seed,
+        dense_seed=cell.dense_seed,
+        split=cell.split,
+        seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu0,
+        key=cell.key,
+        command=cell.command(next(k for k, b in BENCHES.items() if b.name == cell.bench.name)),
     )
-    t0 = time.perf_counter()
-    report = run_prune(cfg, overwrite=out.exists())
-    return report, time.perf_counter() - t0
+    return record
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
-def _run_cell(cell: tuple) -> tuple[str, float]:
-    """One (benchmark, variant, sparsity, seed) run; the report as JSON (it crosses process boundaries)."""
-    bench, label, method, overrides, sparsity, seed, steps, cache, ckpt, scenes = cell
-    out = cache / "runs" / bench.name.replace("/", "__") / f"{label}-{sparsity}-{seed}"
-    report, seconds = run_one(bench, ckpt, scenes, method, overrides, sparsity, seed, steps, out)
-    return report.model_dump_json(), seconds
+def _work(item: tuple[Cell, Paths]) -> dict[str, Any]:
+    cell, paths = item
+    record = run_cell(cell, paths)
+    write_json(paths.cell(cell.key), record)
+    return record
 
 
-def _mean_metrics(reports: list[RunReport]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for task, tm in reports[0].tasks.items():
-        out[task] = {m: statistics.fmean(r.tasks[task].pruned[m] for r in reports) for m in tm.pruned}
+@dataclass
+class Plan:
+    cells: list[Cell]
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def pending(self) -> list[Cell]:
+        return [c for c in self.cells if c.key not in self.done]
+
+    def estimate(self, cells: list[Cell]) -> float:
+        """CPU seconds ``cells`` will take: each row's mean over finished cells, else all rows' mean (else 90 s)."""
+        by_row: dict[str, list[float]] = {}
+        for r in self.done.values():
+            by_row.setdefault(r["method"].partition("[")[0], []).append(r["cpu_seconds"])
+        every = [v for vs in by_row.values() for v in vs]
+        fallback = sum(every) / len(every) if every else 90.0
+        total = 0.0
+        for c in cells:
+            seen = by_row.get(c.row.partition("[")[0])
+            total += sum(seen) / len(seen) if seen else fallback
+        return total
+
+
+def build_plan(args: argparse.Namespace, paths: Paths) -> Plan:
+    bench = BENCHES[args.bench]
+    base = {**ROWS, **{k: {**ROWS.get(k, {}), **v} for k, v in FROZEN["rows"].items()}}
+    rows = [parse_row(r, base) for r in split_rows(args.rows)] if args.rows else [(r, base[r]) for r in base]
+    sparsities = [float(s) for s in args.sparsities.split(",")] if args.sparsities else FROZEN["sparsities"]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else FROZEN["seeds"]
+    dense_seeds = [int(s) for s in args.dense_seeds.split(",")] if args.dense_seeds else FROZEN["dense_seeds"]
+    split = args.split
+    cells = []
+
+    def add(row: str, options: dict[str, Any], dense_seed: int) -> None:
+        for sparsity in sparsities:
+            for seed in seeds:
+                cells.append(Cell(bench, row, tuple(sorted(options.items())), sparsity, seed, dense_seed, split,
+                                  args.steps, args.lr, args.threads, args.device))  # fmt: skip
+
+    for dense_seed in dense_seeds:
+        for row, options in rows:
+            add(row, options, dense_seed)
+    if not args.rows and not args.dense_seeds and args.split == "test":
+        for row in FROZEN["second_dense_rows"]:
+            add(row, base[row], FROZEN["second_dense_seed"])
+    # Seed by seed, so a plan stopped half-way has every row at the same number of seeds.
+    cells.sort(key=lambda c: (c.seed, c.dense_seed, c.sparsity))
+    plan = Plan(cells)
+    for c in cells:
+        if paths.cell(c.key).is_file():
+            plan.done[c.key] = json.loads(paths.cell(c.key).read_text())
+    return plan
+
+
+def results_file(plan: Plan, paths: Paths, args: argparse.Namespace) -> dict[str, Any]:
+    import dense_training
+
+    bench = BENCHES[args.bench]
+    runs = [plan.done[c.key] for c in plan.cells if c.key in plan.done]
+    dense_seeds = sorted({c.dense_seed for c in plan.cells})
+    notes = []
+    for s in dense_seeds:
+        curve_path = paths.dense(bench, s) / "curve.json"
+        if curve_path.is_file():
+            notes.append(dense_training.describe(json.loads(curve_path.read_text()), s))
+    used = {"steps": args.steps, "lr": args.lr, "threads": args.threads, "device": args.device}
+    settings = {**FROZEN, **used} if args.split == "test" and not args.tag else {"status": "dev: tuning", **used}
+    out: dict[str, Any] = {
+        "frozen_settings": settings,
+        "benchmarks": [
+            {
+                "name": bench.name,
+                "factory": f"adapmtl_cli.models:{bench.factory}",
+                "backbone_share": dense_training.backbone_share(bench),
+                "dense_seeds": dense_seeds,
+                "dense_note": "; ".join(notes),
+                "settings": asdict(bench),
+            }
+        ],
+        "runs": runs,
+        "source": str(_results_stem(args).with_suffix(".json").name),
+    }
+    out["frozen_settings"]["rows"] = {c.row: dict(c.options) for c in plan.cells}
+    missing = len(plan.pending())
+    if missing:
+        out["partial"] = f"{len(runs)} of {len(plan.cells)} cells done, {missing} to run."
     return out
+
+
+def _results_stem(args: argparse.Namespace) -> Path:
+    name = f"quality-{args.tag}" if args.tag else ("quality" if args.split == "test" else "quality-dev")
+    return Path(args.results) / name
+
+
+def write_results(plan: Plan, paths: Paths, args: argparse.Namespace) -> None:
+    results = results_file(plan, paths, args)
+    stem = _results_stem(args)
+    if args.tag or args.split == "dev":  # a dev file accumulates every dev cell ever run
+        old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else None
+        if old:
+            keys = {r["key"] for r in results["runs"]}
+            results["runs"] = [r for r in old["runs"] if r["key"] not in keys] + results["runs"]
+            results.pop("partial", None)
+    write_json(stem.with_suffix(".json"), results)
+    title = "Quality benchmark (test split)" if args.split == "test" else "Quality benchmark: dev split (tuning)"
+    stem.with_suffix(".md").write_text(render_markdown(results, title=title))
+    print(f"wrote {stem.with_suffix('.md')}", flush=True)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def run_plan(plan: Plan, paths: Paths, args: argparse.Namespace) -> None:
+    pending = plan.pending()
+    cpu = plan.estimate(pending) * args.threads
+    print(
+        f"{len(plan.cells)} cells, {len(plan.done)} cached, {len(pending)} to run: ≈ {_hours(cpu)} CPU "
+        f"(≈ {_hours(cpu / args.threads / args.jobs)} wall at --jobs {args.jobs})",
+        flush=True,
+    )
+    if args.plan or not pending:
+        return
+    _worker_init(args.threads)
+    for dense_seed in sorted({c.dense_seed for c in pending}):
+        ensure_dense(BENCHES[args.bench], dense_seed, paths)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads,)) as pool:
+        futures: dict[Future[dict[str, Any]], Cell] = {pool.submit(_work, (c, paths)): c for c in pending}
+        left = set(futures)
+        while left:
+            finished, left = wait(left, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                cell = futures[fut]
+                try:
+                    record = fut.result()
+                except Exception as exc:  # one broken cell must not stop the others; it stays pending
+                    print(f"[failed] {cell.row} {cell.sparsity} seed {cell.seed}: {type(exc).__name__}: {exc}")
+                    continue
+                plan.done[cell.key] = record
+                rest = [futures[f] for f in left]
+                remaining = plan.estimate(rest) * args.threads
+                print(
+                    f"[{len(plan.done)}/{len(plan.cells)}] {cell.row} {cell.sparsity:.2f} seed {cell.seed} "
+                    f"dense {cell.dense_seed}: Δ_T {record['delta_t']:+.2f} bounded {record['score_bounded']:+.2f} "
+                    f"({record['seconds']:.0f} s); remaining ≈ {_hours(remaining)} CPU",
+                    flush=True,
+                )
+            write_results(plan, paths, args)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one benchmark, 90%% only, one seed, 60 steps")
-    ap.add_argument("--steps", type=int, default=None, help="fine-tune steps per run (default 300; quick 60)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 2; quick 1)")
-    ap.add_argument(
-        "--sparsities", type=str, default=None, help="comma-separated, e.g. 0.9,0.95 (default 0.9,0.95,0.98)"
-    )
-    ap.add_argument("--benchmarks", type=int, default=None, help="only the first N benchmarks")
-    ap.add_argument("--tag", type=str, default=None, help="write quality-TAG.{md,json} (partial runs)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel, one torch thread each (default 1)")
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache")
+    ap.add_argument("--split", choices=("dev", "test"), default="test")
+    ap.add_argument("--bench", choices=tuple(BENCHES), default=FROZEN["bench"])
+    ap.add_argument("--rows", help="comma-separated rows, each NAME or NAME[key=value,...] (default: all)")
+    ap.add_argument("--sparsities", help="comma-separated (default: the frozen plan's)")
+    ap.add_argument("--seeds", help="comma-separated fine-tune seeds (default: the frozen plan's)")
+    ap.add_argument("--dense-seeds", help="comma-separated dense checkpoint seeds (default: the frozen plan's)")
+    ap.add_argument("--dense-steps", type=int, help="dense training steps (default: the benchmark's; smoke tests)")
+    ap.add_argument("--steps", type=int, default=FROZEN["steps"])
+    ap.add_argument("--lr", type=float, default=FROZEN["lr"])
+    ap.add_argument("--threads", type=int, default=FROZEN["threads"], help="torch threads per cell")
+    ap.add_argument("--jobs", type=int, default=1, help="cells in parallel")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dense", action="store_true", help="train the plan's dense checkpoints (if needed) and stop")
+    ap.add_argument("--plan", action="store_true", help="print the cells and their estimated cost; run nothing")
+    ap.add_argument("--cell", help="ROW:SPARSITY:SEED:DENSE_SEED: run this one cell from scratch, print Δ_T")
+    ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json and stop")
+    ap.add_argument("--tag", help="write quality-TAG.{json,md}")
+    ap.add_argument("--cache", type=Path, default=HERE / ".cache" / "quality")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    benches = BENCHES[: args.benchmarks or (1 if args.quick else len(BENCHES))]
-    if args.sparsities:
-        sparsities = tuple(float(v) for v in args.sparsities.split(","))
-    else:
-        sparsities = (0.9,) if args.quick else (0.9, 0.95, 0.98)
-    steps = args.steps or (60 if args.quick else 300)
-    seeds = list(range(args.seeds or (1 if args.quick else 2)))
-    rows: list[dict] = []
-    started = time.perf_counter()
-    checkpoints = {bench.name: dense_checkpoint(bench, args.cache) for bench in benches}
-    cells = [
-        (bench, label, method, overrides, sparsity, seed, steps, args.cache, *checkpoints[bench.name])
-        for bench in benches
-        for sparsity in sparsities
-        for label, method, overrides in VARIANTS
-        for seed in seeds
-    ]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("fork"), initializer=_one_thread) as pool:
-            done = list(pool.map(_run_cell, cells))
-    else:
-        done = [_run_cell(cell) for cell in cells]
-    results = {(c[0].name, c[1], c[4], c[5]): r for c, r in zip(cells, done, strict=True)}
-    for bench in benches:
-        dense: dict[str, dict[str, float]] | None = None
-        for sparsity in sparsities:
-            for label, _, _ in VARIANTS:
-                reports = [RunReport.model_validate_json(results[bench.name, label, sparsity, s][0]) for s in seeds]
-                seconds = [results[bench.name, label, sparsity, s][1] for s in seeds]
-                dense = {t: tm.dense for t, tm in reports[0].tasks.items()}
-                dts = [r.delta_t.overall for r in reports]
-                row = {
-                    "benchmark": bench.name,
-                    "method": label,
-                    "sparsity": sparsity,
-                    "delta_t": statistics.fmean(dts),
-                    "delta_t_spread": (max(dts) - min(dts)) / 2,
-                    "seeds": len(seeds),
-                    "achieved": statistics.fmean(r.overall_sparsity for r in reports),
-                    "components": {
-                        c.name: statistics.fmean(
-                            next(x.sparsity for x in r.components if x.name == c.name) for r in reports
-                        )
-                        for c in reports[0].components
-                    },
-                    "tasks": _mean_metrics(reports),
-                    "seconds": statistics.fmean(seconds),
-                }
-                rows.append(row)
-                print(
-                    f"[{bench.name}] {label:18s} {sparsity:.2f}  Δ_T {row['delta_t']:+7.2f} ± "
-                    f"{row['delta_t_spread']:.2f}  ({row['seconds']:.0f} s/run)",
-                    flush=True,
-                )
-        rows.append({"benchmark": bench.name, "method": "dense", "tasks": dense})
-    suffix = f"-{args.tag}" if args.tag else ("-quick" if args.quick else "")
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"quality{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.results / f"quality{suffix}.md").write_text(
-        render_markdown(rows, command, steps, time.perf_counter() - started)
-    )
-    print(f"wrote {args.results / f'quality{suffix}.md'}")
+    paths = Paths(args.cache, args.results)
+    if args.dense_steps:
+        BENCHES[args.bench] = replace(BENCHES[args.bench], dense_steps=args.dense_steps)
+    if args.render:
+        stem = _results_stem(args)
+        results = json.loads(stem.with_suffix(".json").read_text())
+        title = "Quality benchmark (test split)" if args.split == "test" else "Quality benchmark: dev split (tuning)"
+        stem.with_suffix(".md").write_text(render_markdown(results, title=title))
+        print(f"wrote {stem.with_suffix('.md')}")
+        return 0
+    if args.cell:
+        return run_one(args, paths)
+    plan = build_plan(args, paths)
+    if args.dense:
+        _worker_init(args.threads)
+        for dense_seed in sorted({c.dense_seed for c in plan.cells}):
+            ensure_dense(BENCHES[args.bench], dense_seed, paths)
+        return 0
+    run_plan(plan, paths, args)
+    if plan.done:
+        write_results(plan, paths, args)
     return 0
 
 
-def render_markdown(rows: list[dict], command: str, steps: int, seconds: float) -> str:
-    lines = [
-        "# Quality benchmark",
-        "",
-        f"Command: `{command}` ({steps} fine-tune steps per run, same data, budget and learning rate for every "
-        f"method; wall time {seconds / 60:.1f} min on this machine).",
-        "",
-        "Δ_T: AdapMTL paper convention — per task the sum over its metrics of ±(pruned − dense)/dense × 100, mean "
-        "over tasks; higher is better; ± is half the range over seeds. Dense checkpoints: reference models trained "
-        "on generated NYU-like scenes (see the script).",
-        "",
-    ]
-    lines += [
-        "## The default against the best alternative",
-        "",
-        "Per benchmark and sparsity: `adapmtl` (the default) and the best other row (baselines and the weighting "
-        "ablations). Verdict: win / tie / loss, a tie when the difference is within the larger of the two ± "
-        f"spreads. Last column: `{REFERENCE}`, the paper's raw per-component thresholds (the default before "
-        "layer scales), for reference.",
-        "",
-        f"| benchmark | sparsity | adapmtl Δ_T | best alternative | its Δ_T | verdict | {REFERENCE} Δ_T |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for bench in dict.fromkeys(r["benchmark"] for r in rows):
-        for sparsity in dict.fromkeys(r["sparsity"] for r in rows if r["benchmark"] == bench and "sparsity" in r):
-            cell = [r for r in rows if r["benchmark"] == bench and r.get("sparsity") == sparsity]
-            ours = next(r for r in cell if r["method"] == "adapmtl")
-            best = max((r for r in cell if r["method"] not in ("adapmtl", REFERENCE)), key=lambda r: r["delta_t"])
-            ref = next(
-                (f"{r['delta_t']:+.2f} ± {r['delta_t_spread']:.2f}" for r in cell if r["method"] == REFERENCE), ""
-            )
-
-            margin = max(ours["delta_t_spread"], best["delta_t_spread"])
-            diff = ours["delta_t"] - best["delta_t"]
-            verdict = "tie" if abs(diff) <= margin else ("win" if diff > 0 else "loss")
-            lines.append(
-                f"| {bench} | {sparsity:.2f} | {ours['delta_t']:+.2f} ± {ours['delta_t_spread']:.2f} | "
-                f"{best['method']} | {best['delta_t']:+.2f} ± {best['delta_t_spread']:.2f} | {verdict} | {ref} |"
-            )
-    lines.append("")
-    for bench in dict.fromkeys(r["benchmark"] for r in rows):
-        brows = [r for r in rows if r["benchmark"] == bench and r["method"] != "dense"]
-        dense = next(r for r in rows if r["benchmark"] == bench and r["method"] == "dense")["tasks"]
-        comps = list(brows[0]["components"])
-        metrics = [(t, m) for t, ms in brows[0]["tasks"].items() for m in ms]
-        lines += [f"## {bench}", ""]
-        head = ["method", "sparsity", "Δ_T", *comps, *(f"{t[:3]}.{m}" for t, m in metrics), "s/run"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines.append(
-            "| dense | 0 | 0 | "
-            + " | ".join("" for _ in comps)
-            + " | "
-            + " | ".join(f"{dense[t][m]:.4f}" for t, m in metrics)
-            + " | |"
-        )
-        for r in brows:
-            cells = [
-                r["method"],
-                f"{r['sparsity']:.2f}",
-                f"{r['delta_t']:+.2f} ± {r['delta_t_spread']:.2f}",
-                *(f"{r['components'][c]:.1%}" for c in comps),
-                *(f"{r['tasks'][t][m]:.4f}" for t, m in metrics),
-                f"{r['seconds']:.0f}",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+def run_one(args: argparse.Namespace, paths: Paths) -> int:
+    row, sparsity, seed, dense_seed = args.cell.rsplit(":", 3)
+    args.rows, args.sparsities, args.seeds, args.dense_seeds = row, sparsity, seed, dense_seed
+    plan = build_plan(args, paths)
+    (cell,) = plan.cells
+    _worker_init(args.threads)
+    ensure_dense(cell.bench, cell.dense_seed, paths)
+    record = run_cell(cell, paths)
+    cached = plan.done.get(cell.key)
+    print(f"Δ_T {record['delta_t']:+.4f} (bounded {record['score_bounded']:+.4f})")
+    if cached is not None:
+        print(f"cached result of this cell: Δ_T {cached['delta_t']:+.4f}")
+    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__all__ = ["BENCHES", "DEFAULT_ROW", "FROZEN", "ROWS", "Bench", "Cell", "main", "parse_row", "split_rows"]

@@ -196,7 +196,7 @@ WEIGHTING = typer.Option(
     DEFAULTS.weighting,
     "--weighting",
     help=f"Task-loss weights: {one_of(choices('weighting'), WEIGHTING_NOTES)} "
-    "(default: adaptive for adapmtl, else equal).",
+    "(default: adaptive for adapmtl, paper for adapmtl_paper, else equal).",
 )
 LAYER_SCALE = typer.Option(
     DEFAULTS.layer_scale,

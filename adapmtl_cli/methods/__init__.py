@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from adapmtl_cli.methods import (  # noqa: F401  (registration side effects, in display order)
     adapmtl,
+    adapmtl_paper,
     disparse,
     disparse_dynamic,
     gmp,

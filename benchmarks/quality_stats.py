@@ -1,0 +1,200 @@
+"""The quality benchmark's pure parts: cell keys, paired statistics and the Markdown report (no torch).
+
+``benchmarks/quality.py`` runs the cells; this module decides what a cell *is* (its key), how rows compare
+(paired differences over seeds and dense checkpoints, with Student-t 95% intervals) and renders
+``quality.md`` from ``quality.json`` alone, so the table can always be rebuilt from the results file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+HARNESS_VERSION = 2
+"""Bump when what a cell computes changes without its settings changing (every cached cell is then stale)."""
+
+DEFAULT_ROW = "adapmtl"
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (t_{0.975, df}); above 30 the normal's.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """``t_{0.975}`` with ``df`` degrees of freedom (``df`` >= 1)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least two values")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def cell_key(settings: Mapping[str, Any]) -> str:
+    """A stable hash of everything that determines a cell's result (and the harness version)."""
+    blob = json.dumps({"harness": HARNESS_VERSION, **settings}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided 95% Student-t interval (``low == high == mean`` for one value)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+    def text(self, digits: int = 2) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.{digits}f} (n=1)"
+        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean and 95% t interval of ``values`` (NaNs are not allowed: a cell that has no score is a bug)."""
+    if not values:
+        raise ValueError("no values")
+    if any(math.isnan(v) for v in values):
+        raise ValueError("NaN in the values")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return Interval(mean, mean, mean, 1)
+    half = t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, len(values))
+
+
+def paired(
+    runs: Iterable[Mapping[str, Any]], a: str, b: str, *, metric: str = "delta_t"
+) -> dict[tuple[str, float], Interval]:
+    """Per (benchmark, sparsity): the 95% interval of ``a − b`` over the (seed, dense seed) pairs both have."""
+    table: dict[tuple[str, float, str], dict[tuple[int, int], float]] = {}
+    for r in runs:
+        table.setdefault((r["benchmark"], r["sparsity"], r["method"]), {})[(r["seed"], r["dense_seed"])] = r[metric]
+    out = {}
+    for bench, sparsity, method in table:
+        if method != a or (bench, sparsity, b) not in table:
+            continue
+        mine, theirs = table[bench, sparsity, a], table[bench, sparsity, b]
+        pairs = sorted(set(mine) & set(theirs))
+        if pairs:
+            out[bench, sparsity] = interval([mine[p] - theirs[p] for p in pairs])
+    return out
+
+
+def _rows_at(runs: list[Mapping[str, Any]], bench: str, sparsity: float) -> dict[str, list[Mapping[str, Any]]]:
+    rows: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        if r["benchmark"] == bench and r["sparsity"] == sparsity:
+            rows.setdefault(r["method"], []).append(r)
+    return rows
+
+
+def _components(cells: list[Mapping[str, Any]]) -> str:
+    names = list(cells[0]["components"])
+    return " / ".join(f"{statistics.fmean(c['components'][n] for c in cells):.0%}" for n in names)
+
+
+def render_markdown(results: Mapping[str, Any], *, title: str = "Quality benchmark") -> str:
+    """``quality.md`` from the results file: every row, every sparsity, paired against the default."""
+    runs = list(results["runs"])
+    frozen = results.get("frozen_settings", {})
+    lines = [f"# {title}", ""]
+    if results.get("partial"):
+        lines += ["**PARTIAL RESULTS**: not every cell of the frozen plan has run yet; " + results["partial"], ""]
+    split = {r["split"] for r in runs}
+    lines += [
+        f"Generated from `{results.get('source', 'quality.json')}` by `python benchmarks/quality.py --render`. "
+        f"Split: {', '.join(sorted(split)) or '-'}. Every cell: one (method row, sparsity, seed, dense checkpoint); "
+        "its `command` in the JSON re-runs it from a clean checkout.",
+        "",
+        "Scores: Δ_T is AdapMTL's (per task the sum over its metrics of ±(pruned − dense)/dense × 100, mean over "
+        "tasks; higher is better) against the dense checkpoint, the bounded score the same with each change "
+        "clipped to ±100%. *Paired vs default*: mean of (default − row) over the (seed, dense seed) pairs both "
+        "have, with its 95% Student-t interval; **bold** when the interval excludes 0. Positive = the default is "
+        "better.",
+        "",
+    ]
+    if frozen:
+        lines += ["Settings:", ""]
+        lines += [f"- `{k}`: `{json.dumps(v)}`" for k, v in frozen.items() if k != "rows"]
+        lines += [f"- row `{r}`: `{json.dumps(o)}`" for r, o in frozen.get("rows", {}).items()]
+        lines.append("")
+    for bench_info in results.get("benchmarks", []):
+        lines += [
+            f"- benchmark `{bench_info['name']}`: factory `{bench_info['factory']}`, backbone "
+            f"{bench_info['backbone_share']:.1%} of the prunable weights, dense seeds {bench_info['dense_seeds']}"
+            + (f"; dense training: {bench_info['dense_note']}" if bench_info.get("dense_note") else ""),
+        ]
+    lines.append("")
+    for bench in dict.fromkeys(r["benchmark"] for r in runs):
+        for sparsity in sorted({r["sparsity"] for r in runs if r["benchmark"] == bench}):
+            lines += _sparsity_section(runs, bench, sparsity)
+    return "\n".join(lines) + "\n"
+
+
+def _sparsity_section(runs: list[Mapping[str, Any]], bench: str, sparsity: float) -> list[str]:
+    rows = _rows_at(runs, bench, sparsity)
+    lines = [f"## {bench} at {sparsity:.0%}", ""]
+    comp_names = next((list(c[0]["components"]) for c in rows.values() if c[0]["components"]), [])
+    lines += [
+        f"| row | cells | Δ_T mean [95% CI] | bounded | paired vs default (Δ_T) | collapsed | "
+        f"{' / '.join(comp_names)} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = sorted(rows, key=lambda m: -statistics.fmean(r["delta_t"] for r in rows[m]))
+    for method in order:
+        cells = rows[method]
+        dt = interval([c["delta_t"] for c in cells])
+        bounded = interval([c["score_bounded"] for c in cells])
+        diff = ""
+        if method != DEFAULT_ROW:
+            pair = paired(runs, DEFAULT_ROW, method).get((bench, sparsity))
+            if pair is not None:
+                diff = f"**{pair.text()}**" if pair.excludes_zero else pair.text()
+        collapsed = sum(1 for c in cells if any(c["collapsed"].values()))
+        comps = _components(cells) if cells[0]["components"] else "-"
+        lines.append(f"| {method} | {len(cells)} | {dt.text()} | {bounded.text()} | {diff} | {collapsed} | {comps} |")
+    lines.append("")
+    verdict = verdict_lines(runs, bench, sparsity)
+    if verdict:
+        lines += verdict + [""]
+    return lines
+
+
+def verdict_lines(runs: list[Mapping[str, Any]], bench: str, sparsity: float) -> list[str]:
+    """The acceptance reading: the default against every other pruning row, and against ``adapmtl-frozen``."""
+    rows = _rows_at(runs, bench, sparsity)
+    if DEFAULT_ROW not in rows:
+        return []
+    beaten, not_beaten = [], []
+    for method in rows:
+        if method in (DEFAULT_ROW, "dense+finetune"):
+            continue
+        pair = paired(runs, DEFAULT_ROW, method).get((bench, sparsity))
+        if pair is None:
+            continue
+        (beaten if pair.mean > 0 else not_beaten).append(f"{method} ({pair.mean:+.2f})")
+    out = [
+        f"Default ahead on mean paired Δ_T of: {', '.join(beaten) or 'none'}.",
+        f"Default **behind or equal**: {', '.join(not_beaten) or 'none'}.",
+    ]
+    frozen = paired(runs, DEFAULT_ROW, "adapmtl-frozen").get((bench, sparsity))
+    if frozen is not None:
+        out.append(
+            f"Against adapmtl-frozen: {frozen.text()}; the interval "
+            + ("excludes 0." if frozen.excludes_zero else "does **not** exclude 0.")
+        )
+    ref = paired(runs, DEFAULT_ROW, "dense+finetune").get((bench, sparsity))
+    if ref is not None:
+        out.append(f"Cost of pruning (default − dense+finetune, Δ_T): {ref.text()}.")
+    return out
