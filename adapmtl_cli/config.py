@@ -12,11 +12,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adapmtl_cli.errors import ConfigError
 
 SCHEMA_VERSION = 1
+"""The version of every file model this build writes, and the newest it reads."""
 
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable_version(cls, v: int) -> int:
+        """Refuse a file written by a newer adapmtl: its fields may mean something this build does not know."""
+        if v > SCHEMA_VERSION:
+            raise ValueError(
+                f"written by a newer adapmtl (schema_version {v}; this build reads up to {SCHEMA_VERSION}); "
+                "upgrade adapmtl to read it"
+            )
+        if v < 1:
+            raise ValueError(f"schema_version {v} is not a version adapmtl ever wrote (they start at 1)")
+        return v
+
+
+class FileIdentity(_File):
+    """A file's size and sha256, recorded to tell later whether a path still names the same file."""
+
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class PruneConfig(_File):
@@ -73,6 +94,15 @@ class PruneConfig(_File):
     eval_split: Literal["val", "test"] = "val"
     """The split the dense and the pruned model are evaluated on: ``val`` (tune on it) or ``test`` (held out)."""
     num_workers: int = Field(0, ge=0)
+    typed_paths: dict[str, str] = Field(default_factory=dict)
+    """The paths as typed (``checkpoint``, ``data_dir``, ``factory``, ``data``) where they differ from the fields,
+    which a run's ``config.json`` stores resolved (absolute), so the run folder works from any directory."""
+    checkpoint_identity: FileIdentity | None = None
+    """Size and sha256 of the checkpoint when the run started; ``resume`` and ``export`` check it is the same file."""
+
+    def shown(self, name: str) -> str:
+        """The path field ``name`` as the user typed it (for display); the stored value when not recorded."""
+        return self.typed_paths.get(name, str(getattr(self, name)))
 
     @field_validator("device")
     @classmethod

@@ -126,7 +126,7 @@ def _dense_finetune(common: dict[str, Any], options: dict[str, Any]) -> dict[str
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
         opt.step()
-        weighting.update(step - 1, {name: float(value) for name, value in losses.items()})
+        weighting.update(step - 1, {name: float(value.detach()) for name, value in losses.items()})
     evaluation = score()
     return {
         "delta_t": delta_t(dense, evaluation.metrics, specs).overall,

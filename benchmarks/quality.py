@@ -236,6 +236,20 @@ def ensure_dense(bench: Bench, seed: int, paths: Paths) -> Path:
     return folder
 
 
+def code_version() -> str:
+    """The commit the package code comes from (``+dirty`` when ``adapmtl_cli/`` has uncommitted changes)."""
+    import subprocess
+
+    root = HERE.parent
+    try:
+        git = {"cwd": root, "capture_output": True, "text": True, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **git)  # type: ignore[call-overload]
+        dirty = subprocess.run(["git", "status", "--porcelain", "adapmtl_cli"], **git)  # type: ignore[call-overload]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
     """Run one cell from scratch; the record that goes into the results file."""
     import cell_runner
@@ -254,6 +268,7 @@ def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
         seconds=time.perf_counter() - started,
         cpu_seconds=time.process_time() - cpu0,
         key=cell.key,
+        code=code_version(),
         command=cell.command(next(k for k, b in BENCHES.items() if b.name == cell.bench.name)),
     )
     return record

@@ -112,10 +112,14 @@ def render_markdown(results: Mapping[str, Any], *, title: str = "Quality benchma
     if results.get("partial"):
         lines += ["**PARTIAL RESULTS**: not every cell of the frozen plan has run yet; " + results["partial"], ""]
     split = {r["split"] for r in runs}
+    codes = sorted({r.get("code", "unknown") for r in runs})
     lines += [
         f"Generated from `{results.get('source', 'quality.json')}` by `python benchmarks/quality.py --render`. "
         f"Split: {', '.join(sorted(split)) or '-'}. Every cell: one (method row, sparsity, seed, dense checkpoint); "
-        "its `command` in the JSON re-runs it from a clean checkout.",
+        "its `command` in the JSON re-runs it from a clean checkout. Code: "
+        + ", ".join(f"`{c}`" for c in codes)
+        + (" (**mixed code versions**)" if len(codes) > 1 else "")
+        + ".",
         "",
         "Scores: Δ_T is AdapMTL's (per task the sum over its metrics of ±(pruned − dense)/dense × 100, mean over "
         "tasks; higher is better) against the dense checkpoint, the bounded score the same with each change "

@@ -95,3 +95,28 @@ def test_config_is_frozen_and_round_trips_through_json() -> None:
     assert PruneConfig.model_validate_json(config.model_dump_json()) == config
     with pytest.raises(ValidationError):
         config.sparsity = 0.5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 99])
+def test_a_newer_schema_version_is_refused_naming_the_one_this_build_reads(version: int) -> None:
+    from adapmtl_cli.config import RunReport
+
+    for model in (PruneConfig, RunReport):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate({"schema_version": version})
+        errors = [e for e in info.value.errors() if e["loc"] == ("schema_version",)]
+        assert errors and f"schema_version {version}; this build reads up to {SCHEMA_VERSION}" in errors[0]["msg"]
+
+
+def test_a_schema_version_below_one_is_refused() -> None:
+    with pytest.raises(ValidationError, match="not a version adapmtl ever wrote"):
+        PruneConfig(**REQUIRED, schema_version=0)
+
+
+def test_typed_paths_are_shown_and_the_identity_is_checked() -> None:
+    from adapmtl_cli.config import FileIdentity
+
+    cfg = PruneConfig(**{**REQUIRED, "checkpoint": "/abs/model.pt"}, typed_paths={"checkpoint": "model.pt"})
+    assert cfg.shown("checkpoint") == "model.pt" and cfg.shown("data_dir") == "./scenes"
+    with pytest.raises(ValidationError):
+        FileIdentity(bytes=3, sha256="not a hash")

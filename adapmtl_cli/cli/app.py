@@ -56,25 +56,38 @@ def _root(
     _state["debug"] = debug
 
 
+INTERRUPTED = "interrupted; the last saved state is kept (continue with --resume)"
+"""What Ctrl-C prints when the job did not say what it kept (a job says so as the ``KeyboardInterrupt``'s text)."""
+
+
+def _reports_error(exc: BaseException) -> bool:
+    """Whether this process prints ``exc``: under torchrun, one rank prints what every rank raised.
+
+    Only the distributed module marks the copies, so a process that never imported it (no torch yet: a path
+    refused before any work) prints every error.
+    """
+    distributed = sys.modules.get("adapmtl_cli.train.distributed")
+    return distributed is None or bool(distributed.reports_error(exc))
+
+
 def handles_errors(fn: F) -> F:
     """Turn ``AdapmtlError`` into ``Error: ...`` + exit 2 and Ctrl-C into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from adapmtl_cli.cli import ui
-        from adapmtl_cli.train.distributed import reports_error
 
         try:
             return fn(*args, **kwargs)
         except AdapmtlError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            if reports_error(exc):  # under torchrun, one rank prints what every rank raised
+            if _reports_error(exc):
                 ui.error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
-            if reports_error(exc):
-                ui.error("interrupted; the last saved state is kept (continue with --resume)")
+            if _reports_error(exc):
+                ui.error(str(exc) or INTERRUPTED)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

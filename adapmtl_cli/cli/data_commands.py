@@ -13,6 +13,8 @@ SYNTH_EPILOG = (
     "adapmtl data synth ./nyu40 --layout nyuv2-adashare  |  adapmtl data synth ./tiny-taskonomy --layout taskonomy"
 )
 CHECK_EPILOG = "Examples: adapmtl data check ./scenes  |  adapmtl data check ./nyu --data nyuv2 --layout adashare"
+# --data defaults to what prune and inspect default to (DEFAULTS.data), so a folder checked without --data is
+# read by `prune` exactly as `data check` read it.
 
 
 def data_synth(
@@ -58,14 +60,14 @@ def data_synth(
     ui.success(
         f"wrote {summary.train} train + {summary.val} val{held_out} scenes of {h}x{w} to {root} in the {layout} layout "
         f"({summary.seconds:.1f} s); check it with: adapmtl data check {root}"
-        + (" --data taskonomy" if layout == "taskonomy" else "")
+        + {"taskonomy": " --data taskonomy", "nyuv2-adashare": " --data nyuv2"}.get(layout, "")
     )
 
 
 def data_check(
     ctx: typer.Context,
     root: Path = typer.Argument(..., help="Dataset folder."),
-    data: str = typer.Option("nyuv2", "--data", help="Dataset: nyuv2, synthetic, taskonomy or a plug-in."),
+    data: str = o.DATA,
     layout: str | None = o.LAYOUT,
     data_opt: list[str] | None = o.DATA_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -75,10 +77,15 @@ def data_check(
     import json
 
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_data_plugin, check_dataset_root, plugin_reference
+
+    del layout, data_opt  # read through ctx, exactly as prune and inspect read them
+    check_data_plugin(data)  # before torch loads
+    if not plugin_reference(data):
+        check_dataset_root(root, "")
     from adapmtl_cli.data import get_dataset
     from adapmtl_cli.report.terminal import dataset_renderable
 
-    del layout, data_opt  # read through ctx, exactly as prune and inspect read them
     desc = get_dataset(data, o.data_options(ctx) or {}).describe(root)
     if as_json:
         ui.plain(json.dumps(desc, indent=2))

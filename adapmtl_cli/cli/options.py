@@ -39,6 +39,10 @@ def typed_options(ctx: typer.Context) -> dict[str, Any]:
     for name, value in ctx.params.items():
         if name in ("config", "print_config") or not _typed(ctx, name):
             continue
+        if name in DEPRECATED:
+            if not _typed(ctx, DEPRECATED[name]):  # the new spelling wins when both are typed
+                out[DEPRECATED[name]] = value
+            continue
         if name in ("tasks", "outputs"):
             value = split_list(value)
         elif name in ("data_opt", "layout", "augment"):
@@ -52,6 +56,15 @@ def typed_options(ctx: typer.Context) -> dict[str, Any]:
     if options is not None:
         out["data_options"] = options
     return out
+
+
+def deprecation_notes(ctx: typer.Context) -> list[str]:
+    """One note per option typed under its old name, for the command to print as a warning."""
+    return [
+        f"--{old.replace('_', '-')} is deprecated; use --{new.replace('_', '-')} (the same value; {new} in --config)"
+        for old, new in DEPRECATED.items()
+        if _typed(ctx, old)
+    ]
 
 
 def parse_bounds(items: list[str] | None) -> dict[str, tuple[float, float]]:
@@ -150,7 +163,11 @@ DATA = typer.Option(
     help="Dataset: synthetic, nyuv2 (MTAN .npy or AdaShare layout, detected), taskonomy, or your own plug-in "
     "as path/to/plugin.py or package.module.",
 )
-DATA_DIR = typer.Option(None, "--data-dir", help="Dataset folder (e.g. made by `adapmtl data synth`).")
+DATA_DIR = typer.Option(
+    None,
+    "--data-dir",
+    help="Dataset folder (e.g. made by `adapmtl data synth`). Required: here or as data_dir in --config.",
+)
 LAYOUT = typer.Option(None, "--layout", help="On-disk layout when --data has several (nyuv2: auto, mtan, adashare).")
 AUGMENT = typer.Option(
     None, "--augment/--no-augment", help="Random scale-crop and flip of the training split (never of val)."
@@ -159,13 +176,25 @@ DATA_OPT = typer.Option(
     None, "--data-opt", help="Dataset option KEY=VALUE (repeatable), e.g. normals=adashare; see README."
 )
 WORKERS = typer.Option(
-    DEFAULTS.num_workers, "--workers", min=0, help="DataLoader worker processes (0: load in the main process)."
+    DEFAULTS.num_workers,
+    "--num-workers",
+    min=0,
+    help="DataLoader worker processes (0: load in the main process); num_workers in --config.",
 )
+OLD_WORKERS = typer.Option(
+    None, "--workers", min=0, hidden=True, help="Deprecated spelling of --num-workers (still accepted)."
+)
+DEPRECATED = {"workers": "num_workers"}
+"""Options kept under an old name: the old parameter -> the config field it sets (``typed_options`` maps it)."""
 TASKS = typer.Option(None, "--tasks", help="Tasks to keep, comma-separated (default: all of the dataset's).")
 OUTPUTS = typer.Option(
     None,
     "--outputs",
-    help="Task name of each positional model output, in order; '_' skips one (seg,depth,normal).",
+    help=(
+        "Which model output feeds each task: TASK=KEY or TASK=DOTTED.PATH per task "
+        "(segmentation=semseg,depth=aux.depth; a trailing part of a path is enough), or one task name per "
+        "positional output, in order, '_' skipping one (seg,_,depth,normal)."
+    ),
 )
 EXCLUDE = typer.Option(None, "--exclude", help="Module glob never pruned (repeatable), e.g. 'backbone.stem*'.")
 BACKBONE = typer.Option(None, "--backbone", help="Module glob forced into the backbone (repeatable).")
@@ -173,7 +202,11 @@ HEAD = typer.Option(None, "--head", help="TASK=GLOB forcing modules into a task'
 
 # --- the run (prune) -----------------------------------------------------------------------------------
 
-OUT = typer.Option(None, "--out", help="Run folder to write (config, metrics, state, report, weights).")
+OUT = typer.Option(
+    None,
+    "--out",
+    help="Run folder to write (config, metrics, state, report, weights). Required: here or as out in --config.",
+)
 SPARSITY = typer.Option(DEFAULTS.sparsity, "--sparsity", help="Target fraction of zero prunable weights, in (0, 1).")
 STEPS = typer.Option(
     DEFAULTS.steps,
@@ -233,7 +266,9 @@ RESUME = typer.Option(
     SESSION_DEFAULTS.resume, "--resume", help="Continue the interrupted run in --out (its config wins)."
 )
 OVERWRITE = typer.Option(SESSION_DEFAULTS.overwrite, "--overwrite", help="Replace the run already in --out.")
-QUIET = typer.Option(SESSION_DEFAULTS.quiet, "-q", "--quiet", help="No progress bar.")
+QUIET = typer.Option(
+    SESSION_DEFAULTS.quiet, "-q", "--quiet", help="No progress bar, no status lines and no report table."
+)
 LOG_FORMAT = typer.Option(
     SESSION_DEFAULTS.log_format,
     "--log-format",

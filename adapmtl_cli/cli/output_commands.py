@@ -34,17 +34,24 @@ def report(
 ) -> None:
     """Show per-component and per-layer sparsity, task metrics before and after, and Δ_T; compare runs."""
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_run_folders
     from adapmtl_cli.errors import ConfigError
-    from adapmtl_cli.report import plots
-    from adapmtl_cli.report.terminal import render_text, terminal_renderable
-    from adapmtl_cli.report.views import load_runs, resolve_format, write_output
+    from adapmtl_cli.report.formats import resolve_format
 
     fmt_name = resolve_format(fmt, as_json=as_json, markdown=markdown, output=output, sort=sort)
     if len(runs) > 1 and not compare:
         raise ConfigError(f"got {len(runs)} run folders; pass --compare to put them side by side")
+    check_run_folders(runs)  # options and paths before torch loads
+    from adapmtl_cli.report import plots
+    from adapmtl_cli.report.terminal import render_text, terminal_renderable
+    from adapmtl_cli.report.views import baseline_warning, load_runs, write_output
+
     if plot is not None:
         plots.require_matplotlib("--plot")
     views = load_runs(runs)
+    different = baseline_warning(views) if len(views) > 1 else None
+    if different is not None and fmt_name not in ("table", "html"):  # those two show it in the page itself
+        ui.warn(different)
     figures = None
     if plot is not None or fmt_name == "html":
         if plots.have_matplotlib():
@@ -83,17 +90,24 @@ def export(
 ) -> None:
     """Write model.safetensors (dense, exact zeros, your state_dict keys), model.sparse.safetensors and ONNX."""
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_run_folders
     from adapmtl_cli.errors import ConfigError
-    from adapmtl_cli.jobs.export import densify_file, export_run
 
     if densify:
         if dest is None:
             raise ConfigError("--densify needs two paths: SPARSE.safetensors DENSE.safetensors")
+        if not run.is_file():  # before torch loads
+            raise ConfigError(f"sparse file {str(run)!r} does not exist")
+        from adapmtl_cli.jobs.export import densify_file
+
         n = densify_file(run, dest)
         ui.success(f"wrote {dest} ({n / 1e6:.2f} MB), decoded from {run}")
         return
     if dest is not None:
         raise ConfigError(f"unexpected second path {str(dest)!r}; only `export --densify` takes two paths")
+    check_run_folders([run])  # before torch loads
+    from adapmtl_cli.jobs.export import export_run
+
     with ui.spinner("exporting"):
         manifest = export_run(
             run,
@@ -107,8 +121,11 @@ def export(
     show_export(manifest)
 
 
-def show_export(manifest: Any) -> None:
-    """What an export wrote (an ``ExportManifest``): each file with its size and check, zero filters, shrinking."""
+def show_export(manifest: Any, *, quiet: bool = False) -> None:
+    """What an export wrote (an ``ExportManifest``): each file with its size and check, zero filters, shrinking.
+
+    ``quiet`` leaves out the ``•`` line about all-zero filters (``demo -q``).
+    """
     from adapmtl_cli.cli import ui
 
     if manifest is None:
@@ -127,15 +144,21 @@ def show_export(manifest: Any) -> None:
             extras.append(f"weights in {manifest.onnx_external_data}")
         ui.success(f"onnx   {manifest.onnx} ({manifest.onnx_bytes / 1e6:.2f} MB; {', '.join(extras)})")
         _show_parity(manifest, manifest.onnx_max_abs_diff, manifest.onnx_parity)
-    zero = manifest.zero_filters
+    if not quiet:
+        _show_zero_filters(manifest.zero_filters)
+    if manifest.shrink is not None:
+        _show_shrink(manifest)
+
+
+def _show_zero_filters(zero: dict[str, int]) -> None:
+    from adapmtl_cli.cli import ui
+
     if zero:
         worst = sorted(zero, key=zero.__getitem__, reverse=True)
         named = ", ".join(f"{name} {zero[name]}" for name in worst[:3]) + (", ..." if len(worst) > 3 else "")
         ui.status(f"all-zero filters: {sum(zero.values())} in {len(zero)} layers ({named})")
     else:
         ui.status("all-zero filters: none")
-    if manifest.shrink is not None:
-        _show_shrink(manifest)
 
 
 def _show_parity(manifest: Any, worst: float, per_output: dict[str, float]) -> None:

@@ -47,13 +47,16 @@ def inspect(
     """Dry run: which weights are shared and which belong to each task head, what stays unpruned and why, and
     the time per step and peak memory of the planned run, measured on one real batch."""
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_prune_inputs
     from adapmtl_cli.jobs.config_file import resolve_prune_config
+
+    given = {k: v for k, v in o.typed_options(ctx).items() if k not in ("as_json", "estimate")}
+    cfg, _ = resolve_prune_config(given, config, fallback={"out": "-"})  # inspect writes no run folder
+    check_prune_inputs(cfg)  # before torch loads
     from adapmtl_cli.jobs.inspect import estimate_step, not_pruned
     from adapmtl_cli.jobs.prepare import components_manifest, prepare_from
     from adapmtl_cli.report.terminal import components_renderable
 
-    given = {k: v for k, v in o.typed_options(ctx).items() if k not in ("as_json", "estimate")}
-    cfg, _ = resolve_prune_config(given, config, fallback={"out": "-"})  # inspect writes no run folder
     prepared = prepare_from(cfg)
     manifest = components_manifest(prepared)
     if as_json:
@@ -100,6 +103,7 @@ def prune(
     eval_batches: int | None = o.EVAL_BATCHES,
     eval_split: str = o.EVAL_SPLIT,
     num_workers: int = o.WORKERS,
+    workers: int | None = o.OLD_WORKERS,
     resume: bool = o.RESUME,
     overwrite: bool = o.OVERWRITE,
     quiet: bool = o.QUIET,
@@ -110,16 +114,22 @@ def prune(
 ) -> None:
     """Prune CHECKPOINT to --sparsity with AdapMTL and write a run folder (see `adapmtl report`)."""
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_prune_inputs
     from adapmtl_cli.jobs.config_file import prune_config_toml, resolve_prune_config
-    from adapmtl_cli.jobs.prepare import Hooks
-    from adapmtl_cli.jobs.prune import run_prune
-    from adapmtl_cli.report.terminal import report_renderable
-    from adapmtl_cli.train.distributed import is_main_process
 
+    for note in o.deprecation_notes(ctx):
+        ui.warn(note)
     cfg, session = resolve_prune_config(o.typed_options(ctx), config)
     if print_config:
         ui.plain(prune_config_toml(cfg))
         return
+    check_prune_inputs(cfg, resume=session.resume)  # before torch loads
+    from adapmtl_cli.jobs.prepare import Hooks
+    from adapmtl_cli.jobs.prune import run_prune
+    from adapmtl_cli.report.terminal import terminal_renderable
+    from adapmtl_cli.report.views import load_runs
+    from adapmtl_cli.train.distributed import is_main_process
+
     if not is_main_process():  # under torchrun, rank 0 alone shows progress and the report
         hooks = Hooks()
         run_prune(cfg, resume=session.resume, overwrite=session.overwrite, hooks=hooks)
@@ -131,7 +141,7 @@ def prune(
         progress.finished(report, cfg.out)
     if session.log_format == "text":
         if not session.quiet:
-            ui.show(report_renderable(report))
+            ui.show(terminal_renderable(load_runs([Path(cfg.out)])))  # as `adapmtl report` shows it
         ui.success(f"run written to {cfg.out}  (next: adapmtl report {cfg.out}; adapmtl export {cfg.out} --onnx)")
 
 
@@ -144,17 +154,21 @@ def resume(
 ) -> None:
     """Continue an interrupted `adapmtl prune` run from its last intact saved state, with its saved options."""
     from adapmtl_cli.cli import ui
+    from adapmtl_cli.cli.preflight import check_run_folders
+
+    check_run_folders([run])  # before torch loads
     from adapmtl_cli.jobs.prepare import Hooks
     from adapmtl_cli.jobs.prune import resume_prune
-    from adapmtl_cli.report.terminal import report_renderable
+    from adapmtl_cli.report.terminal import terminal_renderable
+    from adapmtl_cli.report.views import load_runs
     from adapmtl_cli.train.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 alone shows progress and the report
         resume_prune(run, trust_pickle=trust_pickle, hooks=Hooks())
         return
     with ui.TrainingProgress(quiet) as progress:
-        hooks = Hooks(status=ui.status, on_step=progress.on_step, on_eval=progress.on_eval)
-        report = resume_prune(run, trust_pickle=trust_pickle, hooks=hooks)
+        hooks = Hooks(status=progress.status, on_step=progress.on_step, on_eval=progress.on_eval)
+        resume_prune(run, trust_pickle=trust_pickle, hooks=hooks)
     if not quiet:
-        ui.show(report_renderable(report))
+        ui.show(terminal_renderable(load_runs([run])))  # as `adapmtl report` shows it
     ui.success(f"run written to {run}  (next: adapmtl report {run}; adapmtl export {run} --onnx)")

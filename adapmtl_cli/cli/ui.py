@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ from rich.text import Text
 
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.train.events import StepInfo  # the event record only: no torch, no training loop
+
+PHASE_LABELS = {"scenes": "generating scenes", "dense": "dense training", "export": "export"}
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -52,7 +55,17 @@ def error(message: str) -> None:
 
 
 def show(renderable: Any) -> None:
-    console.print(renderable)
+    """Print a table or a report: on a terminal as rich draws it, elsewhere complete and plain.
+
+    Off a terminal (a pipe, a file, a CI log) rich would cut tables at 80 columns; the renderable is drawn at its
+    own natural width instead, with no colour codes, so every number reaches the file.
+    """
+    if console.is_terminal:
+        console.print(renderable)
+    else:
+        from adapmtl_cli.report.terminal import plain_text
+
+        plain(plain_text(renderable))
 
 
 def plain(text: str) -> None:
@@ -70,12 +83,18 @@ def _eta(info: StepInfo) -> float | None:
     return info.seconds / done * (info.total_steps - done)
 
 
-def step_summary(info: StepInfo, groups: dict[str, float]) -> tuple[str, str]:
-    """Two lines about a step: the loss (total, per task with its weight) and the sparsity (overall, per group)."""
+def step_summary(info: StepInfo, groups: dict[str, float], groups_step: int | None = None) -> tuple[str, str]:
+    """Two lines about a step: the loss (total, per task with its weight) and the sparsity (overall, per group).
+
+    The overall sparsity is the step's own; the per-component figures are measured every ``--log-every`` steps,
+    so when they come from an earlier step (``groups_step``) the line says which.
+    """
     parts = [f"{t} {v:.4f}×{info.task_weights.get(t, 1.0):.2f}" for t, v in info.task_losses.items()]
     loss = f"loss {info.loss:.4f}" + (f" = {' + '.join(parts)}" if parts else "")
     sparsity = f"sparsity {_pct(info.sparsity)} (target {info.target:.1%})"
     if groups:
+        stale = groups_step is not None and groups_step != info.step
+        sparsity += f"  at step {groups_step}:" if stale else ""
         sparsity += "  " + "  ".join(f"{g} {v:.1%}" for g, v in groups.items())
     return loss, sparsity
 
@@ -99,7 +118,7 @@ class TrainingProgress:
       task weights, overall and per-component sparsity under it; off a terminal, about ten plain lines per run.
     - ``log_format="jsonl"``: every stdout line is one JSON object: ``status``, ``step`` (each logged step, the
       fields of ``metrics.jsonl`` plus ``total_steps`` and ``eta_seconds``), ``eval`` and finally ``done``.
-    - ``quiet``: none of that (status lines and errors still print).
+    - ``quiet``: none of that, and no status lines either (errors, warnings and a command's last line print).
     - ``tensorboard``: the logged scalars also go to that folder.
     """
 
@@ -112,9 +131,13 @@ class TrainingProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._eval_tasks: dict[str, Any] = {}
+        self._phase_tasks: dict[str, Any] = {}
+        self._phase_started: dict[str, float] = {}
+        self._phase_lines: dict[str, int] = {}
         self._last_line = -1
         self._info: StepInfo | None = None
         self._groups: dict[str, float] = {}
+        self._groups_step: int | None = None
 
     def __enter__(self) -> TrainingProgress:
         if self.tensorboard is not None:
@@ -145,7 +168,7 @@ class TrainingProgress:
     def _details(self) -> RenderableType:
         if self._info is None:
             return Text("")
-        loss, sparsity = step_summary(self._info, self._groups)
+        loss, sparsity = step_summary(self._info, self._groups, self._groups_step)
         return Text(f"  {loss}\n  {sparsity}", style="dim")
 
     def _json(self, event: str, **fields: Any) -> None:
@@ -153,6 +176,9 @@ class TrainingProgress:
             plain(json.dumps({"event": event, **fields}, allow_nan=False, default=str))
 
     def status(self, message: str) -> None:
+        """A ``•`` line (a ``status`` object in ``jsonl``); nothing under ``quiet``."""
+        if self.quiet:
+            return
         if self.log_format == "jsonl":
             self._json("status", message=message)
         else:
@@ -163,6 +189,7 @@ class TrainingProgress:
         logged = bool(info.group_sparsity)
         if logged:
             self._groups = dict(info.group_sparsity)
+            self._groups_step = info.step
             if self._tb is not None:
                 self._tb.log(info)
         if self.quiet:
@@ -182,7 +209,7 @@ class TrainingProgress:
         tenth = info.step * 10 // info.total_steps
         if tenth != self._last_line:
             self._last_line = tenth
-            loss, sparsity = step_summary(info, self._groups)
+            loss, sparsity = step_summary(info, self._groups, self._groups_step)
             eta = _eta(info)
             tail = f"{info.seconds:.0f} s" + (f", ETA {eta:.0f} s" if eta is not None else "")
             plain(f"step {info.step}/{info.total_steps}  {loss}  {sparsity}  {tail}")
@@ -197,6 +224,31 @@ class TrainingProgress:
         if label not in self._eval_tasks:
             self._eval_tasks[label] = self._progress.add_task(f"eval {label}", total=total)
         self._progress.update(self._eval_tasks[label], completed=done)
+
+    def on_progress(self, phase: str, done: int, total: int) -> None:
+        """Progress of a phase that is not the pruning loop (``demo``: scenes, dense training, export).
+
+        A phase reports ``done = 0`` when it starts. On a terminal a bar per phase (a phase of one unit shows its
+        elapsed time); off a terminal about ten plain lines per phase of several units, with elapsed time and ETA.
+        """
+        if self.quiet or self.log_format != "text":
+            return
+        label = PHASE_LABELS.get(phase, phase)
+        if self._progress is not None:
+            if phase not in self._phase_tasks:
+                self._phase_tasks[phase] = self._progress.add_task(label, total=total)
+            self._progress.update(self._phase_tasks[phase], completed=done)
+            return
+        now = time.perf_counter()
+        started = self._phase_started.setdefault(phase, now)  # a phase starts with done = 0
+        if total <= 1 or done <= 0:
+            return
+        tenth = done * 10 // total
+        if self._phase_lines.get(phase) == tenth:
+            return
+        self._phase_lines[phase] = tenth
+        seconds = now - started
+        plain(f"{label} {done}/{total}  {seconds:.0f} s, ETA {seconds / done * (total - done):.0f} s")
 
     def finished(self, report: RunReport, run: str | Path) -> None:
         """The last JSON line of a run (``jsonl`` only): where it went and its whole report."""

@@ -1,4 +1,7 @@
-"""Reading ``.npy`` files safely: shape and dtype from the header alone, and loads that refuse pickles and NaN."""
+"""Reading ``.npy`` files safely: shape and dtype from the header alone, and loads that refuse pickles and NaN.
+
+Only regular files are opened (``problems.require_regular_file``): a FIFO named ``0.npy`` would block forever.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from adapmtl_cli.data.problems import quoted
+from adapmtl_cli.data.problems import quoted, require_regular_file
 from adapmtl_cli.errors import DataError
 
 
 def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a ``.npy`` file from its header; also refuses pickled and truncated files."""
+    """Shape and dtype of a ``.npy`` file from its header; also refuses pickled and truncated files.
+
+    A FIFO, socket, device or folder under a ``.npy`` name is refused before it is opened (a FIFO would block).
+    """
+    require_regular_file(path)
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -43,6 +50,7 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 def load_npy(path: Path) -> np.ndarray:
     """The array stored in ``path`` (pickles refused), checked to be finite when it is a float array."""
+    require_regular_file(path)
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -3,10 +3,10 @@
 ``root/{train,val,test}/{image,label,depth,normal}/{i}.npy`` holds one HWC array per sample, ``i = 0..N-1``
 (``test/``, the held-out split, is optional; ``val`` falls back to ``test/`` when there is no ``val/``, as some
 NYU-v2 copies name their only evaluation folder so):
-image (H, W, 3) RGB in [0, 1]; label (H, W) class ids 0..12 stored as floats, -1 = ignore; depth (H, W, 1) or
-(H, W) metres, 0 = invalid; normal (H, W, 3) unit vectors, all-zero = invalid. ``open`` checks the layout from
-the ``.npy`` headers alone (names, counts, shapes, dtypes, truncation), so a bad folder fails at once with the
-file named, while the per-item loads stay light.
+image (H, W, 3) RGB in [0, 1]; label (H, W) class ids 0..12 stored as floats (whole numbers) or ints, -1 = ignore;
+depth (H, W, 1) or (H, W) metres, 0 = invalid; normal (H, W, 3) unit vectors, all-zero = invalid. ``open``
+checks the layout from the ``.npy`` headers alone (names, counts, shapes, dtypes, truncation), so a bad folder
+fails at once with the file named, while the per-item loads stay light.
 
 ``--data nyuv2`` detects the layout of each root (:func:`~adapmtl_cli.data.layouts.detect_layout`):
 ``nyu_v2_3task.json`` means the AdaShare layout (``nyuv2_adashare.py``), a ``train/``, ``val/`` or ``test/``
@@ -40,6 +40,7 @@ from adapmtl_cli.data.problems import quoted, raise_problems
 from adapmtl_cli.data.registry import register_dataset
 from adapmtl_cli.errors import ConfigError, DataError
 from adapmtl_cli.tasks.base import TaskSpec
+from adapmtl_cli.tasks.checks import class_ids
 from adapmtl_cli.tasks.registry import get_task
 
 _INDEX_NAME = re.compile(r"0|[1-9][0-9]*")
@@ -125,11 +126,11 @@ class NpySplit(Dataset[Sample]):
         return load_npy(self.folder / folder / f"{index}.npy")
 
     def label(self, index: int) -> np.ndarray:
-        """The class ids of sample ``index`` as int64, checked to lie in -1..12."""
-        label = np.rint(self.array("label", index)).astype(np.int64)
+        """The class ids of sample ``index`` as int64, checked to be whole numbers in -1..12."""
+        path = self.folder / "label" / f"{index}.npy"
+        label = class_ids(self.array("label", index), quoted(path))
         low, high = int(label.min()), int(label.max())
         if low < -1 or high >= len(NYU13_CLASSES):
-            path = self.folder / "label" / f"{index}.npy"
             bad = low if low < -1 else high
             raise DataError(f"{quoted(path)} holds class id {bad!r}; NYU-13 labels are 0..12 with -1 = ignore")
         return label

@@ -48,6 +48,7 @@ from adapmtl_cli.data.layouts import (
 from adapmtl_cli.data.npy import load_npy, read_npy_header
 from adapmtl_cli.data.problems import MAX_PROBLEMS, quoted, raise_problems
 from adapmtl_cli.errors import DataError
+from adapmtl_cli.files.reading import read_json
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.tasks.registry import get_task
 
@@ -70,14 +71,8 @@ def read_index(root: Path) -> dict[str, Any]:
         mtan = (Path(root) / "train").is_dir() or (Path(root) / "val").is_dir()
         hint = " (the root holds train/ or val/: is it the MTAN layout? use layout=auto or mtan)" if mtan else ""
         raise DataError(f"{quoted(path)} does not exist; the AdaShare layout lists its samples in it{hint}")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{quoted(path)} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); fix or regenerate it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{quoted(path)} cannot be read ({exc}); re-copy it") from None
+    # Not UTF-8, not JSON, nested too deep, unreadable: one DataError naming the file (files/reading.py).
+    index = read_json(path, DataError, "", "fix, re-copy or regenerate it")
     if not isinstance(index, dict):
         raise DataError(f"{quoted(path)} holds a JSON {type(index).__name__}; expected an object of split lists")
     return index

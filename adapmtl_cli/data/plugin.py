@@ -37,6 +37,7 @@ while data is read or scored, raise ``DataError``; both name the plug-in, the fu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -69,10 +70,12 @@ def _one_line(exc: BaseException) -> str:
 def _call(reference: str, what: str, error: type[AdapmtlError], fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     """``fn(*args, **kw)`` with any exception turned into one ``error`` line naming the plug-in and ``what``.
 
-    Our own errors pass through; running out of memory is not the plug-in's fault and is not relabelled.
+    Our own errors pass through; running out of memory is not the plug-in's fault and is not relabelled. What
+    the plug-in prints goes to stderr: stdout carries ``--json`` and ``--log-format jsonl`` output.
     """
     try:
-        return fn(*args, **kw)
+        with contextlib.redirect_stdout(sys.stderr):
+            return fn(*args, **kw)
     except (AdapmtlError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:
@@ -136,9 +139,10 @@ def _import_module(reference: str) -> ModuleType:
 
 def import_plugin(reference: str) -> ModuleType:
     """Import ``reference``: a file when it ends in ``.py`` or holds a path separator, else a module name."""
-    if reference.endswith(".py") or "/" in reference or "\\" in reference:
-        return _import_file(reference)
-    return _import_module(reference)
+    with contextlib.redirect_stdout(sys.stderr):  # what the module prints at import must not reach stdout
+        if reference.endswith(".py") or "/" in reference or "\\" in reference:
+            return _import_file(reference)
+        return _import_module(reference)
 
 
 # --- task declarations -------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from adapmtl_cli.errors import DataError
@@ -21,3 +23,31 @@ def raise_problems(problems: list[str]) -> None:
         more = len(problems) - MAX_PROBLEMS
         shown = problems[:MAX_PROBLEMS] + ([f"and {more} more"] if more > 0 else [])
         raise DataError("; ".join(shown))
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular file (a symlink to one is fine), before anything opens it.
+
+    Opening a FIFO for reading blocks until a writer comes, forever in practice, and a device never ends; so
+    every reader checks with ``stat`` (which never blocks) first. A path that cannot be examined (missing,
+    no permission) passes: the reader's own open reports it, in the reader's words.
+
+    Raises:
+        DataError: ``path`` is a folder, FIFO, socket or device.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a plain file")
+        raise DataError(f"{quoted(path)} is {kind}, not a regular file; dataset files must be plain files")

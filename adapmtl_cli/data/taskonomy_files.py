@@ -7,7 +7,6 @@ The layout itself is described in the module docstring of ``adapmtl_cli.data.tas
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -26,6 +25,7 @@ from adapmtl_cli.data.layouts import (
 )
 from adapmtl_cli.data.problems import quoted, raise_problems
 from adapmtl_cli.errors import DataError
+from adapmtl_cli.files.reading import read_json
 
 _U16 = ("I;16", "I;16B", "I;16L", "I")
 _MODES = {
@@ -103,10 +103,8 @@ def load_index(root: Path) -> dict[str, Any]:
             f"{quoted(path)} does not exist; a Taskonomy root holds {TASKONOMY_JSON} (6 paths per sample) and "
             f"{TASKONOMY_PRIOR}"
         )
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{quoted(path)} is not valid JSON ({exc}); rewrite it") from None
+    # Not UTF-8, not JSON, nested too deep, unreadable: one DataError naming the file (files/reading.py).
+    index = read_json(path, DataError, "", "rewrite it")
     if not isinstance(index, dict):
         raise DataError(f"{quoted(path)} holds a JSON {type(index).__name__}; expected an object of split lists")
     return index

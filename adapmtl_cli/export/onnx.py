@@ -3,8 +3,15 @@
 ONNX goes through the dynamo exporter by default (dict/tuple outputs, dynamic batch) with the TorchScript
 exporter as the ``legacy`` fallback. The exporter writes into a temp folder beside the target
 (``files/atomic.temp_folder``), the weights are then re-stored by ``onnx_storage`` (optional sparse
-initializers; external data above 2 GB), ``onnx.checker`` runs on the result, the files are moved into place
-(data first, graph last) and onnxruntime on the CPU compares the graph with PyTorch.
+initializers; external data above 2 GB), ``onnx.checker`` runs on the result, and, given a ``verify`` check
+(onnxruntime parity), the file is verified *in the temp folder*: only a verified file is moved into place (data
+first, graph last), so a failed check leaves no ``model.onnx`` beside the verified files.
+
+:func:`export_verified_onnx` is the export with onnxruntime parity. When parity fails and the reference model
+meets tied max-pool windows (``onnx_ties``: equal maxima whose element the runtimes pick differently, common
+after pruning left constant channels), it re-exports a copy whose ``MaxPool2d(return_indices=True)`` modules
+compute their indices with ``argmax``, whose tie-breaking ONNX specifies as PyTorch's, and verifies that copy
+against the original model: the file written then matches PyTorch on the same check, with no tolerance widened.
 """
 
 from __future__ import annotations
@@ -13,8 +20,8 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +33,7 @@ from torch.export import Dim
 
 from adapmtl_cli.errors import ExportError
 from adapmtl_cli.export.onnx_storage import needs_external_data, save_model, to_sparse_initializers_
+from adapmtl_cli.export.onnx_ties import tie_stable_copy, tied_windows
 from adapmtl_cli.files.atomic import export_write_error, move_into_place, temp_folder
 
 EXPORTERS = ("dynamo", "legacy")
@@ -46,6 +54,8 @@ class OnnxExport:
     exporter: str
     external_data: Path | None
     sparse_initializers: int
+    tie_stable_pools: int = 0
+    """Max-pools exported with ``argmax`` indices because a plain export failed parity on tied windows."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ def export_onnx(
     exporter: str = "dynamo",
     sparse_initializers: bool = False,
     external_data: bool | None = None,
+    verify: Callable[[Path], object] | None = None,
 ) -> OnnxExport:
     """Export ``module`` (one image tensor in, a tuple of tensors out) to ONNX and check it.
 
@@ -78,10 +89,12 @@ def export_onnx(
         sparse_initializers: store mostly-zero float weights as ONNX sparse initializers (int64 indices).
         external_data: put the weights in ``<name>.data`` beside the graph; ``None`` does so only when they
             would pass protobuf's 2 GiB limit.
+        verify: called with the checked file, still under its temporary name, before it is moved to ``path``;
+            an ``ExportError`` it raises leaves ``path`` as it was.
 
     Raises:
-        ExportError: unknown exporter, output count mismatch, the exporter or the ONNX checker fails, or the
-            files cannot be written.
+        ExportError: unknown exporter, output count mismatch, the exporter, the ONNX checker or ``verify``
+            fails, or the files cannot be written.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown ONNX exporter {exporter!r}; use one of {list(EXPORTERS)}")
@@ -103,6 +116,7 @@ def export_onnx(
                 exporter,
                 sparse_initializers,
                 external_data,
+                verify,
             )
     except OSError as exc:
         raise _WRITE_ERROR(path, exc) from exc
@@ -121,8 +135,9 @@ def _export_in(
     exporter: str,
     sparse_initializers: bool,
     external_data: bool | None,
+    verify: Callable[[Path], object] | None,
 ) -> OnnxExport:
-    """Export into the temp folder ``work``, re-store the weights, check, then move the files to ``path``."""
+    """Export into the temp folder ``work``, re-store the weights, check and verify, then move them to ``path``."""
     raw = work / "raw" / path.name
     raw.parent.mkdir()
     _run_exporter(module, example, str(raw), output_names, opset, dynamic_batch, exporter)
@@ -139,6 +154,8 @@ def _export_in(
         onnx.checker.check_model(str(final), full_check=not moved)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise ExportError(f"exported ONNX model fails onnx.checker ({_first_line(exc)}); {_hint(exporter)}") from exc
+    if verify is not None:
+        verify(final)
     size = _install(final, data, path)
     installed_data = path.with_name(path.name + ".data") if data is not None else None
     return OnnxExport(path, size, int(version), exporter, installed_data, moved)
@@ -237,6 +254,23 @@ def check_onnx_parity(
         ExportError: onnxruntime is missing or cannot run the file, outputs differ in number or shape, or
             any difference exceeds ``atol``.
     """
+    parity = measure_onnx_parity(module, path, inputs, output_names)
+    if parity.max_abs_diff > atol:
+        raise ExportError(f"{_difference(parity, atol)}; re-export, or try the other --exporter")
+    return parity
+
+
+def _difference(parity: OnnxParity, atol: float) -> str:
+    worst = max(parity.per_output, key=parity.per_output.__getitem__)
+    return f"ONNX output {worst!r} differs from PyTorch by {parity.max_abs_diff:.3g} (atol {atol:g})"
+
+
+def measure_onnx_parity(module: nn.Module, path: Path, inputs: list[Tensor], output_names: list[str]) -> OnnxParity:
+    """The largest differences between onnxruntime (CPU) and ``module`` (eval mode) over ``inputs``.
+
+    Raises:
+        ExportError: onnxruntime is missing or cannot run the file, or outputs differ in number or shape.
+    """
     ort = _import_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -267,14 +301,94 @@ def check_onnx_parity(
                 per_output[name] = max(per_output[name], _max_abs_diff(want, have))
     finally:
         module.train(was_training)
-    worst_name = max(per_output, key=per_output.__getitem__, default=None)
-    worst = per_output[worst_name] if worst_name is not None else 0.0
-    if worst > atol:
-        raise ExportError(
-            f"ONNX output {worst_name!r} differs from PyTorch by {worst:.3g} (atol {atol:g}); "
-            "re-export, or try the other --exporter"
-        )
+    worst = max(per_output.values(), default=0.0)
     return OnnxParity(max_abs_diff=worst, per_output=per_output, batch_sizes=tuple(int(x.shape[0]) for x in inputs))
+
+
+def export_verified_onnx(
+    module: nn.Module,
+    reference: nn.Module,
+    example: Tensor,
+    inputs: list[Tensor],
+    path: Path,
+    output_names: list[str],
+    *,
+    exporter: str = "dynamo",
+    sparse_initializers: bool = False,
+    atol: float = 1e-4,
+) -> tuple[OnnxExport, OnnxParity]:
+    """Export ``module`` to ``path`` only once onnxruntime matches ``reference`` on every input within ``atol``.
+
+    A plain export that fails parity while ``reference`` meets tied max-pool windows is retried with
+    tie-stable max-pool indices (see the module docstring); :attr:`OnnxExport.tie_stable_pools` says so.
+
+    Raises:
+        ExportError: as :func:`export_onnx`; or no export matches, the message naming tied windows when they
+            are the cause. ``path`` is never left holding an unverified file.
+    """
+    measured: list[OnnxParity] = []
+
+    def verify(candidate: Path) -> None:
+        measured.append(measure_onnx_parity(reference, candidate, inputs, output_names))
+        if measured[-1].max_abs_diff > atol:
+            raise ExportError(f"{_difference(measured[-1], atol)}; re-export, or try the other --exporter")
+
+    def export(candidate: nn.Module) -> OnnxExport:
+        return export_onnx(
+            candidate,
+            example,
+            path,
+            output_names,
+            exporter=exporter,
+            sparse_initializers=sparse_initializers,
+            verify=verify,
+        )
+
+    try:
+        return export(module), measured[-1]
+    except ExportError:
+        if not measured or measured[-1].max_abs_diff <= atol:
+            raise  # the export failed before or beside parity
+        tied, total = tied_windows(reference, inputs)
+        if not tied:
+            raise
+        first = measured[-1]
+    written = _export_tie_stable(module, export, first, atol, f"{tied:,} of {total:,}")
+    return written, measured[-1]
+
+
+def _export_tie_stable(
+    module: nn.Module, export: Callable[[nn.Module], OnnxExport], first: OnnxParity, atol: float, tied: str
+) -> OnnxExport:
+    """``export`` a copy of ``module`` with tie-stable max-pools after ``first`` failed parity with ``tied`` ties.
+
+    Passing proves the ties were the cause; failing parity again proves they were not.
+    """
+    cause = (
+        f"{_difference(first, atol)}, which tied max-pool windows may explain: the model's max-pools with indices "
+        f"(MaxUnpool) meet {tied} windows that hold their maximum more than once (constant channels left by "
+        "pruning do, and ReLU's zeros), and onnxruntime may pick another element of a tied window than PyTorch "
+        "(with either exporter)"
+    )
+    try:
+        stable, swapped = tie_stable_copy(module)
+    except Exception as exc:  # deep-copying a user's module may fail in any way
+        raise ExportError(f"{cause}; the model cannot be copied to make them tie-stable ({_first_line(exc)})") from exc
+    if not swapped:
+        raise ExportError(
+            f"{cause}; they are functional calls (F.max_pool2d(..., return_indices=True)), which the export cannot "
+            "make tie-stable: use nn.MaxPool2d(return_indices=True) modules"
+        )
+    try:
+        written = export(stable)
+    except ExportError as exc:
+        if "differs from PyTorch" not in str(exc):
+            raise ExportError(f"{cause}; the re-export with tie-stable (argmax) indices failed: {exc}") from exc
+        raise ExportError(
+            f"{_difference(first, atol)}; re-export, or try the other --exporter (tied max-pool windows are not the "
+            f"cause: with tie-stable argmax indices it still differs, {str(exc).partition(';')[0]})"
+        ) from exc
+    return replace(written, tie_stable_pools=swapped)
 
 
 def _import_onnxruntime() -> ModuleType:

@@ -14,7 +14,9 @@ A depthwise conv in the chain passes a constant on only when it is 0 or the conv
 channel constant (its bias) when its own filter is zero. The pattern must be proven on a ``torch.fx`` symbolic
 trace: every intermediate tensor has exactly one user, every module is called once, modules are of the exact
 torch types (no subclasses, hooks or parametrizations), producer and consumer are ungrouped convs, and, when a
-component map is given, all convs of a chain belong to one component. Anything else is left alone; a model fx
+component map is given, all convs of a chain belong to one component, and no module of the chain holds a tied
+parameter (one tensor held by several modules: slicing it for one holder would untie it, and the others'
+copies would keep every channel). Anything else is left alone; a model fx
 cannot trace is reported as "shrink not possible for this model", never guessed at. The shrunk copy is checked
 against the original on the given inputs (max abs diff ``<= atol``) before it is returned.
 """
@@ -171,6 +173,7 @@ class _Calls:
 
     def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
         self.modules = dict(model.named_modules())
+        self.tied = _tied_modules(self.modules)
         self.count: dict[str, int] = {}
         for node in graph.nodes:
             if node.op == "call_module":
@@ -188,7 +191,19 @@ class _Calls:
         module = self.modules[str(node.target)]
         if type(module) not in kinds or module._forward_hooks or module._forward_pre_hooks:
             return None
+        if str(node.target) in self.tied:
+            return None  # a tied parameter is never sliced (see the module docstring)
         return cast(_M, module)  # type(module) is one of kinds
+
+
+def _tied_modules(modules: Mapping[str, nn.Module]) -> set[str]:
+    """The modules holding a parameter that another module also holds (tied weights)."""
+    holders: dict[int, list[str]] = {}
+    for name, module in modules.items():
+        for param in module._parameters.values():
+            if param is not None:
+                holders.setdefault(id(param), []).append(name)
+    return {name for names in holders.values() if len(names) > 1 for name in names}
 
 
 def _find_chains(model: nn.Module, graph: fx.Graph, components: Mapping[str, str] | None) -> list[_Chain]:

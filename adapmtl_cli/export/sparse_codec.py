@@ -5,6 +5,10 @@
 rename); :func:`load_sparse` reads versions 1 to 3, validating the header before any tensor is read and
 capping the decoded size. The file stays an ordinary safetensors file (shapes, dtypes and encodings live in
 its metadata). The spec is ``docs/sparse-safetensors.md``.
+
+The cap (:func:`decode_limit`) is bounded by what the file stores, not by the machine: a sparse file decodes to
+at most :data:`DECODE_RATIO` times the bytes of its stored tensors (a density of 1/2048 for float32 values with
+int32 indices), or :data:`DECODE_FLOOR` bytes for small files, and never more than the physical memory.
 """
 
 from __future__ import annotations
@@ -47,8 +51,14 @@ from adapmtl_cli.export.sparse_tensor import (
     narrows,
 )
 from adapmtl_cli.files.atomic import atomic_write, export_write_error
+from adapmtl_cli.files.reading import check_regular_file
 
 _WRITE_ERROR = export_write_error("sparse file", "check the folder")
+
+DECODE_RATIO = 1024
+"""A sparse file decodes to at most this many times the bytes it stores (``max_bytes=`` overrides)."""
+DECODE_FLOOR = 256 * 2**20
+"""Whatever it stores, a sparse file may decode to this many bytes (256 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,12 @@ def encode_sparse(
     return stored, metadata
 
 
-def decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[str, Tensor]:
+def decode_sparse(
+    tensors: dict[str, Tensor], metadata: dict[str, str], *, max_bytes: int | None = None
+) -> dict[str, Tensor]:
     """Decode the tensors and metadata of a sparse file back into the state_dict, validating everything.
+
+    The decoded size is capped as in :func:`load_sparse` (``max_bytes`` overrides :func:`decode_limit`).
 
     Raises:
         ExportError: the metadata or the tensors are malformed or inconsistent.
@@ -132,12 +146,12 @@ def decode_sparse(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[
         unpacked = unpack_v3(metadata, header)
         table, layout = unpacked.table, unpacked.layout
         check_layout(table, layout)
-        _check_total_size(table, _physical_memory())
+        _check_total_size(table, decode_limit(header, max_bytes), "sparse tensors")
         tensors = v3_parts(unpacked, dict(tensors))
     else:
         table = parse_metadata(metadata)
         check_layout(table, header)
-        _check_total_size(table, _physical_memory())
+        _check_total_size(table, decode_limit(header, max_bytes), "sparse tensors")
     return {name: decode_tensor(name, entry, tensors) for name, entry in table.items()}
 
 
@@ -189,11 +203,14 @@ def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor
     """Read and validate a sparse file written by :func:`save_sparse`; return the dense state_dict.
 
     The header is checked against the metadata before any tensor is read, and the total decoded size is capped
-    (by default at the machine's physical memory) so a crafted header cannot trigger a huge allocation.
+    so a crafted header cannot trigger a huge allocation: by default at :func:`decode_limit` of what the file
+    stores; ``max_bytes`` sets another cap (for a file known to be sparser than 1 in 2048).
 
     Raises:
-        ExportError: the file is missing, not a sparse file, of an unknown version, or corrupt.
+        ExportError: the file is missing, not a sparse file, of an unknown version, corrupt, or decodes to more
+            than the cap.
     """
+    check_regular_file(Path(path), ExportError, "sparse file", "check the path")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata()
@@ -208,7 +225,7 @@ def load_sparse(path: Path, *, max_bytes: int | None = None) -> dict[str, Tensor
             else:
                 table, layout = parse_metadata(metadata), header
             check_layout(table, layout)
-            _check_total_size(table, _physical_memory() if max_bytes is None else max_bytes)
+            _check_total_size(table, decode_limit(header, max_bytes), f"sparse file {str(path)!r}")
             tensors = {key: handle.get_tensor(key) for key in header}
     except (OSError, SafetensorError) as exc:
         raise ExportError(f"cannot read sparse file {str(path)!r} ({exc}); check the path") from exc
@@ -237,12 +254,24 @@ def _stored_dtype(key: str, name: str) -> torch.dtype:
     return _SAFETENSORS_DTYPES[name]
 
 
-def _check_total_size(table: dict[str, SparseEntry], max_bytes: int) -> None:
+def decode_limit(header: Layout, max_bytes: int | None = None) -> int:
+    """The most bytes a sparse file with these stored tensors may decode to (``max_bytes``, when given).
+
+    :data:`DECODE_RATIO` times the stored bytes, at least :data:`DECODE_FLOOR`, at most the physical memory.
+    """
+    if max_bytes is not None:
+        return max_bytes
+    stored = sum(math.prod(shape) * dtype.itemsize for shape, dtype in header.values())
+    return min(_physical_memory(), max(DECODE_FLOOR, DECODE_RATIO * stored))
+
+
+def _check_total_size(table: dict[str, SparseEntry], max_bytes: int, what: str) -> None:
     total = sum(entry.numel * entry.dtype.itemsize for entry in table.values())
     if total > max_bytes:
         raise ExportError(
-            f"sparse file declares {total} bytes of tensors, more than the limit of {max_bytes}; "
-            "the file is corrupt or crafted (pass max_bytes to raise the limit)"
+            f"{what} would decode to {total} bytes, more than the limit of {max_bytes} ({DECODE_RATIO} times "
+            f"what it stores, at least {DECODE_FLOOR // 2**20} MiB); the file is corrupt or crafted, or sparser "
+            "than 1 in 2048: if you trust it, pass max_bytes= to load_sparse"
         )
 
 
@@ -265,7 +294,10 @@ def check_sparse_roundtrip(
         ExportError: keys, dtypes, shapes or any bit differ; the sparse file cannot be read.
     """
     dense_state = cast_state(dense_state, values_dtype)
-    decoded = load_sparse(Path(sparse_path))
+    # The file must decode to exactly the dense weights, so their size is the cap (a fully pruned model stores
+    # almost nothing and would pass no ratio).
+    expected = sum(t.numel() * t.element_size() for t in dense_state.values())
+    decoded = load_sparse(Path(sparse_path), max_bytes=expected)
     problems = []
     missing, extra = sorted(set(dense_state) - set(decoded)), sorted(set(decoded) - set(dense_state))
     if missing:

@@ -28,6 +28,7 @@ from adapmtl_cli.export.sparse_tensor import (
     corrupt_entry,
     narrows,
 )
+from adapmtl_cli.files.reading import json_kind, parse_json
 
 FORMAT_NAME = "adapmtl-sparse"
 FORMAT_VERSION = "3"
@@ -44,13 +45,20 @@ def parse_metadata(metadata: dict[str, str] | None) -> dict[str, SparseEntry]:
     assert metadata is not None
     if version == "3":
         raise ExportError("a version-3 sparse table needs the file's header; use load_sparse or unpack it first")
-    try:
-        table = json.loads(metadata.get("tensors", ""))
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
-    if not isinstance(table, dict):
-        raise ExportError(f"sparse file metadata 'tensors' is {type(table).__name__!r}, expected an object")
+    table = _table(metadata)
     return {name: parse_entry(name, raw, version) for name, raw in table.items()}
+
+
+def _table(metadata: dict[str, str]) -> dict[str, Any]:
+    """The parsed ``tensors`` table: a JSON object (nested at most ``MAX_JSON_DEPTH`` levels) whose keys are
+    state_dict keys, which may not contain ``::`` (the separator of stored parts, and the blob's key)."""
+    table = parse_json(metadata.get("tensors", ""), ExportError, "sparse file metadata 'tensors'", "re-export the file")
+    if not isinstance(table, dict):
+        raise ExportError(f"sparse file metadata 'tensors' is a JSON {json_kind(table)}, expected an object")
+    reserved = [name for name in table if KEY_SEPARATOR in name]
+    if reserved:
+        raise corrupt_entry(reserved[0], f"the key contains {KEY_SEPARATOR!r}, which the format reserves")
+    return table
 
 
 def check_format(metadata: dict[str, str] | None) -> str:
@@ -77,14 +85,14 @@ def parse_entry(name: str, raw: object, version: str) -> SparseEntry:
     allowed = [_FIELDS] if version == "1" else [_FIELDS, _FIELDS | {"values_dtype"}]
     if not isinstance(raw, dict) or set(raw) not in allowed:
         fields = "'encoding', 'shape' and 'dtype'" + ("" if version == "1" else " (and optionally 'values_dtype')")
-        raise corrupt_entry(name, f"entry {raw!r} must have exactly {fields}")
+        raise corrupt_entry(name, f"entry {_shown(raw)} must have exactly {fields}")
     encoding, shape, dtype = raw["encoding"], raw["shape"], raw["dtype"]
-    if encoding not in ("dense", "bitmask", "indices"):
-        raise corrupt_entry(name, f"unknown encoding {encoding!r}")
-    if dtype not in FORMAT_DTYPES:
-        raise corrupt_entry(name, f"unknown dtype {dtype!r}")
+    if not isinstance(encoding, str) or encoding not in ("dense", "bitmask", "indices"):
+        raise corrupt_entry(name, f"unknown encoding {_shown(encoding)}")
+    if not isinstance(dtype, str) or dtype not in FORMAT_DTYPES:
+        raise corrupt_entry(name, f"unknown dtype {_shown(dtype)}")
     if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
-        raise corrupt_entry(name, f"shape {shape!r} is not a list of non-negative integers")
+        raise corrupt_entry(name, f"shape {_shown(shape)} is not a list of non-negative integers")
     if math.prod(shape) >= 2**62:
         raise corrupt_entry(name, f"shape {shape!r} is impossibly large")
     if encoding != "dense" and FORMAT_DTYPES[dtype] not in SPARSE_DTYPES:
@@ -94,9 +102,15 @@ def parse_entry(name: str, raw: object, version: str) -> SparseEntry:
         narrow = raw["values_dtype"]
         allowed_names = [str(d).removeprefix("torch.") for d in VALUES_DTYPES.values()]
         if narrow not in allowed_names or not narrows(FORMAT_DTYPES[dtype], FORMAT_DTYPES[narrow]):
-            raise corrupt_entry(name, f"values_dtype {narrow!r} does not narrow dtype {dtype!r}")
+            raise corrupt_entry(name, f"values_dtype {_shown(narrow)} does not narrow dtype {dtype!r}")
         values_dtype = FORMAT_DTYPES[narrow]
     return SparseEntry(encoding, tuple(shape), FORMAT_DTYPES[dtype], values_dtype)
+
+
+def _shown(value: object) -> str:
+    """A table value for a message, cut short (a crafted file may hold megabytes in one slot)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -209,7 +223,7 @@ def unpack_v3(metadata: dict[str, str], header: Layout) -> UnpackedV3:
     end = 0
     for name, raw in compact.items():
         if not isinstance(raw, list):
-            raise corrupt_entry(name, f"table entry {raw!r} is not a list")
+            raise corrupt_entry(name, f"table entry {_shown(raw)} is not a list")
         if not raw or raw[0] == "dense":
             logical[name], layout[name] = _dense_entry(name, raw, header, narrow)
             continue
@@ -226,14 +240,8 @@ def _compact_table(metadata: dict[str, str]) -> tuple[str | None, dict[str, obje
     """The file-wide narrow values dtype (if any) and the compact table of a version-3 file, parsed."""
     narrow = metadata.get("values_dtype")
     if narrow is not None and narrow not in [str(d).removeprefix("torch.") for d in VALUES_DTYPES.values()]:
-        raise ExportError(f"sparse file values_dtype {narrow!r} is not float16 or bfloat16; re-export the file")
-    try:
-        compact = json.loads(metadata.get("tensors", ""))
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"sparse file metadata 'tensors' is not valid JSON ({exc}); re-export the file") from exc
-    if not isinstance(compact, dict):
-        raise ExportError(f"sparse file metadata 'tensors' is {type(compact).__name__!r}, expected an object")
-    return narrow, compact
+        raise ExportError(f"sparse file values_dtype {_shown(narrow)} is not float16 or bfloat16; re-export the file")
+    return narrow, _table(metadata)
 
 
 def _blob_bytes(header: Layout, compact: dict[str, object]) -> int:
@@ -252,7 +260,7 @@ def _dense_entry(
 ) -> tuple[dict[str, object], tuple[tuple[int, ...], torch.dtype]]:
     """A dense entry (``[]``, or ``["dense", original dtype]`` when narrowed) as a logical entry and its layout."""
     if name not in header or len(raw) not in (0, 2):
-        raise corrupt_entry(name, f"dense entry {raw!r} needs a stored tensor and at most its original dtype")
+        raise corrupt_entry(name, f"dense entry {_shown(raw)} needs a stored tensor and at most its original dtype")
     shape, dtype = header[name]
     entry: dict[str, object] = {"encoding": "dense", "shape": list(shape), "dtype": _name(dtype)}
     if raw:
@@ -270,14 +278,17 @@ def _sparse_entry(
     """A ``[encoding, dtype, shape, offset, count]`` entry starting at or after ``end``: the logical entry, its
     two parts, and where it ends in the blob."""
     if len(raw) != 5 or raw[0] not in ("bitmask", "indices"):
-        raise corrupt_entry(name, f"table entry {raw!r} must be [encoding, dtype, shape, offset, count]")
+        raise corrupt_entry(name, f"table entry {_shown(raw)} must be [encoding, dtype, shape, offset, count]")
     encoding, dtype_name, shape, offset, count = raw
     entry: dict[str, object] = {"encoding": encoding, "shape": shape, "dtype": dtype_name}
-    if narrow is not None and dtype_name in FORMAT_DTYPES and narrows(FORMAT_DTYPES[dtype_name], FORMAT_DTYPES[narrow]):
+    known = isinstance(dtype_name, str) and dtype_name in FORMAT_DTYPES
+    if narrow is not None and known and narrows(FORMAT_DTYPES[dtype_name], FORMAT_DTYPES[narrow]):
         entry["values_dtype"] = narrow
     parsed = parse_entry(name, entry, "2")
     if type(offset) is not int or type(count) is not int or offset < end or offset % 8 or count < 0:
-        raise corrupt_entry(name, f"offset {offset!r} / count {count!r} overlap the previous entry or are misaligned")
+        raise corrupt_entry(
+            name, f"offset {_shown(offset)} / count {_shown(count)} overlap the previous entry or are misaligned"
+        )
     if count > parsed.numel:
         raise corrupt_entry(name, f"{count} values for a tensor of {parsed.numel} elements")
     values, second = _v3_regions(parsed.numel, count, parsed.values_dtype.itemsize, encoding, offset)

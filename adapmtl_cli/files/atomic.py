@@ -4,24 +4,32 @@ Every file the package writes goes through :func:`atomic_write` (or, for a set o
 an ONNX graph and its external data, :func:`temp_folder` plus :func:`move_into_place`), so a crash or a full
 disk leaves either the old file or the complete new one, never a partial one, and no temp file behind. A
 failed write is one line: a ``ConfigError`` by default, or whatever error the caller's ``error`` builder makes
-(export files name an ``ExportError``, see :func:`export_write_error`).
+(export files name an ``ExportError``, see :func:`export_write_error`). Libraries that report a failed write as
+their own exception (safetensors' ``SafetensorError``, ``torch.save``'s ``RuntimeError``) are written so that
+the operating system's error is what the user sees (:func:`os_error_of`, :func:`torch_save_file`).
+
+The readers (``read_model``, ``read_jsonl``) live in ``files/reading.py``; they are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from adapmtl_cli.errors import AdapmtlError, ConfigError, ExportError
+from adapmtl_cli.files.reading import read_jsonl as read_jsonl
+from adapmtl_cli.files.reading import read_model as read_model
 
 WriteError = Callable[[Path, OSError], AdapmtlError]
 """Builds the one-line error for a target that cannot be written, from its path and the ``OSError``."""
@@ -122,8 +130,70 @@ def atomic_write(
         fsync_dir(path.parent)
     except OSError as exc:
         raise error(path, exc) from exc
+    except Exception as exc:
+        cause = os_error_of(exc)
+        if cause is None:
+            raise
+        raise error(path, cause) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The ``OSError`` behind a library's write failure: the one it was raised from, or the ``(os error N)``
+    that safetensors' Rust writer puts in its message; ``None`` when ``exc`` is not a failed write."""
+    if isinstance(exc.__cause__, OSError):
+        return exc.__cause__
+    found = _OS_ERROR_CODE.search(str(exc))
+    if found is None or type(exc).__name__ != "SafetensorError":
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code) if code in errno.errorcode else str(exc))
+
+
+class _KeepingWriter:
+    """A write-only file object for ``torch.save`` that keeps the ``OSError`` of a failed write (and can hash).
+
+    ``torch.save`` reports a failed write as a ``RuntimeError`` from its C++ writer; the original ``OSError``
+    (full disk, file size limit) is what the user needs to see.
+    """
+
+    def __init__(self, fh: Any, sha: Any = None) -> None:
+        self.fh, self.sha = fh, sha
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+        if self.sha is not None:
+            self.sha.update(data)
+        return n
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save_file(obj: Any, path: Path, sha: Any = None) -> None:
+    """``torch.save(obj, path)``, raising the ``OSError`` of a failed write; ``sha`` is fed what is written.
+
+    Raises:
+        OSError: the file cannot be written (``atomic_write`` names it).
+    """
+    with Path(path).open("wb") as fh:
+        writer = _KeepingWriter(fh, sha)
+        try:
+            torch.save(obj, cast(BinaryIO, writer))  # torch.save calls only write() and flush()
+        except RuntimeError as exc:
+            if writer.error is not None:
+                raise writer.error from exc
+            raise
+        fh.flush()
 
 
 @contextlib.contextmanager
@@ -169,11 +239,7 @@ def move_into_place(moves: Sequence[tuple[Path, Path]]) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically.
-
-    For callers that serialise in memory first because their library would report a full disk as its own
-    exception type (``safetensors``, ``torch.save``) instead of the ``OSError`` that ``atomic_write`` names.
-    """
+    """Write ``data`` atomically (for callers that serialise in memory first)."""
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
@@ -185,21 +251,8 @@ def write_model(path: Path, model: BaseModel) -> None:
     write_text(path, model.model_dump_json(indent=2) + "\n")
 
 
-def read_model(path: Path, cls: type[BaseModel]) -> Any:
-    """Read a JSON file into ``cls``; a missing or invalid file is a one-line ``ConfigError``."""
-    if not Path(path).is_file():
-        raise ConfigError(f"{str(path)!r} does not exist; is this a run folder written by `adapmtl prune`?")
-    try:
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        detail = f"{where}: {first['msg']}" if where else first["msg"]
-        raise ConfigError(f"{str(path)!r} is not a valid {cls.__name__} ({detail}); was it edited by hand?") from None
-
-
 def save_torch(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch_save_file(obj, p))
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -210,18 +263,3 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
             fh.flush()
     except OSError as exc:
         raise write_error(path, exc) from exc
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash ends the log
-    return out

@@ -64,6 +64,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config {str(path)!r} is not valid TOML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config {str(path)!r} is not UTF-8 text; pass a TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"--config {str(path)!r} nests arrays or tables too deep; pass a plain TOML file") from None
 
 
 def resolve_prune_config(
@@ -171,10 +173,18 @@ def to_toml(values: BaseModel | Mapping[str, Any], header: str = "") -> str:
     return "\n".join([*head, *_toml_lines(data, "")]) + "\n"
 
 
+RUN_RECORDS = ("typed_paths", "checkpoint_identity")
+"""Keys a run records about its inputs (``jobs/run_inputs.py``), not options; left out of the TOML while unset."""
+
+
 def prune_config_toml(cfg: PruneConfig) -> str:
     """What ``--print-config`` prints and ``RUN/config.toml`` holds."""
+    values = cfg.model_dump(mode="json")
+    for key in RUN_RECORDS:
+        if not values[key]:
+            del values[key]
     return to_toml(
-        cfg,
+        values,
         header="adapmtl prune config; repeat the run with: adapmtl prune --config THIS_FILE --out NEW_RUN\n"
         "Command-line options override these keys.",
     )
@@ -200,6 +210,6 @@ def sync_run_config_toml(run: Path) -> Path | None:
         return None
     path = rd.root / CONFIG_TOML
     text = prune_config_toml(cfg)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+    if not path.is_file() or path.read_bytes() != text.encode("utf-8"):  # bytes: a damaged file is replaced
         write_text(path, text)
     return path

@@ -17,13 +17,15 @@ from torch import nn
 
 from adapmtl_cli.config import ComponentsManifest, ExportManifest, PruneConfig, ShrinkManifest
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.export.dense import save_dense
-from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, check_onnx_parity, export_onnx
+from adapmtl_cli.export.dense import retie_state, save_dense
+from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, export_verified_onnx
 from adapmtl_cli.export.shrink import shrink_model, zero_filters
 from adapmtl_cli.export.sparse_codec import check_sparse_roundtrip, load_sparse, save_sparse
 from adapmtl_cli.export.sparse_tensor import VALUES_DTYPES
-from adapmtl_cli.files.atomic import read_model, write_model
-from adapmtl_cli.files.rundir import RunDir
+from adapmtl_cli.files.atomic import write_model
+from adapmtl_cli.files.reading import read_model, read_safetensors
+from adapmtl_cli.files.rundir import RunDir, run_lock
+from adapmtl_cli.jobs.run_inputs import check_checkpoint_identity
 from adapmtl_cli.model.loading import load_model, load_state_into
 from adapmtl_cli.model.outputs import OutputMapping
 
@@ -44,6 +46,14 @@ class TaskOutputs(nn.Module):
         return tuple(self.mapping.select(self.model(x)).values())
 
 
+def _metadata(path: Path) -> dict[str, str] | None:
+    """The safetensors header's metadata (the file was just read in full, so the header is sound)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
 def load_pruned_model(run: Path) -> tuple[nn.Module, PruneConfig, ComponentsManifest]:
     """The user's model class holding the run's baked (pruned) weights, in eval mode."""
     rd = RunDir(run)
@@ -51,14 +61,14 @@ def load_pruned_model(run: Path) -> tuple[nn.Module, PruneConfig, ComponentsMani
         raise ConfigError(f"run folder {str(run)!r} does not exist")
     cfg = read_model(rd.config, PruneConfig)
     manifest = read_model(rd.components, ComponentsManifest)
-    if not rd.weights.is_file():
-        raise ConfigError(
-            f"run {str(run)!r} has no pruned weights yet; finish it with `adapmtl prune --resume --out {run}`"
-        )
-    from safetensors.torch import load_file
-
+    if not rd.weights.exists():
+        raise ConfigError(f"run {str(run)!r} has no pruned weights yet; finish it with `adapmtl resume {run}`")
+    rebuild = f"rebuild them from the saved state with `adapmtl resume {run}`"
+    weights = read_safetensors(rd.weights, ConfigError, "pruned weights", rebuild)
+    weights = retie_state(weights, _metadata(rd.weights), repr(str(rd.weights)))  # tied tensors are stored once
+    check_checkpoint_identity(cfg, "export")
     loaded = load_model(Path(cfg.checkpoint), factory=cfg.factory, trust_pickle=cfg.trust_pickle)
-    load_state_into(loaded.model, load_file(str(rd.weights)), repr(str(rd.weights)))
+    load_state_into(loaded.model, weights, repr(str(rd.weights)))
     return loaded.model.eval(), cfg, manifest
 
 
@@ -82,6 +92,22 @@ def export_run(
         shrink: remove the channels the graph proves removable and write ``model.shrunk.onnx``.
     """
     narrow = _check_options(exporter, values_dtype, sparse_initializers and not (onnx or shrink))
+    if not RunDir(run).root.is_dir():
+        raise ConfigError(f"run folder {str(run)!r} does not exist")
+    with run_lock(Path(run)):
+        return _export_locked(run, out_dir, onnx, exporter, narrow, sparse_initializers, shrink)
+
+
+def _export_locked(
+    run: Path,
+    out_dir: Path | None,
+    onnx: bool,
+    exporter: str,
+    narrow: torch.dtype | None,
+    sparse_initializers: bool,
+    shrink: bool,
+) -> ExportManifest:
+    """``export_run``'s work, with the run folder locked."""
     model, _cfg, manifest = load_pruned_model(run)
     target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
     target.mkdir(parents=True, exist_ok=True)
@@ -134,11 +160,18 @@ class _OnnxJob:
         return cls(reference, example, inputs, list(manifest.output_paths), exporter, sparse_initializers)
 
     def write(self, module: nn.Module, path: Path) -> tuple[OnnxExport, OnnxParity]:
-        """Export ``module`` to ``path`` and compare it in onnxruntime with the pruned model."""
-        written = export_onnx(
-            module, self.example, path, self.names, exporter=self.exporter, sparse_initializers=self.sparse_initializers
+        """Export ``module`` to ``path`` once onnxruntime matches the pruned model (checked under a temp name)."""
+        return export_verified_onnx(
+            module,
+            self.reference,
+            self.example,
+            self.inputs,
+            path,
+            self.names,
+            exporter=self.exporter,
+            sparse_initializers=self.sparse_initializers,
+            atol=PARITY_ATOL,
         )
-        return written, check_onnx_parity(self.reference, path, self.inputs, self.names, atol=PARITY_ATOL)
 
 
 def _onnx_fields(job: _OnnxJob, target: Path) -> dict[str, Any]:
@@ -200,9 +233,14 @@ def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initia
     return None if values_dtype is None else VALUES_DTYPES[values_dtype]
 
 
-def densify_file(sparse: Path, dest: Path) -> int:
-    """Decode a sparse safetensors file (validated) into a plain dense one; returns its size in bytes."""
+def densify_file(sparse: Path, dest: Path, *, max_bytes: int | None = None) -> int:
+    """Decode a sparse safetensors file (validated) into a plain dense one; returns its size in bytes.
+
+    Args:
+        max_bytes: the most bytes the file may decode to (default: ``load_sparse``'s cap, bounded by what the
+            file stores).
+    """
     if not Path(sparse).is_file():
         raise ConfigError(f"sparse file {str(sparse)!r} does not exist")
-    state = load_sparse(Path(sparse))
+    state = load_sparse(Path(sparse), max_bytes=max_bytes)
     return save_dense(state, Path(dest), metadata={"format": "pt", "producer": "adapmtl"})

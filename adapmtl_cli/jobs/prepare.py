@@ -20,7 +20,7 @@ from adapmtl_cli.data import get_dataset
 from adapmtl_cli.errors import ConfigError, DataError, DiscoveryError
 from adapmtl_cli.model.discover import ComponentMap
 from adapmtl_cli.model.loading import LoadedModel, load_model
-from adapmtl_cli.model.outputs import OutputMapping
+from adapmtl_cli.model.outputs import Names, OutputMapping
 from adapmtl_cli.tasks import match_task
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.train.events import StepInfo
@@ -118,7 +118,7 @@ def prepare(
     data_dir: str,
     data_options: Mapping[str, str] | None = None,
     tasks: Sequence[str] | None = None,
-    outputs: Sequence[str] | None = None,
+    outputs: Names | None = None,
     exclude: Sequence[str] = (),
     backbone: Sequence[str] = (),
     head: Sequence[str] = (),
@@ -128,7 +128,9 @@ def prepare(
     """Everything up to (and including) component discovery; no training.
 
     ``eval_split`` (``val`` or ``test``) is the split opened for evaluation, ``Prepared.val``; a dataset without
-    that split fails here, before any training, with the adapter's one-line ``DataError``.
+    that split fails here, before any training, with the adapter's one-line ``DataError``. ``outputs`` is
+    ``--outputs``: ``TASK=PATH`` entries (or a ``{task: path}`` mapping), or one task name per positional output
+    (see ``model/outputs.py``).
     """
     hooks = hooks or Hooks()
     hooks.status(f"loading {checkpoint}")
@@ -147,8 +149,9 @@ def prepare(
     hooks.status("probing the model's outputs")
     _probe(model, x, data_dir)
     names = [t.name for t in specs]
+    entries = [f"{task}={path}" for task, path in outputs.items()] if isinstance(outputs, Mapping) else outputs
     found = discover(
-        model, x, specs, outputs=outputs, exclude=exclude, backbone=backbone, heads=parse_head_overrides(head, names)
+        model, x, specs, outputs=entries, exclude=exclude, backbone=backbone, heads=parse_head_overrides(head, names)
     )
     with torch.no_grad():
         preds = found.mapping.select(model(x))

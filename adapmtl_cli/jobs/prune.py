@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,32 @@ from adapmtl_cli.api import Pruning
 from adapmtl_cli.config import PruneConfig, RunReport
 from adapmtl_cli.data import get_dataset
 from adapmtl_cli.errors import ConfigError, TrainingError
-from adapmtl_cli.files.atomic import append_jsonl, read_jsonl, read_model, write_bytes, write_model, write_text
-from adapmtl_cli.files.rundir import RunDir, prepare_run_dir
+from adapmtl_cli.export.dense import weights_bytes
+from adapmtl_cli.files.atomic import append_jsonl, write_bytes, write_model, write_text
+from adapmtl_cli.files.reading import read_json_object, read_jsonl, read_model
+from adapmtl_cli.files.rundir import RunDir, claim_run_dir
 from adapmtl_cli.jobs.config_file import sync_run_config_toml
 from adapmtl_cli.jobs.prepare import Hooks, Prepared, components_manifest, prepare_from, prepare_pruning
+from adapmtl_cli.jobs.run_inputs import check_checkpoint_identity, record_inputs
 from adapmtl_cli.methods import check_method_options, needs_calibration
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES
 from adapmtl_cli.report.build import build_report
+from adapmtl_cli.report.chance import constant_metrics
 from adapmtl_cli.train.batches import check_batch_size, to_device, train_batches
 from adapmtl_cli.train.device import autocast_dtype, resolve_device
-from adapmtl_cli.train.distributed import World, agree, process_group, rank_device, run_on_main, world_from_env
+from adapmtl_cli.train.distributed import (
+    World,
+    agree,
+    mark_rank_copy,
+    process_group,
+    rank_device,
+    reports_error,
+    run_on_main,
+    world_from_env,
+)
 from adapmtl_cli.train.evaluate import Evaluation, evaluate_with_diagnostics
 from adapmtl_cli.train.events import Rollback, StepInfo
-from adapmtl_cli.train.loop import LoopHooks, LoopState, TrainConfig, finetune
+from adapmtl_cli.train.loop import LoopHooks, LoopState, TrainConfig, finetune, seed_streams_
 from adapmtl_cli.train.state_files import load_state, save_state
 
 Metrics = dict[str, dict[str, float]]
@@ -50,6 +64,7 @@ def _state_dict_for_save(state: LoopState) -> dict[str, Any]:
         "elapsed": state.elapsed,
         "rollbacks": state.rollbacks,
         "scaler": state.scaler,
+        "task_weights": state.task_weights,
     }
 
 
@@ -70,10 +85,24 @@ def _load_state(run: RunDir, hooks: Hooks) -> LoopState | None:
     return loaded.value
 
 
+_LOG_HINT = "remove that line (or the whole log) and resume again"
+
+
 def _truncate_metrics(run: RunDir, step: int) -> None:
-    """Drop log lines past the state we resume from: those steps run again and are logged again."""
-    records = [r for r in read_jsonl(run.metrics) if int(r.get("step", 0)) <= step]
-    write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
+    """Drop log lines past the state we resume from: those steps run again and are logged again.
+
+    Raises:
+        ConfigError: the log holds a line that is not a record of a step (named with its line number).
+    """
+    records = read_jsonl(run.metrics, ConfigError, "training log", _LOG_HINT)
+    for number, record in enumerate(records, start=1):
+        if type(record.get("step", 0)) is not int:
+            raise ConfigError(
+                f"record {number} of training log {str(run.metrics)!r} has step {record['step']!r}, not a whole "
+                f"number; {_LOG_HINT}"
+            )
+    kept = [r for r in records if r.get("step", 0) <= step]
+    write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _save_state(run: RunDir, state: LoopState) -> None:
@@ -140,6 +169,10 @@ class _Job:
     resume: bool
     hooks: Hooks
     world: World
+    saved_step: int | None = None
+    """The step of the newest state saved (or resumed from), for the message of an interruption."""
+    earlier_seconds: float = 0.0
+    """Training time of the earlier processes of a resumed run (the report's wall time includes it)."""
 
     def on_main(self, fn: Callable[[], Any]) -> Any:
         return run_on_main(self.world, fn)
@@ -148,6 +181,8 @@ class _Job:
         """The model's metrics on the validation split, with its meters' diagnostics (not metrics) beside them."""
         split = "validation" if self.cfg.eval_split == "val" else self.cfg.eval_split
         self.hooks.status(f"evaluating the {label} model on the {split} split")
+        # Random draws while evaluating (a dataset's augmentation) depend on the seed alone, not on what ran before.
+        seed_streams_("evaluate", self.cfg.seed, label)
         cb = self.hooks.on_eval
         return evaluate_with_diagnostics(
             model,
@@ -174,6 +209,7 @@ def _check_and_prepare(cfg: PruneConfig, run: RunDir, resume: bool, hooks: Hooks
                 f"{saved.checkpoint!r} again, which runs code from it; pass --trust-pickle if you trust it"
             )
         cfg = saved
+        check_checkpoint_identity(cfg, "resume")
     get_dataset(cfg.data, cfg.data_options)
     device = rank_device(resolve_device(cfg.device), world)
     autocast_dtype(cfg.precision, device.type)
@@ -201,10 +237,40 @@ def _write_setup(job: _Job) -> None:
     write_model(job.run.components, components_manifest(job.prepared))
 
 
+def _saved_dense_metrics(job: _Job) -> Metrics | None:
+    """The dense metrics a resumed run wrote before; ``None`` (said to the user) when missing or damaged.
+
+    They are scored again then: the dense model and the validation split are the ones the run started from.
+    """
+    path = job.run.dense_metrics
+    if not path.is_file():
+        return None
+    problem = None
+    try:
+        saved = read_json_object(path, ConfigError, "dense metrics", "scoring the dense model again")
+    except ConfigError as exc:
+        problem = str(exc)
+    else:
+        names = {t.name for t in job.prepared.tasks}
+        if set(saved) == names and all(_is_metric_table(saved[name]) for name in names):
+            return saved
+        problem = f"dense metrics {str(path)!r} do not hold a number per metric of tasks {sorted(names)!r}"
+        problem += "; scoring the dense model again"
+    job.hooks.status(problem)
+    return None
+
+
+def _is_metric_table(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
+    )
+
+
 def _dense_metrics(job: _Job, model: nn.Module) -> Metrics:
     """The dense model's validation metrics, computed once per run folder (a resume reads them back)."""
-    if job.resume and job.run.dense_metrics.is_file():
-        return json.loads(job.run.dense_metrics.read_text())
+    saved = _saved_dense_metrics(job) if job.resume else None
+    if saved is not None:
+        return {task: {m: float(v) for m, v in values.items()} for task, values in saved.items()}
     metrics = job.evaluate(model, "dense").metrics
     write_text(job.run.dense_metrics, json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -238,14 +304,21 @@ def _loop_hooks(job: _Job) -> LoopHooks:
     return LoopHooks(
         on_step=job.hooks.on_step,
         on_log=lambda info: job.on_main(lambda: append_jsonl(run.metrics, info.record())),
-        on_save=lambda s: job.on_main(lambda: _save_state(run, s)),
+        on_save=lambda s: _saved(job, s),
         on_rollback=on_rollback,
     )
+
+
+def _saved(job: _Job, state: LoopState) -> None:
+    job.on_main(lambda: _save_state(job.run, state))
+    job.saved_step = state.step
 
 
 def _fine_tune(job: _Job, pruning: Pruning) -> StepInfo:
     cfg, world = job.cfg, job.world
     state = agree(world, lambda: _load_state(job.run, job.hooks) if job.resume else None)
+    if state is not None:
+        job.saved_step, job.earlier_seconds = state.step, state.elapsed
     if job.resume:
         job.on_main(lambda: _truncate_metrics(job.run, state.step if state is not None else 0))
     if state is not None and state.step >= cfg.steps:
@@ -269,10 +342,12 @@ def _finish(job: _Job, pruning: Pruning, model: nn.Module, dense: Metrics, last:
     evaluation = job.evaluate(model, "pruned")
     pruned = evaluation.metrics
     _check_finite(pruned)
-    from safetensors.torch import save as save_safetensors
-
-    cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes(job.run.weights, save_safetensors(cpu_state, metadata={"format": "pt"}))
+    write_bytes(job.run.weights, weights_bytes(model.state_dict(), metadata={"format": "pt"}))
+    p, cfg = job.prepared, job.cfg
+    # What a constant prediction scores on the same split: a dense model at that level learned nothing to keep.
+    chance = constant_metrics(
+        p.train, p.val, p.tasks, batch_size=cfg.batch_size, max_batches=cfg.eval_batches, seed=cfg.seed
+    )
     report = build_report(
         job.cfg,
         pruning,
@@ -280,31 +355,70 @@ def _finish(job: _Job, pruning: Pruning, model: nn.Module, dense: Metrics, last:
         dense,
         pruned,
         task_weights=last.task_weights,
-        wall=time.perf_counter() - started,
+        wall=time.perf_counter() - started + job.earlier_seconds,
         diagnostics=evaluation.diagnostics,
+        chance=chance,
     )
     write_model(job.run.report, report)
     return report
 
 
 def _prune(cfg: PruneConfig, resume: bool, overwrite: bool, hooks: Hooks, world: World) -> RunReport:
+    # Rank 0 holds the run folder's lock until the run ends: a second prune/resume/export of it is refused.
+    with ExitStack() as held:
+
+        def claim() -> RunDir:
+            return held.enter_context(claim_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite))
+
+        return _prune_claimed(cfg, resume, hooks, world, claim)
+
+
+def _prune_claimed(
+    cfg: PruneConfig, resume: bool, hooks: Hooks, world: World, claim: Callable[[], RunDir]
+) -> RunReport:
     started = time.perf_counter()
     fresh = not Path(cfg.out).exists()
-    run = run_on_main(world, lambda: prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite))
+    if not resume:  # a resumed run keeps what its config.json recorded
+        cfg = record_inputs(cfg)
+    run = run_on_main(world, claim)
     try:
         job = agree(world, lambda: _check_and_prepare(cfg, run, resume, hooks, world))
-    except BaseException:
+    except BaseException as exc:
         if world.is_main and fresh and run.root.is_dir() and not any(run.root.iterdir()):
             run.root.rmdir()
+        if isinstance(exc, KeyboardInterrupt):
+            kept = (
+                f"its saved state is kept: continue with `adapmtl resume {run.root}`" if resume else "nothing was saved"
+            )
+            raise _interrupted(exc, f"{str(exc) or 'interrupted before the run started'}; {kept}") from None
         raise
-    job.on_main(lambda: _write_setup(job))
-    model = job.prepared.loaded.model.to(job.device)
-    # Evaluation (in eval mode, under no_grad) changes no weight or buffer, so rank 0 alone can do it.
-    dense = job.on_main(lambda: _dense_metrics(job, model))
-    pruning = _pruning(job, model)
-    last = _fine_tune(job, pruning)
-    model = pruning.finalize()
-    return job.on_main(lambda: _finish(job, pruning, model, dense, last, started))
+    try:
+        job.on_main(lambda: _write_setup(job))
+        model = job.prepared.loaded.model.to(job.device)
+        # Evaluation (in eval mode, under no_grad) changes no weight or buffer, so rank 0 alone can do it.
+        dense = job.on_main(lambda: _dense_metrics(job, model))
+        pruning = _pruning(job, model)
+        last = _fine_tune(job, pruning)
+        model = pruning.finalize()
+        return job.on_main(lambda: _finish(job, pruning, model, dense, last, started))
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, _interrupt_message(job)) from None
+
+
+def _interrupt_message(job: _Job) -> str:
+    """What an interruption kept and how to go on: ``adapmtl resume RUN`` and the step it continues from."""
+    root = job.run.root
+    if job.saved_step is not None:
+        return f"interrupted; the state saved at step {job.saved_step} is kept: continue with `adapmtl resume {root}`"
+    if job.run.config.is_file():
+        return f"interrupted before the first state was saved; `adapmtl resume {root}` starts again from step 0"
+    return "interrupted before the run started; nothing was saved"
+
+
+def _interrupted(exc: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+    """``KeyboardInterrupt(message)``, still marked as another rank's copy when ``exc`` was one."""
+    new = KeyboardInterrupt(message)
+    return new if reports_error(exc) else mark_rank_copy(new)
 
 
 def _check_finite(metrics: Metrics) -> None:

@@ -5,6 +5,13 @@ allow_unused=True)`` says which parameters it reaches (``None`` = not connected:
 parameter reached by every task is *backbone*, by one task that task's *head*, by a subset a *shared* branch.
 This works for hard sharing, task attention inside an encoder and branched trees without name conventions.
 Parameters reached by no task are reported and never pruned. ``--backbone GLOB`` / ``--head TASK=GLOB`` override.
+
+**Tied weights.** One tensor may be the weight of several layers (weight tying: ``b.weight = a.weight``).
+``named_parameters`` lists it once, under its first holder in module order, so it is reached, counted and
+pruned as that layer's weight: the first holder is the prunable :class:`Layer`, the others are its aliases
+(``ComponentMap.tied``), which the parametrizations give the very same pruned value. A tensor tied to anything
+but the ``weight`` of a prunable layer (an embedding, a bias), or whose holders an ``--exclude`` glob names, is
+excluded as a whole: pruning it through one holder would change the others behind their back.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class ComponentMap:
     unreached: tuple[str, ...]
     excluded: tuple[str, ...]
     overrides: dict[str, str] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    """Alias layer fqn -> the layer whose weight it holds (tied weights): pruned, counted and saved once."""
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
@@ -96,6 +105,16 @@ def _common_prefix(names: Sequence[str]) -> str:
 def _matches(fqn: str, patterns: Sequence[str]) -> bool:
     # A glob naming a module also covers its submodules: "heads.seg" matches "heads.seg.0.conv".
     return any(fnmatch.fnmatchcase(fqn, p) or fnmatch.fnmatchcase(fqn, p + ".*") for p in patterns)
+
+
+def parameter_holders(model: nn.Module) -> dict[int, list[tuple[str, str]]]:
+    """``id(parameter) -> [(module fqn, parameter name), ...]`` in module order; tied ones have several holders."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for mname, module in model.named_modules():
+        for pname, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), []).append((mname, pname))
+    return holders
 
 
 def reachability(model: nn.Module, outputs: dict[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, frozenset[str]]:
@@ -149,6 +168,37 @@ def _module_tasks(
     return module_tasks, overrides
 
 
+def _prunable_layers(
+    modules: dict[str, nn.Module],
+    comp_of: dict[str, str],
+    holders: dict[int, list[tuple[str, str]]],
+    exclude: Sequence[str],
+) -> tuple[list[Layer], list[str], dict[str, str]]:
+    """The prunable layers in module order, the excluded module names, and the tied aliases (alias -> owner)."""
+    layers: list[Layer] = []
+    excluded: list[str] = []
+    tied: dict[str, str] = {}
+    for mname, module in modules.items():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        if getattr(module, "weight", None) is None or not isinstance(module.weight, nn.Parameter):
+            continue
+        group = holders[id(module.weight)]
+        if len(group) > 1 and not all(isinstance(modules[m], PRUNABLE_TYPES) and pn == "weight" for m, pn in group):
+            if mname in comp_of:
+                excluded.append(mname)  # tied to an embedding, a bias...: left as it is
+            continue
+        if group[0][0] != mname or mname not in comp_of:
+            continue  # an alias goes with its owner; an unreached owner is no layer
+        names = [m for m, _ in group]
+        if any(_matches(m, exclude) for m in names):
+            excluded += names
+            continue
+        tied.update({alias: mname for alias in names[1:]})
+        layers.append(Layer(mname, comp_of[mname], module.weight.numel(), type(module).__name__))
+    return layers, excluded, tied
+
+
 def discover_components(
     model: nn.Module,
     outputs: dict[str, torch.Tensor],
@@ -184,18 +234,9 @@ def discover_components(
         groups.setdefault(name, []).append(mname)
         kinds[name] = (kind, ordered)
 
-    layers: list[Layer] = []
-    excluded: list[str] = []
     comp_of = {m: name for name, ms in groups.items() for m in ms}
-    for mname, module in modules.items():
-        if not isinstance(module, PRUNABLE_TYPES) or mname not in comp_of:
-            continue
-        if getattr(module, "weight", None) is None or not isinstance(module.weight, nn.Parameter):
-            continue
-        if _matches(mname, exclude):
-            excluded.append(mname)
-            continue
-        layers.append(Layer(mname, comp_of[mname], module.weight.numel(), type(module).__name__))
+    holders = parameter_holders(model)
+    layers, excluded, tied = _prunable_layers(modules, comp_of, holders, exclude)
     if not layers:
         raise DiscoveryError(
             "found no prunable layer (Conv*/ConvTranspose*/Linear weights reached by a task and not excluded); "
@@ -210,7 +251,8 @@ def discover_components(
     for name in sorted(groups, key=order):
         ms = groups[name]
         kind, ctasks = kinds[name]
-        params = sum(p.numel() for m in ms for p in modules[m].parameters(recurse=False))
+        # A tied parameter counts once, in its first holder's component.
+        params = sum(p.numel() for m in ms for p in modules[m].parameters(recurse=False) if holders[id(p)][0][0] == m)
         prunable = sum(layer.params for layer in layers if layer.component == name)
         components.append(Component(name, kind, ctasks, tuple(ms), params, prunable, _common_prefix(ms)))
     # Components with nothing to prune still appear (their parameters exist), but carry no threshold.
@@ -221,4 +263,5 @@ def discover_components(
         unreached=tuple(unreached),
         excluded=tuple(excluded),
         overrides=overrides,
+        tied=tied,
     )

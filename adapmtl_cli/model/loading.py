@@ -4,16 +4,25 @@ Accepted: a state_dict saved with ``torch.save`` (``.pt``/``.pth``/anything) or 
 wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"model_state_dict": ...}`` and possibly carrying the
 ``module.`` prefix DistributedDataParallel adds; the architecture then comes from ``--factory module:function``
 or ``path/to/file.py:function``. A fully pickled ``nn.Module`` is code, not data: it is loaded only when the user
-passes ``--trust-pickle``; otherwise we name the classes it would import without unpickling anything.
+passes ``--trust-pickle``; otherwise we name the classes it would import without unpickling anything, in the
+zip format of ``torch.save`` (torch >= 1.6) and in the legacy format before it (several pickles in a row, read
+with ``pickletools``). Zip records must be stored uncompressed, as ``torch.save`` writes them: a compressed one
+could inflate a small file to gigabytes.
+
+A factory is user code: what it prints goes to stderr (stdout carries ``--json`` output), and a ``sys.exit``
+inside it is a ``CheckpointError``, not the end of the program.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import importlib
 import importlib.util
+import pickletools
 import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,28 +67,51 @@ def load_factory(spec: str) -> Callable[..., Any]:
         sys.modules[name] = module
         # The factory file often imports siblings (its own model code): make its folder importable.
         sys.path.insert(0, str(path.resolve().parent))
-        try:
+        with _user_code(spec, "it was imported", lambda e: f"importing --factory file {module_part!r} failed: {e}"):
             module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise CheckpointError(f"importing --factory file {module_part!r} failed: {exc}") from exc
     else:
-        try:
+        with _user_code(spec, "it was imported", lambda e: f"cannot import --factory module {module_part!r}: {e}"):
             module = importlib.import_module(module_part)
-        except Exception as exc:
-            raise CheckpointError(f"cannot import --factory module {module_part!r}: {exc}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise CheckpointError(f"--factory {spec!r}: {module_part!r} has no callable {attr!r}")
+        callables = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+        close = difflib.get_close_matches(attr, callables, n=1)
+        hint = f" (did you mean {f'{module_part}:{close[0]}'!r}?)" if close else ""
+        raise CheckpointError(f"--factory {spec!r}: {module_part!r} has no callable {attr!r}{hint}")
     return fn
+
+
+@contextlib.contextmanager
+def _user_code(spec: str, doing: str, failed: Callable[[Exception], str]) -> Iterator[None]:
+    """Run a factory's code: its prints go to stderr, its exceptions and ``sys.exit`` become ``CheckpointError``.
+
+    ``KeyboardInterrupt`` (Ctrl-C while the model is built) stays one, saying what was interrupted.
+
+    Args:
+        doing: what runs, for the ``sys.exit`` message (``"building the model"``).
+        failed: the message of any other exception.
+    """
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries --json output
+            yield
+    except SystemExit as exc:
+        raise CheckpointError(
+            f"--factory {spec!r} called sys.exit({exc.code!r}) while {doing}; a factory must return the model "
+            "(or raise an exception saying what is wrong)"
+        ) from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted while --factory {spec!r} built the model") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(failed(exc)) from exc
 
 
 def build_from_factory(spec: str) -> nn.Module:
     """Call the factory with no arguments and check that it returns a module."""
     fn = load_factory(spec)
-    try:
+    with _user_code(spec, "building the model", lambda e: f"--factory {spec!r} raised {type(e).__name__}: {e}"):
         model = fn()
-    except Exception as exc:
-        raise CheckpointError(f"--factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -100,23 +132,23 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
             return load_file(str(path)), "safetensors"
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{str(path)!r} is not a valid safetensors file ({exc})") from exc
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_records(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), "state_dict"
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError depending on damage
         first_error = exc
-    if not zipfile.is_zipfile(path) and _starts_like_zip(path):
+    if not is_zip and _starts_like_zip(path):
         raise CheckpointError(
             f"{str(path)!r} starts like a torch.save file but is damaged or truncated; copy or save it again"
         ) from first_error
-    if not zipfile.is_zipfile(path) and not _looks_like_legacy_pickle(path):
+    if not is_zip and not _looks_like_legacy_pickle(path):
         raise CheckpointError(
             f"{str(path)!r} is not a PyTorch checkpoint (not a torch.save zip or pickle); "
             "pass a file written by torch.save or a .safetensors file"
         ) from first_error
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as exc:
-        raise CheckpointError(f"{str(path)!r} is a damaged PyTorch checkpoint ({exc})") from exc
+    unsafe = _unsafe_globals(path, is_zip)
     if not unsafe:
         raise CheckpointError(f"{str(path)!r} cannot be read ({str(first_error).splitlines()[0]})") from first_error
     # The user's own classes first (they are what the user recognises), then torch's; sorted for stable output.
@@ -131,6 +163,105 @@ def _read_raw(path: Path, trust_pickle: bool) -> tuple[Any, str]:
         return torch.load(path, map_location="cpu", weights_only=False), "pickle"
     except Exception as exc:
         raise CheckpointError(f"unpickling {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_zip_records(path: Path) -> None:
+    """Refuse a zip whose records are compressed or claim more bytes than the file has (``torch.save`` stores
+    every record as it is: a compressed one is a crafted or re-packed file, and could inflate to gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # torch.load names the damage
+    size = path.stat().st_size
+    for info in records:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{str(path)!r} holds a compressed record ({info.filename!r}, method {info.compress_type}), which "
+                "torch.save never writes; refused (a small compressed file can inflate to gigabytes): save the "
+                "model again with torch.save"
+            )
+        if info.file_size > size:
+            raise CheckpointError(
+                f"{str(path)!r} record {info.filename!r} claims {info.file_size} bytes, more than the whole file "
+                f"({size}); the file is damaged or crafted: save the model again with torch.save"
+            )
+
+
+def _unsafe_globals(path: Path, is_zip: bool) -> list[str]:
+    """What unpickling ``path`` would import beyond torch's ``weights_only`` allow-list (nothing is executed)."""
+    try:
+        if is_zip:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return _legacy_unsafe_globals(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{str(path)!r} is a damaged PyTorch checkpoint ({exc})") from exc
+
+
+# A legacy (pre-1.6) torch.save file: the magic number, the protocol version, the system info and the object,
+# each its own pickle, then the raw storage bytes.
+_LEGACY_PICKLES = 4
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
+_PYTHON2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _legacy_unsafe_globals(path: Path) -> list[str]:
+    """The globals of a legacy file's pickles (``pickletools`` reads the opcodes; nothing is unpickled)."""
+    found: list[str] = []
+    with path.open("rb") as fh:
+        for _ in range(_LEGACY_PICKLES):
+            start = fh.tell()
+            if not fh.read(1):
+                break
+            fh.seek(start)
+            found += _pickle_globals(fh)
+    allowed = _allowed_globals()
+    return sorted({name for name in found if name not in allowed})
+
+
+def _pickle_globals(fh: Any) -> list[str]:
+    """``module.name`` of every global one pickle would import, up to its STOP opcode.
+
+    ``GLOBAL`` and ``INST`` name it; ``STACK_GLOBAL`` takes the two strings pushed before it (memoised ones
+    included); one it cannot resolve is listed as ``"an unresolved global"``.
+    """
+    names: list[str] = []
+    recent: list[str | None] = []  # what the last opcodes pushed, when they pushed a known string
+    memo: dict[Any, str | None] = {}
+    for op, arg, _ in pickletools.genops(fh):
+        if op.name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            names.append(f"{_PYTHON2_MODULES.get(module, module)}.{attr}")
+        elif op.name == "STACK_GLOBAL":
+            module_name = recent[-2:]
+            if len(module_name) == 2 and module_name[0] is not None and module_name[1] is not None:
+                names.append(f"{_PYTHON2_MODULES.get(module_name[0], module_name[0])}.{module_name[1]}")
+            else:
+                names.append("an unresolved global")
+        if op.name in _STRING_OPS:
+            recent.append(str(arg))
+        elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = recent[-1] if recent else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(arg))
+        else:
+            recent.append(None)
+    return names
+
+
+def _allowed_globals() -> set[str]:
+    """The globals ``torch.load(weights_only=True)`` accepts (torch's own list and ``add_safe_globals``)."""
+    allowed: set[str] = set()
+    try:
+        from torch import _weights_only_unpickler
+
+        allowed |= set(_weights_only_unpickler._get_allowed_globals())
+        allowed |= set(_weights_only_unpickler._get_user_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without them: every global is listed
+        pass
+    return allowed
 
 
 def _looks_like_safetensors(path: Path) -> bool:

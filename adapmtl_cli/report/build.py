@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from adapmtl_cli.config import DeltaTEntry, PruneConfig, RunReport, ScoreEntry, TaskMetrics
+from adapmtl_cli.report.chance import chance_warnings
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, collapse, delta_m, delta_p, delta_t, delta_t_bounded
 
@@ -25,11 +26,13 @@ def build_report(
     task_weights: Mapping[str, float],
     wall: float,
     diagnostics: Mapping[str, Mapping[str, float]] | None = None,
+    chance: Metrics | None = None,
 ) -> RunReport:
     """The report of a finished run (``pruning`` finalized; ``task_weights``: those of the last step).
 
     ``diagnostics`` are the pruned model's meter diagnostics per task (the evaluation's), which the collapse check
-    reads; without them only the error metrics are checked.
+    reads; without them only the error metrics are checked. ``chance``: every task's metrics for its best constant
+    prediction on the same split (``report.chance``); a task the dense model does not beat it on gets a warning.
     """
     parts = pruning.report()
     specs = {t.name: t for t in tasks}
@@ -40,6 +43,7 @@ def build_report(
     if unreached:
         warnings.append(f"{len(unreached)} modules are reached by no task and were not pruned")
     warnings += [f"task {task} collapsed: {'; '.join(why)}" for task, why in collapsed.reasons.items()]
+    warnings += chance_warnings(dense, chance, specs)
     return RunReport(
         method=cfg.method,
         weighting=parts["weighting"],

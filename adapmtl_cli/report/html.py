@@ -19,11 +19,13 @@ from adapmtl_cli.report.views import (
     BOUNDED_SYMBOL,
     Plot,
     RunView,
+    baseline_warning,
     bounded_score,
     collapse_line,
     collapsed_tasks,
     fmt,
     layer_scale_note,
+    metrics_title,
     per_task_scores,
     relative_change,
     rows,
@@ -135,7 +137,7 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
         for c in r.components
     ]
     parts.append(_table(("component", "kind", "tasks", "params", "sparsity", "", "threshold"), body, num))
-    parts.append("<h2>Task metrics on the validation split (dense → pruned)</h2>")
+    parts.append(f"<h2>{escape(metrics_title([run.eval_split]))} (dense → pruned)</h2>")
     num = (False, False, False, True, True, True, True)
     body = []
     for task, tm in r.tasks.items():
@@ -219,7 +221,8 @@ def _compare(runs: Sequence[RunView], layers: bool, sort: str, plots: Sequence[P
             continue
         if row.section != section:
             section = row.section
-            body.append(f'<tr class="group"><td colspan="{len(runs) + 1}">{escape(SECTION_TITLES[section])}</td></tr>')
+            title = metrics_title([r.eval_split for r in runs]) if section == "metric" else SECTION_TITLES[section]
+            body.append(f'<tr class="group"><td colspan="{len(runs) + 1}">{escape(title)}</td></tr>')
         best = row.best()
         cells = [escape(row.label)] + [
             f'<span class="best">{escape(fmt(v, row.kind))}</span>' if i in best else escape(fmt(v, row.kind))
@@ -232,6 +235,9 @@ def _compare(runs: Sequence[RunView], layers: bool, sort: str, plots: Sequence[P
         + "<br>".join(escape(f"{r.label}: {r.path if r.path else '-'}; {r.baseline}") for r in runs)
         + "</p>"
     )
+    different = baseline_warning(runs)
+    if different is not None:
+        parts.append(f'<p class="warn">warning: {escape(different)}</p>')
     parts.append("<h2>Plots</h2>")
     parts.append(_figures(plots))
     return _page(f"adapmtl: comparing {', '.join(labels)}", "\n".join(parts), compare_json(runs, sort=sort))

@@ -12,31 +12,34 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from rich.console import Console, Group, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from adapmtl_cli.config import ComponentsManifest, RunReport
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.report.formats import FORMATS
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json, compare_markdown, report_csv, report_markdown
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
-    DEFAULT_BASELINE,
-    FORMATS,
     Plot,
     RunView,
+    baseline_warning,
     bounded_score,
     collapse_line,
     collapsed_tasks,
     fmt,
     layer_scale_note,
     load_report,
+    metrics_title,
     per_task_scores,
     relative_change,
     rows,
     score_lines,
     sorted_layers,
+    split_name,
 )
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "compare_renderable",
     "dataset_renderable",
     "load_report",
+    "plain_text",
     "render_text",
     "report_markdown",
     "report_renderable",
@@ -88,6 +92,10 @@ class StepCost(Protocol):
     def total_seconds(self) -> float: ...
 
 
+_UNLIMITED = 1_000_000
+"""Columns to measure a renderable in: wide enough that nothing is ever fitted to it."""
+
+
 def _bar(fraction: float, width: int = 12) -> str:
     filled = int(round(fraction * width))
     return "█" * filled + "·" * (width - filled)
@@ -110,9 +118,9 @@ def _component_table(report: RunReport) -> Table:
     return comp
 
 
-def _metrics_table(report: RunReport) -> Table:
+def _metrics_table(report: RunReport, eval_split: str) -> Table:
     metrics = Table(
-        title="Task metrics on the validation split (dense → pruned; ↑ higher is better, ↓ lower)",
+        title=f"{metrics_title([eval_split])} (dense → pruned; ↑ higher is better, ↓ lower)",
         title_justify="left",
     )
     for col in ("task", "metric", "better", "dense", "pruned", "change", "relative"):
@@ -159,9 +167,17 @@ def _layer_table(report: RunReport, sort: str) -> Table:
 
 
 def report_renderable(
-    report: RunReport, *, layers: bool = False, sort: str = "model", baseline: str | None = None
+    report: RunReport,
+    *,
+    layers: bool = False,
+    sort: str = "model",
+    baseline: str | None = None,
+    eval_split: str = "val",
 ) -> Group:
-    """The terminal view: summary line, component table, task metrics, Δ_T, optional layer table."""
+    """The terminal view: summary line, component table, task metrics, Δ_T, optional layer table.
+
+    ``eval_split`` names the split the metrics come from (the run's ``eval_split``), for the titles.
+    """
     head = Text.assemble(
         ("Sparsity ", "bold"),
         f"target {report.target_sparsity:.2%} → achieved ",
@@ -171,13 +187,14 @@ def report_renderable(
     )
     dt = report.delta_t
     bounded = bounded_score(report)
-    notes = [dt.convention, *([bounded.convention] if bounded else []), baseline or DEFAULT_BASELINE]
+    baseline = baseline or f"baseline: the dense model on the {split_name(eval_split)} split"
+    notes = [dt.convention, *([bounded.convention] if bounded else []), baseline]
     notes += score_lines(report)
     if report.task_weights:
         notes.append(_weights_line(report))
     if dt.skipped:
         notes.append(f"skipped (dense value 0): {', '.join(dt.skipped)}")
-    parts: list[RenderableType] = [head, _component_table(report), _metrics_table(report)]
+    parts: list[RenderableType] = [head, _component_table(report), _metrics_table(report, eval_split)]
     parts += _score_texts(report)
     parts.extend(Text(n, style="dim") for n in notes)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in report.warnings)
@@ -221,7 +238,8 @@ def compare_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: s
     shown = [row for row in rows(runs, layers=layers, sort=sort) if row.human]
     for i, row in enumerate(shown):
         if i == 0 or shown[i - 1].section != row.section:
-            table.add_row(Text(SECTION_TITLES[row.section], style="bold"), *([""] * len(runs)))
+            title = metrics_title([r.eval_split for r in runs]) if row.section == "metric" else None
+            table.add_row(Text(title or SECTION_TITLES[row.section], style="bold"), *([""] * len(runs)))
         best = row.best()
         cells = [
             Text(fmt(v, row.kind) + " ★", style="bold green") if j in best else Text(fmt(v, row.kind))
@@ -231,6 +249,9 @@ def compare_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: s
         table.add_row(row.label, *cells, end_section=last)
     legend = [Text(f"★ {BEST_RULE}", style="dim")]
     legend += [Text(f"{r.label}: {r.path if r.path else '-'}; {r.baseline}", style="dim") for r in runs]
+    different = baseline_warning(runs)
+    if different is not None:
+        legend.append(Text(f"warning: {different}", style="yellow"))
     return Group(table, *legend)
 
 
@@ -262,15 +283,27 @@ def render_text(
         from adapmtl_cli.report.html import report_html
 
         return report_html(runs, layers=layers, sort=sort, plots=plots)
-    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, soft_wrap=False)
-    console.print(terminal_renderable(runs, layers=layers, sort=sort))
+    return plain_text(terminal_renderable(runs, layers=layers, sort=sort), min_width=width)
+
+
+def plain_text(renderable: RenderableType, *, min_width: int = 80) -> str:
+    """``renderable`` as plain text at its natural width (at least ``min_width``): nothing cut, no colour codes.
+
+    What every command prints off a terminal and what ``report --output x.txt`` writes: rich fits tables into
+    the console's width by cutting cells (``…``), so the width is measured first, with no limit.
+    """
+    probe = Console(file=io.StringIO(), width=_UNLIMITED, color_system=None, highlight=False, soft_wrap=True)
+    width = max(min_width, Measurement.get(probe, probe.options, renderable).maximum)
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, soft_wrap=True)
+    console.print(renderable)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def terminal_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: str = "model") -> Group:
     if len(runs) > 1:
         return compare_renderable(runs, layers=layers, sort=sort)
-    return report_renderable(runs[0].report, layers=layers, sort=sort, baseline=runs[0].baseline)
+    run = runs[0]
+    return report_renderable(run.report, layers=layers, sort=sort, baseline=run.baseline, eval_split=run.eval_split)
 
 
 def components_renderable(

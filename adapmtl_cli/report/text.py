@@ -12,7 +12,7 @@ import io
 import json
 from collections.abc import Sequence
 
-from adapmtl_cli.config import RunReport
+from adapmtl_cli.config import SCHEMA_VERSION, RunReport
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
@@ -22,6 +22,7 @@ from adapmtl_cli.report.views import (
     collapse_line,
     fmt,
     layer_scale_note,
+    metrics_title,
     per_task_scores,
     relative_change,
     rows,
@@ -118,7 +119,8 @@ def compare_markdown(runs: Sequence[RunView], *, layers: bool = False, sort: str
             continue
         if row.section != section:
             section = row.section
-            lines += ["", f"### {SECTION_TITLES[section]}", ""]
+            title = metrics_title([r.eval_split for r in runs]) if section == "metric" else SECTION_TITLES[section]
+            lines += ["", f"### {title}", ""]
             lines.append("| | " + " | ".join(_cell(x) for x in labels) + " |")
             lines.append("|---|" + "---:|" * len(labels))
         best = row.best()
@@ -149,7 +151,7 @@ def report_csv(runs: Sequence[RunView], *, layers: bool = True, sort: str = "mod
 def compare_json(runs: Sequence[RunView], *, sort: str = "model") -> str:
     """Every run's ``report.json`` plus the comparison rows (values keyed by run label, best labels)."""
     doc = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "runs": [
             {"label": r.label, "path": str(r.path) if r.path else None, "report": r.report.model_dump(mode="json")}
             for r in runs

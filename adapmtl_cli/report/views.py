@@ -21,13 +21,14 @@ from adapmtl_cli.config import LayerSparsity, PruneConfig, RunReport, ScoreEntry
 from adapmtl_cli.errors import AdapmtlError, ConfigError
 from adapmtl_cli.files.atomic import atomic_write, read_jsonl, read_model
 from adapmtl_cli.files.rundir import RunDir
+from adapmtl_cli.report.formats import SORTS
 from adapmtl_cli.tasks.scores import COLLAPSE_CONVENTION, SCORE_CONVENTIONS
 
-FORMATS = ("table", "json", "markdown", "csv", "html")
-SORTS = ("model", "sparsity", "params", "name")
-SUFFIX_FORMATS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".html": "html"}
 DEFAULT_BASELINE = "baseline: the dense model on the validation split"
-BEST_RULE = "best per row: higher sparsity, better metric, higher Δ_T, shorter time"
+BEST_RULE = (
+    "best per row: higher overall sparsity, better metric, higher Δ_T, shorter time; rows without a better "
+    "direction (sparsity per component or layer, thresholds, task weights) are not marked"
+)
 BOUNDED = "delta_t_bounded"
 """The key of the bounded Δ_T in ``RunReport.scores``; reports show it beside Δ_T, not among the other scores."""
 BOUNDED_SYMBOL = SCORE_CONVENTIONS[BOUNDED].symbol
@@ -49,10 +50,11 @@ class RunView:
     """One finished run as the renderers see it.
 
     Attributes:
-        label: column heading in comparisons (the folder name, or the path when names repeat).
+        label: column heading in comparisons (the shortest path suffix that tells the runs apart).
         report: ``report.json``.
         baseline: one line naming what the pruned model is compared with.
         metrics: the ``metrics.jsonl`` records (one per logged step), for the plots over steps.
+        eval_split: the split both models were scored on (``val`` or ``test``; the run's ``eval_split``).
     """
 
     label: str
@@ -60,6 +62,7 @@ class RunView:
     baseline: str = DEFAULT_BASELINE
     path: Path | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    eval_split: str = "val"
 
 
 @dataclass(frozen=True)
@@ -122,55 +125,46 @@ def write_output(path: Path, data: str | bytes) -> None:
     path.chmod(0o666 & ~umask)
 
 
-def resolve_format(
-    fmt: str | None, *, as_json: bool = False, markdown: bool = False, output: Path | None = None, sort: str = "model"
-) -> str:
-    """The format asked for: ``--format``, a short flag, else ``--output``'s suffix, else ``table``.
-
-    Raises:
-        ConfigError: an unknown format or sort key, or flags that contradict each other (all named at once).
-    """
-    asked = {name for name, on in (("json", as_json), ("markdown", markdown)) if on}
-    problems = []
-    if fmt is not None and fmt not in FORMATS:
-        problems.append(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt is not None:
-        asked.add(fmt)
-    if len(asked) > 1:
-        problems.append(f"pick one format, got {', '.join(sorted(asked))}")
-    if sort not in SORTS:
-        problems.append(f"--sort {sort!r} is not one of {', '.join(SORTS)}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    if asked:
-        return asked.pop()
-    if output is not None:
-        return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "table")
-    return "table"
-
-
 def load_report(run: Path) -> RunReport:
     """The ``report.json`` of a finished run."""
     rd = RunDir(run)
     if rd.root.is_dir() and rd.is_run() and not rd.report.is_file():
         raise ConfigError(
-            f"run {str(run)!r} has not finished (no report.json); continue it with `adapmtl prune --resume --out {run}`"
+            f"run {str(run)!r} has not finished (no report.json); continue it with `adapmtl resume {run}`"
         )
     return read_model(rd.report, RunReport)
 
 
-def _baseline(rd: RunDir) -> str:
+def split_name(eval_split: str) -> str:
+    """How the reports name an evaluation split: ``validation`` for ``val``, else the split's own name."""
+    return "validation" if eval_split == "val" else eval_split
+
+
+def metrics_title(splits: Sequence[str]) -> str:
+    """The title of the task metrics: ``Task metrics on the test split``, or each run's split when they differ."""
+    names = sorted({split_name(s) for s in splits}) or ["validation"]
+    if len(names) == 1:
+        return f"Task metrics on the {names[0]} split"
+    return f"Task metrics on each run's own split ({', '.join(names)}; see the baselines)"
+
+
+def _run_config(rd: RunDir) -> PruneConfig | None:
     try:
-        cfg = read_model(rd.config, PruneConfig)
+        return read_model(rd.config, PruneConfig)
     except (AdapmtlError, ValidationError, ValueError):
+        return None
+
+
+def _baseline(cfg: PruneConfig | None) -> str:
+    if cfg is None:
         return DEFAULT_BASELINE
     tail = f" (first {cfg.eval_batches} batches)" if cfg.eval_batches else ""
-    split = "validation" if cfg.eval_split == "val" else cfg.eval_split
+    split = split_name(cfg.eval_split)
     return f"baseline: the dense checkpoint {cfg.checkpoint} on the {split} split of {cfg.data_dir}{tail}"
 
 
 def load_runs(paths: Sequence[Path]) -> list[RunView]:
-    """Load every run (all problems on one line); labels are folder names, or paths when names repeat."""
+    """Load every run (all problems on one line); labels are the shortest path suffixes that tell them apart."""
     reports: list[RunReport] = []
     problems: list[str] = []
     for p in paths:
@@ -181,24 +175,52 @@ def load_runs(paths: Sequence[Path]) -> list[RunView]:
     if problems:
         raise ConfigError("; ".join(problems))
     labels = run_labels(paths)
-    return [
-        RunView(
-            label, rep, _baseline(RunDir(p)), Path(p), [r for r in read_jsonl(RunDir(p).metrics) if "event" not in r]
-        )
-        for label, rep, p in zip(labels, reports, paths, strict=True)
-    ]
+    views = []
+    for label, rep, p in zip(labels, reports, paths, strict=True):
+        cfg = _run_config(RunDir(p))
+        metrics = [r for r in read_jsonl(RunDir(p).metrics) if "event" not in r]
+        split = cfg.eval_split if cfg is not None else "val"
+        views.append(RunView(label, rep, _baseline(cfg), Path(p), metrics, eval_split=split))
+    return views
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:
-    names = [Path(p).name or str(p) for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
-    seen: dict[str, int] = {}
+    """Column headings: per run the shortest path suffix no other run shares (``a/run``, ``b/run``).
+
+    The same folder given twice keeps its path, numbered from the second time (``runs/a #2``).
+    """
+    parts = [Path(p).parts or (str(p),) for p in paths]
     out = []
-    for n in names:
+    for i, mine in enumerate(parts):
+        others = [x for j, x in enumerate(parts) if j != i]
+        label = None
+        for k in range(1, len(mine) + 1):
+            if all(x[-k:] != mine[-k:] for x in others):
+                label = str(Path(*mine[-k:]))
+                break
+        out.append(label if label is not None else str(paths[i]))
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):
         seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+        if seen[n] > 1:
+            out[i] = f"{n} #{seen[n]}"
     return out
+
+
+def baseline_warning(runs: Sequence[RunView]) -> str | None:
+    """A warning when compared runs were scored against different dense models or data (their dense metrics
+    differ), so their changes and Δ_T do not compare; None when every run has the same baseline."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        key = repr(sorted((t, sorted(m.dense.items())) for t, m in run.report.tasks.items()))
+        groups.setdefault(key, []).append(run.label)
+    if len(groups) < 2:
+        return None
+    sets = "; ".join(", ".join(labels) for labels in groups.values())
+    return (
+        f"the runs have different dense baselines (dense metrics differ between {sets}): their changes and Δ_T "
+        "are measured against different models or data; compare their pruned metrics instead"
+    )
 
 
 def _natural(name: str) -> list[Any]:
@@ -294,7 +316,8 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
         add("component", comp, "tasks", "text", lambda r, g=get: ",".join(g(r).tasks), human=False)
         add("component", comp, "params", "int", lambda r, g=get: g(r).params, human=False)
         add("component", comp, "zeros", "int", lambda r, g=get: g(r).zeros, human=False)
-        add("component", comp, "sparsity", "ratio", lambda r, g=get: g(r).sparsity, +1)
+        # Where the sparsity went has no better direction: only the overall figure does.
+        add("component", comp, "sparsity", "ratio", lambda r, g=get: g(r).sparsity)
         add("component", comp, "threshold", "threshold", lambda r, g=get: g(r).threshold)
     for task in _union(rep.tasks for rep in reps):
         have = [rep.tasks[task] for rep in reps if task in rep.tasks]
@@ -321,7 +344,7 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
             add("layer", name, "component", "text", lambda r, g=lay: g(r).component, human=False)
             add("layer", name, "params", "int", lambda r, g=lay: g(r).params, human=False)
             add("layer", name, "zeros", "int", lambda r, g=lay: g(r).zeros, human=False)
-            add("layer", name, "sparsity", "ratio", lambda r, g=lay: g(r).sparsity, +1)
+            add("layer", name, "sparsity", "ratio", lambda r, g=lay: g(r).sparsity)
             add("layer", name, "threshold", "threshold", lambda r, g=lay: g(r).threshold, human=False)
     return out
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.model.discover import ComponentMap
-from adapmtl_cli.sparsity.thresholds import ParametrizedLayers, parameter_order
+from adapmtl_cli.sparsity.thresholds import ParametrizedLayers, parameter_order, tie_parametrizations_
 
 
 class WeightMask(nn.Module):
@@ -39,13 +39,14 @@ class MaskedModel(ParametrizedLayers):
 
 
 def inject_masks_(model: nn.Module, cmap: ComponentMap) -> MaskedModel:
-    """Parametrize every prunable layer with an all-ones mask."""
-    order = parameter_order(model, [layer.fqn for layer in cmap.layers])
+    """Parametrize every prunable layer with an all-ones mask; a tied alias shares its owner's mask."""
+    order = parameter_order(model, [*(layer.fqn for layer in cmap.layers), *cmap.tied])
     mods = dict(model.named_modules())
     for layer in cmap.layers:
         module = mods[layer.fqn]
         parametrize.register_parametrization(module, "weight", WeightMask(module.weight.shape), unsafe=True)
-    return MaskedModel(model, {layer.fqn: layer.component for layer in cmap.layers}, order)
+    tie_parametrizations_(model, cmap.tied)
+    return MaskedModel(model, {layer.fqn: layer.component for layer in cmap.layers}, order, cmap.tied)
 
 
 @torch.no_grad()

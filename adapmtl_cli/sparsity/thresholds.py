@@ -7,6 +7,10 @@ exact ``+0.0`` (never ``-0.0``). The threshold is always evaluated in fp32 (``si
 
 The thresholds live once, in a ``ThresholdBank``; parametrizations only hold a reference to it, so the
 state_dict has each threshold exactly once (the original code stored a copy per conv).
+
+Tied weights (``ComponentMap.tied``: one tensor held by several layers) are parametrized once per holder with the
+*same* parametrization module, so every holder computes the same pruned value from the one raw tensor; only the
+owner is a layer (measured and counted once), and baking makes the holders share one plain parameter again.
 """
 
 from __future__ import annotations
@@ -124,7 +128,11 @@ class ParametrizedLayers(nn.Module):
     """The user's model whose prunable layers carry a weight parametrization; shared by thresholds and masks."""
 
     def __init__(
-        self, model: nn.Module, groups: Mapping[str, str], param_order: Mapping[str, list[str]] | None = None
+        self,
+        model: nn.Module,
+        groups: Mapping[str, str],
+        param_order: Mapping[str, list[str]] | None = None,
+        tied: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -132,6 +140,8 @@ class ParametrizedLayers(nn.Module):
         """layer fqn -> group (threshold group, or component for masks)."""
         self.param_order = dict(param_order or {})
         """layer fqn -> its parameters' names in the order before the parametrization (see ``unparametrize_``)."""
+        self.tied = dict(tied or {})
+        """alias fqn -> owner layer fqn: aliases share the owner's weight and parametrization, and are no layer."""
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return self.model(*args, **kwargs)
@@ -157,18 +167,39 @@ class ParametrizedLayers(nn.Module):
         """Make every parametrized weight a plain parameter holding its current value; returns the user's model.
 
         ``remove_parametrizations`` registers ``weight`` anew, after ``bias``; the original order is put back,
-        so the baked model's ``state_dict`` has the user's keys in the user's order.
+        so the baked model's ``state_dict`` has the user's keys in the user's order. A tied alias gets its owner's
+        baked parameter itself, so the tie survives baking.
         """
-        for fqn, module in self.layer_modules().items():
+        owners = self.layer_modules()
+        for fqn, module in owners.items():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            order = self.param_order.get(fqn)
-            if order and list(module._parameters) != order:
-                params = module._parameters
-                keep = {k: params[k] for k in order if k in params}
-                keep.update({k: v for k, v in params.items() if k not in keep})
-                params.clear()
-                params.update(keep)
+            _restore_order(module, self.param_order.get(fqn))
+        if self.tied:
+            mods = dict(self.model.named_modules())
+            for alias, owner in self.tied.items():
+                module = mods[alias]
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+                module._parameters["weight"] = owners[owner]._parameters["weight"]
+                _restore_order(module, self.param_order.get(alias))
         return self.model
+
+
+def _restore_order(module: nn.Module, order: list[str] | None) -> None:
+    """Put ``module``'s parameters back in ``order`` (``remove_parametrizations`` appends ``weight`` last)."""
+    if order and list(module._parameters) != order:
+        params = module._parameters
+        keep = {k: params[k] for k in order if k in params}
+        keep.update({k: v for k, v in params.items() if k not in keep})
+        params.clear()
+        params.update(keep)
+
+
+def tie_parametrizations_(model: nn.Module, tied: Mapping[str, str]) -> None:
+    """Give each tied alias its owner's parametrization module (the owner must be parametrized already)."""
+    mods = dict(model.named_modules())
+    for alias, owner in tied.items():
+        shared = cast(Any, mods[owner]).parametrizations.weight[0]
+        parametrize.register_parametrization(mods[alias], "weight", shared, unsafe=True)
 
 
 def parameter_order(model: nn.Module, fqns: Sequence[str]) -> dict[str, list[str]]:
@@ -186,8 +217,9 @@ class ThresholdedModel(ParametrizedLayers):
         bank: ThresholdBank,
         groups: dict[str, str],
         param_order: Mapping[str, list[str]] | None = None,
+        tied: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(model, groups, param_order)
+        super().__init__(model, groups, param_order, tied)
         self.bank = bank
         self.scaled = False
         """Whether any layer scale may differ from 1 (set by ``set_layer_scales_``; saves work when not)."""
@@ -228,11 +260,12 @@ def inject_thresholds_(model: nn.Module, cmap: ComponentMap, granularity: str = 
     """Parametrize the weight of every prunable layer in ``cmap``; return the wrapper holding the bank."""
     groups = {layer.fqn: group_of(layer, granularity) for layer in cmap.layers}
     bank = ThresholdBank(list(dict.fromkeys(groups.values())))
-    order = parameter_order(model, list(groups))
+    order = parameter_order(model, [*groups, *cmap.tied])
     mods = dict(model.named_modules())
     for fqn, group in groups.items():
         parametrize.register_parametrization(mods[fqn], "weight", SoftThreshold(bank, group), unsafe=True)
-    return ThresholdedModel(model, bank, groups, order)
+    tie_parametrizations_(model, cmap.tied)
+    return ThresholdedModel(model, bank, groups, order, cmap.tied)
 
 
 @torch.no_grad()

@@ -3,10 +3,14 @@
 A wrong *output* is the model's or ``--outputs``' fault and raises ``DiscoveryError``; a wrong *target* is the
 dataset's and raises ``DataError``. Dense outputs are then resized bilinearly to the target's size in fp32 (see
 ``tasks/base.py``), so models with a lower output stride need no special handling.
+
+Class labels stored on disk as floats (MTAN's ``label/*.npy``) must hold whole numbers: :func:`class_ids` refuses
+``0.5`` instead of truncating or rounding it to a class id, in every reader that converts stored labels.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -116,3 +120,37 @@ def label_target(task: str, target: torch.Tensor) -> torch.Tensor:
             "check the dataset adapter"
         )
     return target
+
+
+LABEL_TOLERANCE = 1e-3
+"""How far a float class label may lie from a whole number (float storage noise) and still count as that id."""
+
+
+def class_ids(values: np.ndarray, where: str, *, task: str = "segmentation") -> np.ndarray:
+    """Stored class labels as int64: integers as they are, floats only when each is a whole number.
+
+    A label of ``0.5`` is no class: truncating it (``astype``) or rounding it (``rint``) would silently train on
+    a class the data never gave; such maps usually come from resizing labels with interpolation.
+
+    Args:
+        values: the labels as read (any integer or float dtype; NaN is refused by the readers before).
+        where: the file or sample the labels come from, as the message names it (already quoted).
+        task: the task's name, as the message says it.
+
+    Raises:
+        DataError: ``values`` is not numeric, or holds a label farther than :data:`LABEL_TOLERANCE` from a
+            whole number.
+    """
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    if values.dtype.kind != "f":
+        raise DataError(f"{where} holds {task} labels of dtype {str(values.dtype)!r}; store integer class ids")
+    whole = np.rint(values)
+    off = np.abs(values - whole) > LABEL_TOLERANCE
+    if off.any():
+        bad = float(values[off].flat[0])
+        raise DataError(
+            f"{where} holds {task} label {bad!r} ({int(off.sum())} such pixels), which is not a class id; "
+            "labels must be whole numbers: resize label maps with nearest-neighbour, never with interpolation"
+        )
+    return whole.astype(np.int64)

@@ -16,6 +16,12 @@ the last good state (the one saved last, kept in memory), halves every learning 
 batches; after ``max_rollbacks`` rollbacks in a run it stops with a ``TrainingError``. The rollback count and
 the lowered rates are part of the saved state.
 
+Randomness: every global random stream (torch's on the CPU and every CUDA device, numpy's, Python's ``random``)
+is seeded from ``(seed, step)`` alone before each step's forward, and from ``(seed, epoch, index)`` before each
+item of the training data is read (in the loader's worker processes too), so dropout, random augmentation in the
+dataset and anything else drawn from them are the same whether a run went through uninterrupted, was resumed
+from any saved step, or rolled back; the order of the batches depends on ``(seed, step)`` only (``batches.py``).
+
 Distributed (``world.distributed``): ``--batch-size`` is the global batch; each rank trains a DDP copy on its
 slice of every global batch (see ``EpochSampler``), and every decision (rollback, stop, the adaptive weights,
 the controller's level) is taken from all-reduced numbers or synchronised weights, so all ranks take the same.
@@ -23,7 +29,9 @@ the controller's level) is taken from all-reduced numbers or synchronised weight
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 import re
 import signal
 import threading
@@ -33,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -90,6 +99,49 @@ class LoopState:
     rollbacks: int = 0
     scaler: dict[str, Any] | None = None
     """The fp16 gradient scaler's state (``None`` for other precisions)."""
+    task_weights: dict[str, float] | None = None
+    """The task weights of the step that led to this state (``None`` in states saved before they were kept)."""
+
+
+def seed_streams_(*parts: object) -> None:
+    """Seed every global random stream from ``parts`` alone: torch's (CPU, and each CUDA device once CUDA is up),
+    numpy's and Python's ``random``.
+
+    ``torch.default_generator`` is seeded directly: ``torch.manual_seed`` also visits every other backend, which
+    costs half a millisecond, too much per data item.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    seed = int.from_bytes(digest, "little") >> 1  # 63 bits: a valid seed for every generator
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class SeededItems(Dataset):
+    """A training split whose item ``index`` of ``epoch`` is read with the random streams seeded from
+    ``(seed, epoch, index)``: a dataset drawing random numbers (augmentation) gives the same item whenever it is
+    read, on any resume, in any worker process.
+
+    ``set_epoch`` is what ``train_batches`` calls each epoch; it is passed on to the wrapped split.
+    """
+
+    def __init__(self, inner: Dataset, seed: int) -> None:
+        self.inner, self.seed, self.epoch = inner, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        seed_streams_("item", self.seed, self.epoch, int(index))
+        return self.inner[index]
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        self.epoch, self.seed = epoch, seed
+        inner = getattr(self.inner, "set_epoch", None)
+        if callable(inner):
+            inner(epoch, seed)
 
 
 def _cpu_clone(obj: Any) -> Any:
@@ -204,7 +256,7 @@ class _Loop:
         world: World,
         hooks: LoopHooks,
     ) -> None:
-        self.pruning, self.dataset, self.tasks, self.cfg = pruning, dataset, list(tasks), cfg
+        self.pruning, self.dataset, self.tasks, self.cfg = pruning, SeededItems(dataset, cfg.seed), list(tasks), cfg
         self.device, self.world, self.hooks = device, world, hooks
         self.tm = pruning.pruner.module
         self.tm.to(device).train()
@@ -215,6 +267,7 @@ class _Loop:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.optimizer = adam(pruning.param_groups(cfg.lr))
         self.elapsed, self.rollbacks = 0.0, 0
+        self.resumed_weights: dict[str, float] | None = None
         self.names = [t.name for t in self.tasks]
         self.flags = torch.tensor([0.0, 1.0], device=device)  # the stop flag's two values: no upload per step
         self.pin = device.type == "cuda"
@@ -232,9 +285,10 @@ class _Loop:
             self.scaler.load_state_dict(resume.scaler)
         torch.set_rng_state(resume.rng)
         self.elapsed, self.rollbacks = resume.elapsed, resume.rollbacks
+        self.resumed_weights = resume.task_weights
         return resume.step
 
-    def snapshot(self, step: int) -> LoopState:
+    def snapshot(self, step: int, task_weights: dict[str, float] | None) -> LoopState:
         return LoopState(
             step=step,
             optimizer=_cpu_clone(self.optimizer.state_dict()),
@@ -244,6 +298,7 @@ class _Loop:
             elapsed=self.elapsed,
             rollbacks=self.rollbacks,
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            task_weights=task_weights,
         )
 
     def restore_(self, state: LoopState) -> None:
@@ -312,16 +367,20 @@ class _Loop:
     def run(self, start: int) -> StepInfo:
         cfg, world, hooks = self.cfg, self.world, self.hooks
         net = wrap_ddp(self.tm, world, self.device)
-        good = self.snapshot(start)  # the state a divergence rolls back to: the last one saved
+        # The weights of the step that led here: a finished run resumed reports the weights its last step used.
+        last_weights = self.resumed_weights or self.pruning.task_weights()
+        good = self.snapshot(start, self.resumed_weights)  # the state a divergence rolls back to: the last saved
         first_failure: str | None = None
         batches = self.batches(start)
-        info = StepInfo(start, cfg.steps, math.nan, {}, self.pruning.task_weights(), self.pruning.target_at(start))
+        info = StepInfo(start, cfg.steps, math.nan, {}, last_weights, self.pruning.target_at(start))
         step = start
         t0 = time.perf_counter() - self.elapsed
         with _deferred_stop() as stop:
             while step < cfg.steps:
                 weights = self.pruning.task_weights()
-                values = self.train_step(net, next(batches), stop)
+                batch = next(batches)
+                seed_streams_("step", cfg.seed, step)  # after the batch: a new loader's own draw cannot shift it
+                values = self.train_step(net, batch, stop)
                 losses = {name: v / world.world_size for name, v in zip(self.names, values, strict=False)}
                 total, probe, stopping = values[-3] / world.world_size, values[-2], values[-1] > 0
                 problem = self.problem(losses, probe, step)
@@ -344,7 +403,7 @@ class _Loop:
                 if hooks.on_step:
                     hooks.on_step(info)
                 if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
-                    good = self.snapshot(step + 1)
+                    good = self.snapshot(step + 1, weights)
                     if hooks.on_save:
                         hooks.on_save(good)
                 if stopping:

@@ -23,68 +23,28 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import torch
 
-from adapmtl_cli.files.atomic import atomic_write, write_text
+from adapmtl_cli.files.atomic import atomic_write, torch_save_file, write_text
+from adapmtl_cli.files.identity import file_sha256
 from adapmtl_cli.files.rundir import RunDir, sidecar
 
 T = TypeVar("T")
-_CHUNK = 1 << 20
-
-
-class _HashingWriter:
-    """A write-only file object for ``torch.save`` that hashes what it writes and keeps the OS error.
-
-    ``torch.save`` reports a failed write as a ``RuntimeError`` from its C++ writer; the original ``OSError``
-    (full disk, file size limit) is what the user needs to see.
-    """
-
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-        self.sha = hashlib.sha256()
-        self.error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            n = self.fh.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-        self.sha.update(data)
-        return n
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 class _HashedSave:
-    """The ``write`` step of a state save: ``torch.save`` through a :class:`_HashingWriter`, keeping the sha256."""
+    """The ``write`` step of a state save: ``torch.save``, hashing what it writes, keeping the sha256."""
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.digest = ""
 
     def __call__(self, tmp: Path) -> None:
-        with tmp.open("wb") as fh:
-            writer = _HashingWriter(fh)
-            try:
-                torch.save(self.payload, cast(BinaryIO, writer))  # torch.save calls only write() and flush()
-            except RuntimeError as exc:
-                if writer.error is not None:
-                    raise writer.error from exc  # the OSError, so atomic_write names the real cause
-                raise
-            fh.flush()
-        self.digest = writer.sha.hexdigest()
+        sha = hashlib.sha256()
+        torch_save_file(self.payload, tmp, sha)  # a failed write raises its OSError, which atomic_write names
+        self.digest = sha.hexdigest()
 
 
 def _retire_latest(run: RunDir, digest: str) -> None:

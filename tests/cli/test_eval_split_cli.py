@@ -62,3 +62,19 @@ def test_prune_on_a_folder_without_a_test_split_says_where_it_looked(
     message = user_error(invoke(*args, "--eval-split", "test", "-q"))
     assert message.startswith(f"split folder {str(scenes / 'test')!r} does not exist, so there is no held-out test")
     assert not out.exists()
+
+
+def test_a_test_split_run_is_titled_with_its_split(checkpoint: Path, tmp_path: Path) -> None:
+    from adapmtl_cli.data.synth.scenes import generate_scenes
+
+    scenes = tmp_path / "scenes"
+    generate_scenes(scenes, train=8, val=4, test=4, size=(32, 48), seed=0)
+    out = tmp_path / "run"
+    args = ["--factory", FACTORY, "--data-dir", scenes, "--out", out, "--eval-split", "test"]
+    result = invoke("prune", checkpoint, *args, "--steps", 2, "--batch-size", 4, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    shown = invoke("report", out)
+    for text in (result.stdout, shown.stdout):
+        assert "Task metrics on the test split" in text and "validation split" not in text
+    page = invoke("report", out, "--format", "html").stdout
+    assert "Task metrics on the test split" in page and "on the validation split" not in page

@@ -87,10 +87,23 @@ def test_inspect_and_demo_take_the_planned_runs_defaults_from_the_config() -> No
     assert f"(default {DEFAULTS.steps})" in inspect["steps"].help
     assert f"(default {DEFAULTS.method})" in inspect["method"].help
     demo = _params("demo")
-    assert (demo["sparsity"].default, demo["steps"].default) == (DEFAULTS.sparsity, DEFAULTS.steps)
-    from adapmtl_cli.jobs.demo import DENSE_STEPS
+    assert demo["sparsity"].default == DEFAULTS.sparsity
+    from adapmtl_cli.jobs.demo import DEMO_STEPS, DENSE_STEPS
 
-    assert demo["dense_steps"].default == DENSE_STEPS  # the CLI repeats it so --help does not import torch
+    # The CLI repeats the demo's own sizes so that --help does not import torch.
+    assert (demo["steps"].default, demo["dense_steps"].default) == (DEMO_STEPS, DENSE_STEPS)
+
+
+def test_data_defaults_agree_across_commands() -> None:
+    assert _params("prune")["data"].default == _params("inspect")["data"].default == DEFAULTS.data
+    assert _params("data", "check")["data"].default == DEFAULTS.data
+
+
+def test_out_and_data_dir_say_they_are_required() -> None:
+    prune, inspect = _params("prune"), _params("inspect")
+    assert "Required: here or as out in --config." in prune["out"].help
+    for params in (prune, inspect):
+        assert "Required: here or as data_dir in --config." in params["data_dir"].help
 
 
 def test_method_help_lists_every_method() -> None:
@@ -101,7 +114,7 @@ def test_method_help_lists_every_method() -> None:
 
 def test_report_help_lists_the_formats_and_sorts_it_accepts() -> None:
     # report.views owns these names but imports torch, so the help spells them out and this test keeps them equal.
-    from adapmtl_cli.report.views import FORMATS, SORTS
+    from adapmtl_cli.report.formats import FORMATS, SORTS
 
     params = _params("report")
     assert params["fmt"].help.startswith(options.one_of(FORMATS) + " ")
@@ -140,3 +153,32 @@ def test_the_command_line_loads_without_torch() -> None:
     # --help must stay fast: every command imports its job (and torch) only when it runs.
     code = "import sys, adapmtl_cli.cli.app; assert 'torch' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _printed_config(*extra: str) -> tuple[str, str]:
+    from typer.testing import CliRunner
+
+    args = ["prune", "model.pt", "--data-dir", "d", "--out", "o", "--print-config", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
+def test_num_workers_is_spelt_as_its_config_key() -> None:
+    stdout, stderr = _printed_config("--num-workers", "2")
+    assert "num_workers = 2" in stdout and stderr == ""
+
+
+def test_the_old_workers_spelling_still_works_with_a_deprecation_note() -> None:
+    stdout, stderr = _printed_config("--workers", "3")
+    assert "num_workers = 3" in stdout
+    assert (
+        stderr.strip()
+        == "warning: --workers is deprecated; use --num-workers (the same value; num_workers in --config)"
+    )
+    stdout, _ = _printed_config("--workers", "3", "--num-workers", "1")
+    assert "num_workers = 1" in stdout  # the current spelling wins
+
+
+def test_old_spellings_stay_out_of_help() -> None:
+    assert _params("prune")["workers"].hidden

@@ -98,8 +98,69 @@ def test_live_view_on_a_terminal_shows_the_details(monkeypatch: pytest.MonkeyPat
     text = fake.file.getvalue()  # type: ignore[attr-defined]
     assert "6/10" in text and "ETA" in text
     assert "loss 1.5000 = segmentation 1.2500×0.80 + depth 0.2500×1.20" in text
-    assert "sparsity 45.0% (target 50.0%)  backbone 50.0%  head:depth 25.0%" in text
+    # The components were measured at step 5, the overall figure at step 6: the line says so.
+    assert "sparsity 45.0% (target 50.0%)  at step 5:  backbone 50.0%  head:depth 25.0%" in text
     assert "eval pruned" in text
+
+
+def test_step_summary_marks_component_figures_from_an_earlier_step() -> None:
+    groups = {"backbone": 0.5}
+    assert ui.step_summary(_info(5, logged=True), groups, 5)[1] == "sparsity 45.0% (target 50.0%)  backbone 50.0%"
+    stale = ui.step_summary(_info(6, logged=False), groups, 5)[1]
+    assert stale == "sparsity 45.0% (target 50.0%)  at step 5:  backbone 50.0%"
+
+
+def test_quiet_prints_no_status_lines(tmp_path: Path, checkpoint: Path, scenes: Path) -> None:
+    out = tmp_path / "run"
+    args = ("--steps", 2, "--batch-size", 4, "--eval-batches", 1, "--device", "cpu", "-q")
+    result = invoke("prune", checkpoint, "--factory", FACTORY, "--data-dir", scenes, "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "•" not in result.stdout
+    assert result.stdout.splitlines() == [
+        f"✓ run written to {out}  (next: adapmtl report {out}; adapmtl export {out} --onnx)"
+    ]
+
+
+def test_show_off_a_terminal_prints_wide_tables_whole_and_plain(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title="wide", title_justify="left")
+    cells = [f"{i}" * 30 for i in range(6)]
+    for i in range(6):
+        table.add_column(f"column {i}", style="bold red")
+    table.add_row(*cells)
+    ui.show(table)
+    text = capsys.readouterr().out
+    assert all(cell in text for cell in cells)  # rich alone cuts them at 80 columns off a terminal
+    assert "…" not in text and "\x1b[" not in text
+
+
+def test_phase_progress_off_a_terminal_prints_about_ten_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    with ui.TrainingProgress() as progress:
+        for done in range(0, 101):
+            progress.on_progress("dense", done, 100)
+        progress.on_progress("export", 0, 1)
+        progress.on_progress("export", 1, 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert [x.split()[2] for x in lines] == [f"{i}/100" for i in (1, *range(10, 101, 10))]
+    assert all(x.startswith("dense training ") for x in lines)
+
+
+def test_phase_progress_on_a_terminal_draws_a_bar_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = Console(file=io.StringIO(), force_terminal=True, width=160, color_system=None)
+    monkeypatch.setattr(ui, "console", fake)
+    with ui.TrainingProgress() as progress:
+        progress.on_progress("scenes", 3, 4)
+        progress.on_progress("export", 0, 1)
+    text = fake.file.getvalue()  # type: ignore[attr-defined]
+    assert "generating scenes" in text and "3/4" in text and "export" in text
+
+
+def test_quiet_shows_no_phase_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    with ui.TrainingProgress(quiet=True) as progress:
+        progress.status("hidden")
+        progress.on_progress("dense", 5, 10)
+    assert capsys.readouterr().out == ""
 
 
 def test_step_summary_without_groups() -> None:
@@ -149,3 +210,21 @@ def test_tensorboard_gets_the_logged_scalars(monkeypatch: pytest.MonkeyPatch, tm
     tags = {t for t, _, _ in written}
     assert {"loss/total", "loss/depth", "task_weight/segmentation", "sparsity/overall", "sparsity/backbone"} <= tags
     assert "threshold/head:depth" in tags
+
+
+def test_every_command_prints_whole_tables_into_a_pipe(
+    pruned_run: object, checkpoint: Path, scenes: Path, tmp_path: Path
+) -> None:
+    from fixtures_e2e import copy_run
+
+    run = pruned_run.path  # type: ignore[attr-defined]
+    runs = [run, *(copy_run(run, tmp_path / f"copy{i}" / run.name) for i in range(5))]
+    compare = invoke("report", *runs, "--compare")
+    assert compare.exit_code == 0, compare.output
+    achieved = f"{read_report(run).overall_sparsity:.2%}"
+    row = next(x for x in compare.stdout.splitlines() if "achieved sparsity" in x)
+    assert row.count(achieved) == len(runs)  # rich alone cut this 7-column table at 80 columns
+    shown = invoke("inspect", checkpoint, "--factory", FACTORY, "--data-dir", scenes, "--no-estimate")
+    assert shown.exit_code == 0, shown.output
+    for text in (compare.stdout, shown.stdout, invoke("report", run, "--layers").stdout):
+        assert "…" not in text and "\x1b[" not in text

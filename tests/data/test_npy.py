@@ -72,3 +72,53 @@ def test_load_refuses_pickles_and_garbage(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DataError, match=r"garbage\.npy' cannot be read"):
         load_npy(garbage)
+
+
+def _alarm(seconds: float):  # type: ignore[no-untyped-def]
+    """Turn a blocking open into a test failure instead of a hung suite."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def guard():  # type: ignore[no-untyped-def]
+        def expire(signum: int, frame: object) -> None:
+            raise TimeoutError(f"still blocked after {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    return guard()
+
+
+@pytest.mark.parametrize("reader", [read_npy_header, load_npy])
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, reader) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    fifo = tmp_path / "0.npy"
+    os.mkfifo(fifo)
+    with _alarm(5), pytest.raises(DataError) as info:
+        reader(fifo)
+    assert str(info.value) == (
+        f"{str(fifo)!r} is a FIFO (named pipe), not a regular file; dataset files must be plain files"
+    )
+
+
+@pytest.mark.parametrize("reader", [read_npy_header, load_npy])
+def test_a_folder_or_device_is_refused(tmp_path: Path, reader) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "1.npy").mkdir()
+    with pytest.raises(DataError, match=r"1\.npy' is a folder, not a regular file"):
+        reader(tmp_path / "1.npy")
+    with pytest.raises(DataError, match=r"'/dev/zero' is a character device, not a regular file"):
+        reader(Path("/dev/zero"))
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path: Path) -> None:
+    target = _write(tmp_path / "a.npy", np.arange(6, dtype=np.float32).reshape(2, 3), (1, 0))
+    (tmp_path / "link.npy").symlink_to(target)
+    assert read_npy_header(tmp_path / "link.npy")[0] == (2, 3)
+    assert load_npy(tmp_path / "link.npy").tolist() == [[0, 1, 2], [3, 4, 5]]

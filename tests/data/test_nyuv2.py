@@ -241,3 +241,26 @@ def test_an_adashare_root_opened_as_mtan_says_so(tmp_path):
     for adapter in (get_dataset("synthetic"), get_dataset("nyuv2", {"layout": "mtan"})):
         with pytest.raises(DataError, match=r"\(it holds nyu_v2_3task.json, the AdaShare layout: use --data nyuv2 "):
             adapter.open(tmp_path, "train")
+
+
+def _fractional(root: Path, split: str, index: int) -> Path:
+    path = root / split / "label" / f"{index}.npy"
+    label = np.load(path).astype(np.float32)
+    label[3, 4] = 0.5
+    np.save(path, label)
+    return path
+
+
+def test_fractional_labels_are_refused_not_rounded(root):
+    path = _fractional(root, "train", 1)
+    data = NyuV2Npy().open(root, "train")  # headers are fine: the values are checked when the sample is read
+    assert data[0][1]["segmentation"].dtype == torch.int64
+    with pytest.raises(DataError) as info:
+        data[1]
+    assert str(info.value).startswith(f"{str(path)!r} holds segmentation label 0.5 (1 such pixels), which is not")
+
+
+def test_data_check_refuses_fractional_labels(root):
+    _fractional(root, "val", 0)
+    with pytest.raises(DataError, match=r"label/0\.npy' holds segmentation label 0\.5"):
+        describe(root)

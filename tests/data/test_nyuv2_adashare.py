@@ -239,6 +239,19 @@ def test_json_problems(root):
     assert _open_error(root, "dev") == "unknown split 'dev'; use 'train', 'val' or 'test'"
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"[" * 300_000 + b"]" * 300_000, "nests arrays or objects more than 64 levels deep"),
+        (b'{"train": ' + b"[" * 70 + b"]" * 70 + b"}", "nests arrays or objects more than 64 levels deep"),
+        (b'{"train": ["\xff"]}', "is not UTF-8 text (byte 12 is 0xff)"),
+    ],
+)
+def test_an_index_that_is_not_plain_json_is_a_data_error(root, data: bytes, expected: str) -> None:
+    (root / "nyu_v2_3task.json").write_bytes(data)
+    assert _open_error(root) == f"{str(root / 'nyu_v2_3task.json')!r} {expected}; fix, re-copy or regenerate it"
+
+
 def test_entries_that_are_not_four_paths(root):
     index = _index(root)
     index["train"][0] = index["train"][0][:3]

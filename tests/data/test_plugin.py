@@ -174,6 +174,22 @@ def test_data_check_json_works_for_a_plugin(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["tasks"] == ["left", "sum"]
 
 
+def test_what_a_plugin_prints_never_reaches_machine_readable_stdout(tmp_path: Path) -> None:
+    """``--json`` output stays parseable whatever the plug-in prints: at import, in its functions, per item."""
+    noisy = VALID.replace("import torch\n", "import torch\nprint('importing the plug-in')\n", 1)
+    noisy = noisy.replace(
+        "    def __getitem__(self, i):\n", "    def __getitem__(self, i):\n        print('item', i)\n"
+    )
+    noisy = noisy.replace(
+        "def dataset(root, split, **options):\n", "def dataset(root, split, **options):\n    print(split)\n"
+    )
+    reference = _write(tmp_path, noisy)
+    result = _invoke("data", "check", tmp_path, "--data", reference, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tasks"] == ["left", "sum"]
+    assert "importing the plug-in" in result.stderr and "item 0" in result.stderr
+
+
 def test_cli_reports_a_broken_plugin_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
     reference = _write(tmp_path, "TASKS = [\n")
     result = _invoke("data", "check", tmp_path, "--data", reference)

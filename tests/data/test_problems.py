@@ -29,3 +29,16 @@ def test_many_problems_are_cut_and_counted() -> None:
     with pytest.raises(DataError) as info:
         raise_problems(problems)
     assert str(info.value) == "; ".join(problems[:MAX_PROBLEMS] + ["and 2 more"])
+
+
+def test_require_regular_file_names_what_the_path_is(tmp_path: Path) -> None:
+    import os
+
+    from adapmtl_cli.data.problems import require_regular_file
+
+    (tmp_path / "plain").write_bytes(b"x")
+    require_regular_file(tmp_path / "plain")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(DataError, match=r"pipe' is a FIFO \(named pipe\), not a regular file"):
+        require_regular_file(tmp_path / "pipe")
+    require_regular_file(tmp_path / "missing")  # left to the reader's open, which names it in its own words

@@ -56,6 +56,18 @@ def test_missing_root_and_index(tmp_path: Path) -> None:
     assert "holds a JSON list; expected an object of split lists" in _open_error(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"[" * 300_000 + b"]" * 300_000, "nests arrays or objects more than 64 levels deep"),
+        (b'{"train": ["\xff"]}', "is not UTF-8 text (byte 12 is 0xff)"),
+    ],
+)
+def test_an_index_that_is_not_plain_json_is_a_data_error(tmp_path: Path, data: bytes, expected: str) -> None:
+    (tmp_path / "taskonomy.json").write_bytes(data)
+    assert _open_error(tmp_path) == f"{str(tmp_path / 'taskonomy.json')!r} {expected}; rewrite it"
+
+
 def test_split_keys(root: Path) -> None:
     index = _index(root)
     _write_index(root, {"train": index["train"]})

@@ -4,6 +4,16 @@ Every case runs the real CLI in-process and must end the same way: exit code 2, 
 stderr that names the problem, no traceback, and an earlier run folder left byte for byte as it was. Typer's
 own syntax errors (a value that is not a number, an unknown option) add their usage line and a ``--help`` hint
 above the ``Error:`` line; that is the documented exception to "one line".
+
+Classes of bad input: checkpoints (empty, random bytes, truncated, not a checkpoint, a pickled module, a
+pre-1.6 legacy pickle with or without a model in it, a pickle calling ``builtins.exec``, a zip with compressed
+records, the state_dict of another model, NaN weights); models and factories (outputs that fit no task, a
+factory returning no module, with a syntax error, calling ``sys.exit``); data folders; options; output folders
+(unwritable, full, an earlier run); damaged run folders (``config.json``, ``components.json``, ``report.json``
+not UTF-8 or of a newer ``schema_version``, a ``metrics.jsonl`` line that is not an object, a truncated
+``pruned.safetensors``, a checkpoint replaced since the run started); crafted sparse files for
+``export --densify`` (a tiny file declaring gigabytes, a table listing its own blob, slots of the wrong type,
+nesting hundreds of thousands deep); a full disk during ``export``.
 """
 
 from __future__ import annotations
@@ -216,6 +226,72 @@ def _resume_with_corrupt_config(c: Ctx) -> list[object]:
     return ["resume", run, "-q"]
 
 
+def _damaged_run(c: Ctx, name: str, change: Callable[[bytes], bytes]) -> Path:
+    """A copy of the earlier run with ``name`` changed by ``change``."""
+    run = copy_run(c.earlier, c.tmp / "damaged")
+    (run / name).write_bytes(change((run / name).read_bytes()))
+    return run
+
+
+def _newer_schema(data: bytes) -> bytes:
+    return data.replace(b'"schema_version": 1', b'"schema_version": 99')
+
+
+def _line_not_an_object(data: bytes) -> bytes:
+    lines = data.splitlines(keepends=True)
+    return b"".join([lines[0], b"[1, 2]\n", *lines[1:]])
+
+
+def _legacy_module(c: Ctx) -> list[object]:
+    from adapmtl_cli.models import deeplab_resnet_tiny
+
+    torch.save(deeplab_resnet_tiny(), c.tmp / "old.pt", _use_new_zipfile_serialization=False)
+    return c.prune(c.tmp / "old.pt")
+
+
+class _Exec:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, ("raise SystemExit('the pickle ran')",))
+
+
+def _deflated_checkpoint(c: Ctx) -> list[object]:
+    import zipfile
+
+    with zipfile.ZipFile(c.checkpoint) as zin, zipfile.ZipFile(c.tmp / "z.pt", "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    return c.prune(c.tmp / "z.pt")
+
+
+def _factory_calling_sys_exit(c: Ctx) -> list[object]:
+    (c.tmp / "quits.py").write_text("import sys\n\ndef build():\n    sys.exit(3)\n")
+    args = c.prune()
+    args[args.index("--factory") + 1] = f"{c.tmp / 'quits.py'}:build"
+    return args
+
+
+def _checkpoint_replaced(c: Ctx) -> list[object]:
+    """The run's checkpoint was overwritten by another model's weights since the run started."""
+    run = copy_run(c.earlier, c.tmp / "damaged")
+    ckpt = c.tmp / "model.pt"
+    shutil.copy(c.checkpoint, ckpt)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "checkpoint": str(ckpt)}))
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, ckpt)
+    return ["resume", run, "-q"]
+
+
+def _crafted_sparse(c: Ctx, table: object, blob: bytes = b"\x00\x00\x80?\x00\x00\x00\x00") -> list[object]:
+    """``export --densify`` of a version-3 sparse file with this table (a JSON value or raw text)."""
+    text = table if isinstance(table, str) else json.dumps(table)
+    tensors = {"::sparse": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+    save_file(
+        tensors, str(c.tmp / "crafted.safetensors"), {"format": "adapmtl-sparse", "version": "3", "tensors": text}
+    )
+    return ["export", "--densify", c.tmp / "crafted.safetensors", c.out / "dense.safetensors"]
+
+
 def _overwrite_foreign_folder(c: Ctx) -> list[object]:
     c.out.mkdir()
     (c.out / "thesis.tex").write_text("precious")
@@ -240,6 +316,12 @@ CASES: dict[str, Case] = {
     ),
     "dict_without_tensors": Case(_dict_without_tensors, ("holds a dict", "'epoch'")),
     "nan_weights": Case(_nan_weights, ("n.pt", "NaN or infinite values", "parameters")),
+    "legacy_pickled_module": Case(_legacy_module, ("old.pt", "would import", "DeepLabResNetMTL", "--trust-pickle")),
+    "pickle_calling_exec": Case(
+        lambda c: c.prune(c.file("evil.pt", __import__("pickle").dumps(_Exec(), protocol=2))),
+        ("evil.pt", "would import builtins.exec", "--trust-pickle"),
+    ),
+    "deflated_zip_checkpoint": Case(_deflated_checkpoint, ("z.pt", "compressed record", "torch.save never writes")),
     # models and factories
     "model_with_one_output": Case(lambda c: c.model("one_output"), ("cannot tell which output", "'depth'")),
     "model_returning_a_string": Case(lambda c: c.model("string_output"), ("returned str", "holds no tensor")),
@@ -247,6 +329,7 @@ CASES: dict[str, Case] = {
     "forward_raises": Case(lambda c: c.model("raises"), ("forward failed", "this model cannot run")),
     "factory_returns_no_module": Case(_factory_returning_an_int, ("returned int", "nn.Module")),
     "factory_with_syntax_error": Case(_factory_with_syntax_error, ("broken.py", "--factory")),
+    "factory_calling_sys_exit": Case(_factory_calling_sys_exit, ("quits.py", "called sys.exit(3)")),
     "outputs_mapped_to_wrong_heads": Case(
         lambda c: c.prune(None, "--outputs", "depth,segmentation,normal"),
         ("was mapped to task", "channels", "--outputs"),
@@ -312,6 +395,54 @@ CASES: dict[str, Case] = {
     "overwrite_a_foreign_folder": Case(_overwrite_foreign_folder, ("not an adapmtl run folder",), leaves_nothing=False),
     "resume_without_a_run": Case(lambda c: c.prune(None, "--resume"), ("--resume", "no run to resume")),
     "resume_with_corrupt_config": Case(_resume_with_corrupt_config, ("config.json", "not a valid PruneConfig")),
+    # damaged run folders
+    "config_not_utf8": Case(
+        lambda c: ["resume", _damaged_run(c, "config.json", lambda b: b"\xff" + b), "-q"],
+        ("config.json", "is not UTF-8 text"),
+    ),
+    "components_not_utf8": Case(
+        lambda c: ["export", _damaged_run(c, "components.json", lambda b: b[:5] + b"\xe9" + b[5:])],
+        ("components.json", "is not UTF-8 text"),
+    ),
+    "report_not_utf8": Case(
+        lambda c: ["report", _damaged_run(c, "report.json", lambda b: b"\xfe\xff" + b)],
+        ("report.json", "is not UTF-8 text"),
+    ),
+    "config_of_a_newer_version": Case(
+        lambda c: ["resume", _damaged_run(c, "config.json", _newer_schema), "-q"],
+        ("config.json", "newer adapmtl", "schema_version 99", "reads up to 1"),
+    ),
+    "components_of_a_newer_version": Case(
+        lambda c: ["export", _damaged_run(c, "components.json", _newer_schema)],
+        ("components.json", "schema_version 99"),
+    ),
+    "report_of_a_newer_version": Case(
+        lambda c: ["report", _damaged_run(c, "report.json", _newer_schema)], ("report.json", "schema_version 99")
+    ),
+    "metrics_line_not_an_object": Case(
+        lambda c: ["report", _damaged_run(c, "metrics.jsonl", _line_not_an_object)],
+        ("line 2 of", "metrics.jsonl", "not a JSON object"),
+    ),
+    "truncated_pruned_weights": Case(
+        lambda c: ["export", _damaged_run(c, "pruned.safetensors", lambda b: b[: len(b) // 2])],
+        ("pruned.safetensors", "not a readable safetensors file", "adapmtl resume"),
+    ),
+    "checkpoint_replaced_since_the_run": Case(_checkpoint_replaced, ("is not the file this run was pruned from",)),
+    "export_folder_full": Case(
+        lambda c: ["export", c.earlier, "--out", c.out], ("cannot write", "File too large"), file_size_limit=64 * 1024
+    ),
+    # crafted sparse files
+    "sparse_file_declaring_gigabytes": Case(
+        lambda c: _crafted_sparse(c, {"w": ["indices", "float32", [2**31 - 8], 0, 1]}),
+        ("crafted.safetensors", "would decode to 8589934560 bytes", "more than the limit"),
+    ),
+    "sparse_table_listing_its_blob": Case(
+        lambda c: _crafted_sparse(c, {"::sparse": [], "w": ["indices", "float32", [4], 0, 1]}), ("'::sparse'", "'::'")
+    ),
+    "sparse_table_with_a_list_for_a_dtype": Case(
+        lambda c: _crafted_sparse(c, {"w": ["indices", ["float32"], [4], 0, 1]}), ("unknown dtype ['float32']",)
+    ),
+    "sparse_table_nested_too_deep": Case(lambda c: _crafted_sparse(c, "[" * 300_000 + "]" * 300_000), ("levels deep",)),
 }
 
 

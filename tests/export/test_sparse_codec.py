@@ -168,9 +168,11 @@ def test_files_without_narrow_values_stay_version_1() -> None:
 # --- missing and crafted files --------------------------------------------------------------------
 
 
-def test_rejects_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="cannot read sparse file"):
+def test_rejects_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="absent.safetensors' does not exist"):
         load_sparse(tmp_path / "absent.safetensors")
+    with pytest.raises(ExportError, match="is not a regular file"):
+        load_sparse(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,23 @@ def test_config_file_missing_or_malformed(tmp_path: Path) -> None:
     assert "is not valid TOML" in message and "line 1" in message
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"steps = " + b"[" * 300_000 + b"]" * 300_000 + b"\n", "nests arrays or tables too deep"),
+        (b'out = "\xff"\n', "is not UTF-8 text"),
+        (b"schema_version = 99\n", "written by a newer adapmtl (schema_version 99; this build reads up to 1)"),
+    ],
+)
+def test_config_file_that_is_not_plain_toml(tmp_path: Path, data: bytes, expected: str) -> None:
+    bad = tmp_path / "odd.toml"
+    bad.write_bytes(data)
+    message = user_error(
+        invoke("prune", "model.pt", "--data-dir", "d", "--out", "o", "--config", bad, "--print-config")
+    )
+    assert expected in message and "odd.toml" in message
+
+
 def test_session_keys_in_the_file() -> None:
     cfg, session = resolve_prune_config({**REQUIRED, "quiet": True, "log_format": "jsonl", "tensorboard": "tb"})
     assert session.quiet and session.log_format == "jsonl" and session.tensorboard == "tb"
@@ -175,3 +192,14 @@ def test_to_toml_round_trips(values: dict[str, object]) -> None:
 def test_prune_config_toml_round_trips_every_field() -> None:
     cfg = PruneConfig(**REQUIRED, tasks=["seg"], outputs=["seg", "_"], weighting="equal", eval_batches=3)
     assert PruneConfig(**tomllib.loads(prune_config_toml(cfg))) == cfg
+
+
+def test_a_damaged_config_toml_is_rewritten_from_config_json(pruned_run: CliRun, tmp_path: Path) -> None:
+    from adapmtl_cli.jobs.config_file import sync_run_config_toml
+
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.json").write_bytes((pruned_run.path / "config.json").read_bytes())
+    (run / "config.toml").write_bytes(b"\xff\xfe not text")
+    assert sync_run_config_toml(run) == run / "config.toml"
+    assert (run / "config.toml").read_bytes() == (pruned_run.path / "config.toml").read_bytes()

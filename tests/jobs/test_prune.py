@@ -291,3 +291,18 @@ def test_allocation_is_refused_for_a_mask_method_before_the_run_folder(
     with pytest.raises(ConfigError, match="--allocation moves learned thresholds; --method gmp prunes with masks"):
         run_prune(prune_config(checkpoint, scenes, tmp_path / "run", method="gmp", allocation="frozen"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dense_model_at_chance_level_is_named_in_the_report(pruned_run: CliRun, scenes: Path) -> None:
+    """The shared run prunes an untrained (seeded) model: the report says which tasks it never learned."""
+    from adapmtl_cli.data import get_dataset
+    from adapmtl_cli.report.chance import chance_warnings, constant_metrics
+
+    rep = read_report(pruned_run.path)
+    adapter = get_dataset("synthetic")
+    tasks = adapter.tasks(scenes)
+    chance = constant_metrics(adapter.open(scenes, "train"), adapter.open(scenes, "val"), tasks, batch_size=4, seed=0)
+    dense = {t: m.dense for t, m in rep.tasks.items()}
+    expected = chance_warnings(dense, chance, {t.name: t for t in tasks})
+    assert expected, "an untrained model should be at chance on some task"
+    assert [w for w in rep.warnings if "at chance level" in w] == expected

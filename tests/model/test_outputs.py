@@ -153,3 +153,95 @@ def test_single_tensor_output_for_one_task() -> None:
     assert mapping.paths == {"depth": ()}
     assert mapping.describe() == {"depth": "<output>"}
     assert mapping.select(raw)["depth"] is raw
+
+
+# --- nested outputs: deep supervision (MTI-Net style), and --outputs TASK=PATH -------------------------------
+
+
+def _mti_net() -> dict[str, object]:
+    """MTI-Net's output: the final predictions beside 1/4-resolution auxiliary ones per scale."""
+    aux = {
+        f"scale_{i}": {"semseg": _map(13), "depth": _map(1), "normals": _map(3), f"features_{i}": _map(16)}
+        for i in range(4)
+    }
+    return {"deep_supervision": aux, "semseg": _map(13), "depth": _map(1), "normals": _map(3)}
+
+
+def test_deep_supervision_maps_the_shallowest_outputs() -> None:
+    raw = _mti_net()
+    mapping = map_outputs(raw, TASKS, B)
+    assert mapping.paths == {"segmentation": ("semseg",), "depth": ("depth",), "normal": ("normals",)}
+    assert mapping.how == "names"
+    selected = mapping.select(raw)
+    assert selected["segmentation"] is raw["semseg"] and selected["normal"] is raw["normals"]
+
+
+def test_several_matches_at_one_depth_are_refused_with_their_paths() -> None:
+    raw = _mti_net()
+    del raw["semseg"]
+    message = _error(raw, TASKS)
+    assert message == (
+        "task 'segmentation' matches 4 outputs at the same depth (deep_supervision.scale_0.semseg, "
+        "deep_supervision.scale_1.semseg, deep_supervision.scale_2.semseg, deep_supervision.scale_3.semseg); "
+        "pass --outputs segmentation=PATH with the one to use (e.g. --outputs "
+        "segmentation=deep_supervision.scale_0.semseg)"
+    )
+    assert "matches 2 outputs" in _error({"seg": _map(13), "semseg": _map(13), "depth": _map(1)}, TASKS[:2])
+
+
+def test_outputs_by_key_or_dotted_path() -> None:
+    raw = _mti_net()
+    names = ["segmentation=semseg", "depth=deep_supervision.scale_3.depth", "normal=normals"]
+    mapping = map_outputs(raw, TASKS, B, names)
+    assert mapping.paths == {
+        "segmentation": ("semseg",),
+        "depth": ("deep_supervision", "scale_3", "depth"),
+        "normal": ("normals",),
+    }
+    assert mapping.how == "--outputs"
+    # A trailing part of a path is enough when it names one leaf; task aliases work on the left.
+    assert map_outputs(raw, TASKS, B, ["seg=scale_1.semseg", "depth=depth", "sn=normals"]).paths["segmentation"] == (
+        "deep_supervision",
+        "scale_1",
+        "semseg",
+    )
+
+
+def test_outputs_as_a_mapping_and_partial_entries() -> None:
+    raw = {"final": {"a": _map(13), "b": _map(1)}, "normal": _map(3)}
+    mapping = map_outputs(raw, TASKS, B, {"segmentation": "final.a", "depth": "b"})
+    assert mapping.paths == {"segmentation": ("final", "a"), "depth": ("final", "b"), "normal": ("normal",)}
+    assert mapping.how == "--outputs+names"
+    tuple_raw = (_map(3), [_map(13), _map(1)])
+    assert map_outputs(tuple_raw, TASKS, B, ["seg=1.0", "depth=1.1", "normal=0"]).paths == {
+        "segmentation": (1, 0),
+        "depth": (1, 1),
+        "normal": (0,),
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["seg=semseg", "depth"], "--outputs mixes TASK=PATH entries with the positional name 'depth'; use one form"),
+        (["albedo=semseg"], "--outputs names 'albedo', which is not a task of this dataset"),
+        (["seg=semseg", "segmentation=depth"], "--outputs names task 'segmentation' twice"),
+        (["depth="], "--outputs depth= names no output; write depth=KEY or depth=a.b.c"),
+        (["depth=dpth"], "--outputs depth='dpth' matches no model output (outputs: deep_supervision.scale_0.semseg:"),
+        (["depth=scale_0"], "--outputs depth='scale_0' matches no model output"),
+        (
+            ["segmentation=semseg", "depth=semseg"],
+            "--outputs gives output semseg to tasks 'segmentation' and 'depth'; give each task its own output",
+        ),
+    ],
+)
+def test_outputs_entries_errors(names: list[str], message: str) -> None:
+    assert message in _error(_mti_net(), TASKS, names=names)
+
+
+def test_outputs_entry_matching_several_leaves_is_refused() -> None:
+    raw = _mti_net()
+    del raw["depth"]
+    message = _error(raw, TASKS, names=["segmentation=semseg", "depth=depth", "normal=normals"])
+    assert message.startswith("--outputs depth='depth' matches 4 outputs at the same depth (deep_supervision.scale_0")
+    assert message.endswith("give a longer dotted path that names one of them")

@@ -250,7 +250,8 @@ def test_compare_labels_runs_with_the_same_folder_name(pruned_run: CliRun, tmp_p
     result = invoke("report", pruned_run.path, twin, "--compare", "--format", "csv")
     assert result.exit_code == 0, result.output
     header = result.stdout.splitlines()[0].split(",")
-    assert header[3:5] == [str(pruned_run.path), str(twin)]
+    name = pruned_run.path.name
+    assert header[3:5] == [f"{pruned_run.path.parent.name}/{name}", f"{twin.parent.name}/{name}"]  # shortest unique
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -276,3 +277,21 @@ def test_compare_names_every_missing_run(pruned_run: CliRun, tmp_path: Path) -> 
 
 def test_output_into_a_folder(pruned_run: CliRun, tmp_path: Path) -> None:
     assert "is a folder" in user_error(invoke("report", pruned_run.path, "--output", tmp_path))
+
+
+def test_compare_warns_on_stderr_when_the_dense_baselines_differ(
+    pruned_run: CliRun, other_run: Path, tmp_path: Path
+) -> None:
+    same = invoke("report", pruned_run.path, other_run, "--compare", "--format", "markdown")
+    assert same.exit_code == 0 and "different dense baselines" not in same.output
+    moved = copy_run(other_run, tmp_path / "c")
+    rep = read_report(moved)
+    seg = rep.tasks["segmentation"]
+    tasks = {**rep.tasks, "segmentation": seg.model_copy(update={"dense": {**seg.dense, "miou": 0.5}})}
+    (moved / "report.json").write_text(rep.model_copy(update={"tasks": tasks}).model_dump_json(indent=2))
+    for fmt_name in ("markdown", "csv", "json"):
+        result = invoke("report", pruned_run.path, moved, "--compare", "--format", fmt_name)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.startswith("warning: the runs have different dense baselines"), fmt_name
+    table = invoke("report", pruned_run.path, moved, "--compare")
+    assert "warning: the runs have different dense baselines" in table.stdout and table.stderr == ""

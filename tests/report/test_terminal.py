@@ -236,7 +236,7 @@ def test_html_shows_the_bounded_score_and_the_collapse_line() -> None:
 def test_compare_markdown_bolds_the_best_value_only_where_runs_differ() -> None:
     md = compare_markdown([RunView("a", _tiny()), RunView("b", _tiny(overall_sparsity=0.4, wall_seconds=1.0))])
     lines = md.splitlines()
-    assert lines[0].startswith("Comparing 2 runs; best per row: higher sparsity")
+    assert lines[0].startswith("Comparing 2 runs; best per row: higher overall sparsity")
     assert "| achieved sparsity | **50.00%** | 40.00% |" in lines
     assert "| wall time | 3 s | **1 s** |" in lines
     assert "| target sparsity | 50.00% | 50.00% |" in lines  # a setting: never bold
@@ -316,3 +316,40 @@ def test_renderable_shows_warnings() -> None:
     text = _render(report_renderable(base))
     assert "warning: 2 modules are reached by no task" in text
     assert "50.00%" in text
+
+
+def _other_split(rep: RunReport, **dense: float) -> RunReport:
+    tasks = {t: m.model_copy(update={"dense": {**m.dense, **dense}}) if t == "seg" else m for t, m in rep.tasks.items()}
+    return rep.model_copy(update={"tasks": tasks})
+
+
+def test_compare_marks_no_best_in_rows_without_a_direction() -> None:
+    spread = _tiny().components
+    other = _tiny(components=[spread[0].model_copy(update={"sparsity": 0.7}), spread[1]])
+    text = _render(compare_renderable([RunView("a", _tiny()), RunView("b", other)]))
+    line = next(x for x in text.splitlines() if "backbone sparsity" in x)
+    assert "60.00%" in line and "70.00%" in line and "★" not in line  # where the sparsity went: no better side
+
+
+def test_compare_warns_when_the_dense_baselines_differ() -> None:
+    same = _render(compare_renderable([RunView("a", _tiny()), RunView("b", _tiny())]))
+    assert "different dense baselines" not in same
+    text = _render(compare_renderable([RunView("a", _tiny()), RunView("b", _other_split(_tiny(), miou=0.6))]))
+    assert "warning: the runs have different dense baselines (dense metrics differ between a; b)" in text
+    page = report_html([RunView("a", _tiny()), RunView("b", _other_split(_tiny(), miou=0.6))])
+    assert '<p class="warn">warning: the runs have different dense baselines' in page
+
+
+def test_titles_name_the_split_the_metrics_come_from() -> None:
+    val = _render(report_renderable(_tiny()))
+    assert "Task metrics on the validation split" in val
+    test = _render(report_renderable(_tiny(), eval_split="test"))
+    assert "Task metrics on the test split" in test and "validation" not in test
+    page = report_html([RunView("a", _tiny(), baseline="baseline: B", eval_split="test")])  # as load_runs makes it
+    assert "<h2>Task metrics on the test split (dense → pruned)</h2>" in page and "validation split" not in page
+    both = _render(compare_renderable([RunView("a", _tiny(), eval_split="test"), RunView("b", _tiny())]))
+    assert "Task metrics on each run's own split (test, validation; see the baselines)" in both
+    tests = _render(
+        compare_renderable([RunView("a", _tiny(), eval_split="test"), RunView("b", _tiny(), eval_split="test")])
+    )
+    assert "Task metrics on the test split" in tests

@@ -9,7 +9,8 @@ import pytest
 
 from adapmtl_cli.config import RunReport
 from adapmtl_cli.errors import ConfigError
-from adapmtl_cli.report.views import Row, fmt, relative_change, resolve_format, run_labels, sorted_layers
+from adapmtl_cli.report.formats import resolve_format
+from adapmtl_cli.report.views import Row, fmt, relative_change, run_labels, sorted_layers
 
 
 def _row(values: tuple[object, ...], better: int) -> Row:
@@ -124,6 +125,12 @@ def test_run_labels() -> None:
     assert run_labels([Path("runs/a"), Path("runs/b")]) == ["a", "b"]
     assert run_labels([Path("x/a"), Path("y/a")]) == ["x/a", "y/a"]
     assert run_labels([Path("x/a"), Path("x/a")]) == ["x/a", "x/a #2"]
+
+
+def test_run_labels_are_the_shortest_unique_path_suffixes() -> None:
+    paths = [Path("/home/me/exp/one/run"), Path("/home/me/exp/two/run"), Path("/home/me/exp/b")]
+    assert run_labels(paths) == ["one/run", "two/run", "b"]
+    assert run_labels([Path("/a/x/s0/run"), Path("/b/x/s0/run")]) == ["a/x/s0/run", "b/x/s0/run"]
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,43 @@ def test_label_target_squeezes_and_keeps_the_dtype() -> None:
     assert str(info.value) == (
         "task 'seg' expects integer targets (B,H,W), got (2,8,8) torch.float32; check the dataset adapter"
     )
+
+
+def test_class_ids_keep_integers_and_whole_floats() -> None:
+    import numpy as np
+
+    from adapmtl_cli.tasks.checks import class_ids
+
+    ints = np.array([[0, 3], [-1, 12]], dtype=np.int16)
+    assert class_ids(ints, "'x'").dtype == np.int64
+    assert class_ids(ints, "'x'").tolist() == [[0, 3], [-1, 12]]
+    floats = np.array([[0.0, 3.0], [-1.0, 12.0 + 1e-6]], dtype=np.float64)
+    assert class_ids(floats, "'x'").tolist() == [[0, 3], [-1, 12]]
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.25, -0.5, 11.999])
+def test_class_ids_refuse_fractional_labels(bad: float) -> None:
+    import numpy as np
+
+    from adapmtl_cli.tasks.checks import class_ids
+
+    labels = np.zeros((4, 4), dtype=np.float32)
+    labels[1, 2] = bad
+    labels[3, 3] = bad
+    with pytest.raises(DataError) as info:
+        class_ids(labels, "'scenes/train/label/0.npy'")
+    message = str(info.value)
+    assert message.startswith(
+        f"'scenes/train/label/0.npy' holds segmentation label {float(np.float32(bad))!r} (2 such pixels), "
+        "which is not a class id; labels must be whole numbers"
+    )
+    assert "nearest-neighbour" in message
+
+
+def test_class_ids_refuse_a_non_numeric_dtype() -> None:
+    import numpy as np
+
+    from adapmtl_cli.tasks.checks import class_ids
+
+    with pytest.raises(DataError, match=r"'x' holds segmentation labels of dtype 'complex64'"):
+        class_ids(np.zeros(3, dtype=np.complex64), "'x'")

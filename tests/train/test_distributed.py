@@ -296,7 +296,7 @@ def test_two_processes_prune_to_the_target_with_identical_ranks(checkpoint: Path
     start = time.perf_counter()
     args = ["cli", "prune", str(checkpoint), "--factory", FACTORY, "--data-dir", str(scenes), "--device", "cpu"]
     args += ["--out", str(out), "--sparsity", str(TARGET), "--steps", "8", "--batch-size", "4"]
-    args += ["--log-every", "2", "--save-every", "4", "-q"]
+    args += ["--log-every", "2", "--save-every", "4"]  # not -q: the status lines are checked
     results = _launch(tmp_path, args)
     print(f"two ranks in {time.perf_counter() - start:.1f} s")
     for rank, r in enumerate(results):
@@ -375,7 +375,7 @@ def test_a_single_process_run_resumes_under_two_processes(checkpoint: Path, scen
     cfg = prune_config(checkpoint, scenes, run, steps=8, save_every=2, log_every=1)
     with pytest.raises(KeyboardInterrupt):
         run_prune(cfg, hooks=interrupt_at(5))  # dies after step 5; the state of step 4 is saved
-    results = _launch(tmp_path, ["cli", "resume", str(run), "-q"])
+    results = _launch(tmp_path, ["cli", "resume", str(run)])  # not -q: the status lines are checked
     for rank, r in enumerate(results):
         assert r.returncode == 0, f"rank {rank}: {r.stdout}\n{r.stderr}"
     assert "resuming from state/latest.pt at step 4" in results[0].stdout
