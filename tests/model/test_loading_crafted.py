@@ -16,19 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_loading import _error  # one-line CheckpointError message of load_model
 from tiny_models import HardShared
 
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.model.loading import build_from_factory, load_factory, load_model
-
-
-def _error(path: Path, **kwargs: object) -> str:
-    with pytest.raises(CheckpointError) as info:
-        load_model(path, **kwargs)  # type: ignore[arg-type]
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
 
 # --- legacy (pre-1.6) torch.save files ---------------------------------------------------------------
 
