@@ -12,11 +12,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from adapmtl_cli.api import Discovery, Pruning, discover, load_sparse, prepare, save_sparse
+    from adapmtl_cli.api import Discovery, Pruning, discover, load_sparse, measure_latency, prepare, save_sparse
 
-_EXPORTS = ("Discovery", "Pruning", "discover", "load_sparse", "prepare", "save_sparse")
+_EXPORTS = ("Discovery", "Pruning", "discover", "load_sparse", "measure_latency", "prepare", "save_sparse")
 
-__all__ = ["Discovery", "Pruning", "__version__", "discover", "load_sparse", "prepare", "save_sparse"]
+__all__ = [
+    "Discovery",
+    "Pruning",
+    "__version__",
+    "discover",
+    "load_sparse",
+    "measure_latency",
+    "prepare",
+    "save_sparse",
+]
 
 
 def __getattr__(name: str) -> Any:

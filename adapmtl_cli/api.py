@@ -31,6 +31,7 @@ from torch import nn
 
 from adapmtl_cli.config import DEFAULTS, ComponentSparsity, LayerSparsity
 from adapmtl_cli.errors import ConfigError, DiscoveryError
+from adapmtl_cli.export.latency import measure_latency
 from adapmtl_cli.export.sparse_codec import load_sparse, save_sparse
 from adapmtl_cli.methods import (
     MethodContext,
@@ -48,7 +49,17 @@ from adapmtl_cli.model.discover import ComponentMap, discover_components
 from adapmtl_cli.model.outputs import OutputMapping, flatten_outputs, map_outputs
 from adapmtl_cli.sparsity.thresholds import LayerZeros
 
-__all__ = ["Discovery", "NamedTask", "Pruning", "PruningSettings", "discover", "load_sparse", "prepare", "save_sparse"]
+__all__ = [
+    "Discovery",
+    "NamedTask",
+    "Pruning",
+    "PruningSettings",
+    "discover",
+    "load_sparse",
+    "measure_latency",
+    "prepare",
+    "save_sparse",
+]
 
 Batch = tuple[Any, dict[str, torch.Tensor]]
 LossFn = Any

@@ -72,7 +72,7 @@ class PruneConfig(_File):
     lr: float = Field(1e-4, gt=0.0, allow_inf_nan=False)
     threshold_lr: float = Field(0.002, gt=0.0, allow_inf_nan=False)
     weighting: Literal["adaptive", "paper", "equal", "norm"] | None = None
-    """None: the method's default (adaptive for adapmtl, equal for the baselines)."""
+    """None: the method's default (norm for adapmtl, paper for adapmtl_paper, equal for the baselines)."""
     ramp_end: float = Field(0.75, gt=0.0, le=1.0)
     layer_scale: Literal["saliency", "none"] | None = None
     """Per-layer threshold scales of threshold methods (None: the method's own; saliency for adapmtl)."""
@@ -261,6 +261,46 @@ class ShrinkManifest(_File):
     onnx_parity: dict[str, float] = Field(default_factory=dict)
 
 
+LATENCY_BATCH = 8
+"""Batch size ``export`` times every ONNX file at (``--latency-batch``), besides batch 1."""
+LATENCY_THREADS = 1
+"""onnxruntime intra-op threads of the latency sessions (``--latency-threads``); inter-op is always 1."""
+LATENCY_REPEATS = 20
+"""Timed runs per ONNX file and batch size; the median of them is recorded."""
+LATENCY_WARMUP = 3
+"""Untimed runs per ONNX file and batch size before the timed ones (allocations, kernel selection)."""
+
+
+class LatencyAtBatch(_File):
+    """Median onnxruntime latency at one batch size, in milliseconds: the dense reference and each file."""
+
+    dense_ms: float = Field(gt=0, allow_inf_nan=False)
+    files: dict[str, float] = Field(default_factory=dict)
+    """File name in the export folder (``model.onnx``, ``model.shrunk.onnx``) -> median ms."""
+
+
+class LatencyManifest(_File):
+    """The ``latency`` entry of ``export/manifest.json``: onnxruntime CPU latency of each ONNX file vs dense.
+
+    Shape: ``{"batch": B, "threads": N, "repeats": R, "warmup": W, "onnxruntime": "1.20.1", "dense_ms": x,
+    "files": {"model.onnx": ms, "model.shrunk.onnx": ms}, "batch1": {"dense_ms": x, "files": {...}}}``. The
+    top-level ``dense_ms`` and ``files`` are medians at batch ``B``; ``batch1`` holds the same at batch 1 (equal
+    to the top level when ``B`` is 1). ``dense_ms`` is the run's original (unpruned) checkpoint, exported with
+    the same exporter to a temporary file and timed in the same interleaved loop as the files
+    (``export/latency.py``): each repetition runs every file once, so load on the machine hits all alike.
+    """
+
+    batch: int = Field(ge=1)
+    threads: int = Field(ge=1)
+    repeats: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    onnxruntime: str
+    """The onnxruntime version that measured (CPUExecutionProvider, sequential execution)."""
+    dense_ms: float = Field(gt=0, allow_inf_nan=False)
+    files: dict[str, float] = Field(default_factory=dict)
+    batch1: LatencyAtBatch
+
+
 class ExportManifest(_File):
     """``export/manifest.json``: what ``export`` wrote and how each file was verified."""
 
@@ -282,6 +322,10 @@ class ExportManifest(_File):
     onnx_sparse_initializers: int = 0
     zero_filters: dict[str, int] = Field(default_factory=dict)
     shrink: ShrinkManifest | None = None
+    # Optional, absent in manifests written before it and with --no-latency: old files read unchanged, so (as
+    # for RunReport's later fields) SCHEMA_VERSION stays; bumping it would make older builds refuse every file.
+    latency: LatencyManifest | None = None
+    """onnxruntime latency of the ONNX files against the dense model; None without ONNX files or measurement."""
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -72,6 +72,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "adapmtl-paper": {"method": "adapmtl_paper"},
     "adapmtl+equal": {"method": "adapmtl", "weighting": "equal"},
     "adapmtl+norm": {"method": "adapmtl", "weighting": "norm"},
+    "adapmtl+adaptive": {"method": "adapmtl", "weighting": "adaptive"},
     "adapmtl+paperw": {"method": "adapmtl", "weighting": "paper"},
     "dense+finetune": {"method": "dense"},
     "disparse": {"method": "disparse"},
@@ -89,7 +90,12 @@ ROWS: dict[str, dict[str, Any]] = {
 overwrite these with the settings chosen on dev (``FROZEN["rows"]``)."""
 
 FROZEN: dict[str, Any] = {
-    "status": "draft: not frozen yet (dev tuning in progress)",
+    "status": (
+        "frozen 2026-12-02 before the test run, from the dev split (benchmarks/results/quality-dev.md): "
+        "the default's allocation (marginal, RUN_RATE 0.2) and weighting (norm), adapmtl_paper's threshold "
+        "decay (1.0), each baseline's weighting (the best of equal, adaptive and norm at 90%, seeds 0-1), "
+        "the second dense seed's rows (the default, the frozen control and the strongest baseline on dev)"
+    ),
     "bench": "aspp",
     "steps": 200,
     "lr": 5e-4,
@@ -98,10 +104,44 @@ FROZEN: dict[str, Any] = {
     "seeds": [0, 1, 2, 3, 4],
     "dense_seeds": [0],
     "second_dense_seed": 1,
-    "second_dense_rows": ["adapmtl", "adapmtl-frozen"],
-    "rows": {},
+    "second_dense_rows": ["adapmtl", "adapmtl-frozen", "disparse-dynamic"],
+    # dev, 90%, mean Δ_T of seeds 0-1 with equal / adaptive / norm weighting (quality-dev.md); the best is kept:
+    "rows": {
+        "disparse": {"weighting": "adaptive"},  # −25.5 / −24.7 / −25.4
+        "disparse-dynamic": {"weighting": "norm"},  # −23.7 / −22.51 / −22.49
+        "snip": {"weighting": "norm"},  # −57.7 / −51.2 / −50.9
+        "imp": {"weighting": "equal"},  # −161.1 / −173.5 / −163.8
+        "lth": {"weighting": "adaptive"},  # −143.1 / −142.1 / −144.4
+        "gmp": {"weighting": "adaptive"},  # −164.1 / −142.1 / −159.4
+        "str_global": {"weighting": "adaptive"},  # −121.1 / −102.4 / −112.4
+        "str_layer": {"weighting": "adaptive"},  # −98.4 / −93.6 / −102.7
+        "magnitude_oneshot": {"weighting": "equal"},  # −180.1 / −199.9 / −208.3
+        "uniform_magnitude": {"weighting": "adaptive"},  # −1204 / −1115 / −2462
+    },
 }
 """The test plan's settings, decided on dev and frozen before the test run; written into quality.json."""
+
+
+def product_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """The product's defaults that decide what a row computes unless its options set them (part of the key).
+
+    A row such as ``adapmtl`` runs with whatever ``adapmtl_cli`` makes the default (weighting, layer scales,
+    allocation rule and its constants): changing a default there makes the cells that used the old one stale.
+    """
+    from adapmtl_cli.config import DEFAULTS
+    from adapmtl_cli.methods.registry import allocation_name, layer_scale_name, weighting_name
+    from adapmtl_cli.sparsity import allocation
+
+    method = DEFAULTS.method if options["method"] == "dense" else options["method"]
+    out: dict[str, Any] = {"weighting": weighting_name(method, options.get("weighting"))}
+    if options["method"] == "dense":
+        return out
+    out["layer_scale"] = layer_scale_name(method, options.get("layer_scale"))
+    rule = allocation_name(method, options.get("allocation"))
+    out["allocation"] = rule
+    if rule == "marginal":
+        out["marginal"] = {k: getattr(allocation, k) for k in ("RUN_RATE", "MAX_STEP", "BAND", "SMOOTHING")}
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,7 +162,9 @@ class Cell:
         return {
             "bench": asdict(self.bench),
             "options": dict(self.options),
-            "sparsity": self.sparsity,
+            "defaults": product_defaults(dict(self.options)),
+            # dense+finetune does not prune: one computation serves every sparsity's row
+            "sparsity": None if self.prunes_nothing else self.sparsity,
             "seed": self.seed,
             "dense_seed": self.dense_seed,
             "split": self.split,
@@ -133,8 +175,16 @@ class Cell:
         }
 
     @property
+    def prunes_nothing(self) -> bool:
+        return dict(self.options).get("method") == "dense"
+
+    @property
     def key(self) -> str:
         return cell_key(self.settings())
+
+    def record(self, done: dict[str, Any]) -> dict[str, Any]:
+        """This cell's result record from the cached one (a shared dense+finetune record gets this sparsity)."""
+        return {**done, "sparsity": self.sparsity, "command": self.command(_bench_flag(self.bench))}
 
     def command(self, bench_flag: str) -> str:
         parts = [
@@ -236,6 +286,10 @@ def ensure_dense(bench: Bench, seed: int, paths: Paths) -> Path:
     return folder
 
 
+def _bench_flag(bench: Bench) -> str:
+    return next(k for k, b in BENCHES.items() if b.name == bench.name)
+
+
 def code_version() -> str:
     """The commit the package code comes from (``+dirty`` when ``adapmtl_cli/`` has uncommitted changes)."""
     import subprocess
@@ -269,7 +323,7 @@ def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
         cpu_seconds=time.process_time() - cpu0,
         key=cell.key,
         code=code_version(),
-        command=cell.command(next(k for k, b in BENCHES.items() if b.name == cell.bench.name)),
+        command=cell.command(_bench_flag(cell.bench)),
     )
     return record
 
@@ -293,7 +347,8 @@ class Plan:
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def pending(self) -> list[Cell]:
-        return [c for c in self.cells if c.key not in self.done]
+        """The cells still to compute, one per key (cells sharing a computation run it once)."""
+        return list({c.key: c for c in self.cells if c.key not in self.done}.values())
 
     def estimate(self, cells: list[Cell]) -> float:
         """CPU seconds ``cells`` will take: each row's mean over finished cells, else all rows' mean (else 90 s)."""
@@ -344,7 +399,7 @@ def results_file(plan: Plan, paths: Paths, args: argparse.Namespace) -> dict[str
     import dense_training
 
     bench = BENCHES[args.bench]
-    runs = [plan.done[c.key] for c in plan.cells if c.key in plan.done]
+    runs = [c.record(plan.done[c.key]) for c in plan.cells if c.key in plan.done]
     dense_seeds = sorted({c.dense_seed for c in plan.cells})
     notes = []
     for s in dense_seeds:
@@ -369,7 +424,7 @@ def results_file(plan: Plan, paths: Paths, args: argparse.Namespace) -> dict[str
         "source": str(_results_stem(args).with_suffix(".json").name),
     }
     out["frozen_settings"]["rows"] = {c.row: dict(c.options) for c in plan.cells}
-    missing = len(plan.pending())
+    missing = sum(c.key not in plan.done for c in plan.cells)
     if missing:
         out["partial"] = f"{len(runs)} of {len(plan.cells)} cells done, {missing} to run."
     return out

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-HARNESS_VERSION = 2
-"""Bump when what a cell computes changes without its settings changing (every cached cell is then stale)."""
+HARNESS_VERSION = 3
+"""Bump when what a cell computes changes without its settings changing (every cached cell is then stale).
+3: the #16 random-stream seeding (same seed, other numbers) made every version-2 cell stale."""
 
 DEFAULT_ROW = "adapmtl"
 
@@ -111,6 +112,7 @@ def render_markdown(results: Mapping[str, Any], *, title: str = "Quality benchma
     lines = [f"# {title}", ""]
     if results.get("partial"):
         lines += ["**PARTIAL RESULTS**: not every cell of the frozen plan has run yet; " + results["partial"], ""]
+    lines += [f"- {note}" for note in results.get("notes", [])] + ([""] if results.get("notes") else [])
     split = {r["split"] for r in runs}
     codes = sorted({r.get("code", "unknown") for r in runs})
     lines += [

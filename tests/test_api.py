@@ -102,7 +102,7 @@ def test_report_has_report_json_sparsity_fields() -> None:
     pruning.finalize()
     report = pruning.report()
     assert set(report) <= set(RunReport.model_fields)
-    assert report["method"] == "adapmtl" and report["weighting"] == "adaptive" and report["layer_scale"] == "none"
+    assert report["method"] == "adapmtl" and report["weighting"] == "norm" and report["layer_scale"] == "none"
     assert report["zeros"] == sum(c["zeros"] for c in report["components"])
     assert abs(report["overall_sparsity"] - 0.8) <= 0.001
     assert sum(report["task_weights"].values()) == pytest.approx(2.0)
@@ -201,11 +201,16 @@ def test_torch_compile_on_the_model_trains_and_lands_on_the_target() -> None:
 
 def test_the_thresholds_learn_at_their_own_rate() -> None:
     x = _data()[0][0]
-    pruning = adapmtl.prepare(TwoTaskNet(), x, tasks=TASKS, layer_scale="none", threshold_lr=0.003)
+    kwargs = {"tasks": TASKS, "layer_scale": "none", "threshold_lr": 0.003}
+    pruning = adapmtl.prepare(TwoTaskNet(), x, allocation="adam", **kwargs)
     groups = pruning.param_groups(lr=1e-4)
     assert [g["lr"] for g in groups] == [1e-4, 0.003]
     assert [g["lr"] for g in pruning.param_groups(lr=1e-4, threshold_lr=0.01)] == [1e-4, 0.01]
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in pruning.model.parameters())
+    # the default (marginal) moves the logits by its own rule after each step: Adam must not step them too
+    default = adapmtl.prepare(TwoTaskNet(), x, **kwargs)
+    assert default.settings.allocation == "marginal"
+    assert [g["lr"] for g in default.param_groups(lr=1e-4)] == [1e-4, 0.0]
 
 
 @pytest.mark.parametrize(
@@ -287,3 +292,13 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     pruning = namespace["pruning"]
     assert abs(pruning.sparsity()["overall"] - 0.9) <= 0.001
     assert type(namespace["model"]).__name__ == "Net" and (tmp_path / "m.sparse.safetensors").is_file()
+
+
+def test_every_public_name_resolves_from_the_package() -> None:
+    import adapmtl_cli
+    from adapmtl_cli import api
+    from adapmtl_cli.export.latency import measure_latency
+
+    for name in set(adapmtl_cli.__all__) - {"__version__"}:
+        assert getattr(adapmtl_cli, name) is getattr(api, name)
+    assert adapmtl_cli.measure_latency is measure_latency

@@ -78,7 +78,8 @@ def handles_errors(fn: F) -> F:
         from adapmtl_cli.cli import ui
 
         try:
-            return fn(*args, **kwargs)
+            with ui.own_stdout():  # user code's prints go to stderr: our stdout stays machine-readable
+                return fn(*args, **kwargs)
         except AdapmtlError as exc:
             if _state["debug"]:
                 traceback.print_exc()

@@ -120,11 +120,11 @@ def one_of(names: Sequence[str], notes: Mapping[str, str] | None = None) -> str:
 WEIGHTING_NOTES = {
     "adaptive": "loss growth relative to the dense level",
     "paper": "the paper's step-to-step estimator",
-    "norm": "each loss over its dense level, the control for adaptive",
+    "norm": "each loss over its dense level; default for adapmtl",
 }
 ALLOCATION_NOTES = {
-    "adam": "Adam steps on the threshold logits at --threshold-lr; default",
-    "marginal": "toward equal marginal loss per pruned weight",
+    "adam": "Adam steps on the threshold logits at --threshold-lr; default for str_*",
+    "marginal": "toward equal marginal loss per pruned weight; default for adapmtl",
     "frozen": "the start's split, held; the control",
 }
 LAYER_SCALE_NOTES = {
@@ -217,7 +217,9 @@ BATCH_SIZE = typer.Option(
     DEFAULTS.batch_size, "--batch-size", help="Global batch per step (under torchrun, split evenly over the processes)."
 )
 LR = typer.Option(DEFAULTS.lr, "--lr", help="Adam learning rate of the weights.")
-THRESHOLD_LR = typer.Option(DEFAULTS.threshold_lr, "--threshold-lr", help="Adam learning rate of the threshold logits.")
+THRESHOLD_LR = typer.Option(
+    DEFAULTS.threshold_lr, "--threshold-lr", help="Adam learning rate of the threshold logits (--allocation adam only)."
+)
 METHOD = typer.Option(DEFAULTS.method, "--method", help=method_help())
 COMPONENT_SPARSITY = typer.Option(
     None,
@@ -229,7 +231,7 @@ WEIGHTING = typer.Option(
     DEFAULTS.weighting,
     "--weighting",
     help=f"Task-loss weights: {one_of(choices('weighting'), WEIGHTING_NOTES)} "
-    "(default: adaptive for adapmtl, paper for adapmtl_paper, else equal).",
+    "(default: norm for adapmtl, paper for adapmtl_paper, else equal).",
 )
 LAYER_SCALE = typer.Option(
     DEFAULTS.layer_scale,

@@ -7,12 +7,15 @@ from typing import Any
 
 import typer
 
+from adapmtl_cli.config import LATENCY_BATCH, LATENCY_REPEATS, LATENCY_THREADS
+
 REPORT_EPILOG = (
     "Examples: adapmtl report runs/a --layers --sort sparsity  |  adapmtl report runs/a --format html "
     "--output report.html  |  adapmtl report runs/a runs/b --compare  |  adapmtl report runs/a --plot plots/"
 )
 EXPORT_EPILOG = (
     "Examples: adapmtl export runs/a --onnx  |  adapmtl export runs/a --onnx --shrink --sparse-initializers  |  "
+    "adapmtl export runs/a --onnx --latency-batch 16 --latency-threads 4  |  "
     "adapmtl export --densify runs/a/export/model.sparse.safetensors dense.safetensors"
 )
 
@@ -87,6 +90,17 @@ def export(
     shrink: bool = typer.Option(
         False, "--shrink", help="Remove all-zero channels where the graph allows; write model.shrunk.onnx."
     ),
+    latency: bool = typer.Option(
+        True,
+        "--latency/--no-latency",
+        help=f"Time each ONNX file against the dense checkpoint in onnxruntime (CPU; median of {LATENCY_REPEATS}).",
+    ),
+    latency_batch: int | None = typer.Option(
+        None, "--latency-batch", help=f"Batch size the latency is timed at, besides 1 (default {LATENCY_BATCH})."
+    ),
+    latency_threads: int | None = typer.Option(
+        None, "--latency-threads", help=f"onnxruntime intra-op threads for the latency (default {LATENCY_THREADS})."
+    ),
 ) -> None:
     """Write model.safetensors (dense, exact zeros, your state_dict keys), model.sparse.safetensors and ONNX."""
     from adapmtl_cli.cli import ui
@@ -108,21 +122,25 @@ def export(
     check_run_folders([run])  # before torch loads
     from adapmtl_cli.jobs.export import export_run
 
-    with ui.spinner("exporting"):
-        manifest = export_run(
-            run,
-            out_dir=out,
-            onnx=onnx,
-            exporter=exporter,
-            values_dtype=values_dtype,
-            sparse_initializers=sparse_initializers,
-            shrink=shrink,
-        )
+    manifest = export_run(
+        run,
+        out_dir=out,
+        onnx=onnx,
+        exporter=exporter,
+        values_dtype=values_dtype,
+        sparse_initializers=sparse_initializers,
+        shrink=shrink,
+        latency=latency,
+        latency_batch=latency_batch,
+        latency_threads=latency_threads,
+        phase=ui.spinner,
+    )
     show_export(manifest)
 
 
 def show_export(manifest: Any, *, quiet: bool = False) -> None:
-    """What an export wrote (an ``ExportManifest``): each file with its size and check, zero filters, shrinking.
+    """What an export wrote (an ``ExportManifest``): each file with its size and check, zero filters, shrinking,
+    and the onnxruntime latency against the dense model when it was measured.
 
     ``quiet`` leaves out the ``•`` line about all-zero filters (``demo -q``).
     """
@@ -148,6 +166,11 @@ def show_export(manifest: Any, *, quiet: bool = False) -> None:
         _show_zero_filters(manifest.zero_filters)
     if manifest.shrink is not None:
         _show_shrink(manifest)
+    if manifest.latency is not None:
+        from adapmtl_cli.report.views import latency_lines
+
+        for line in latency_lines(manifest.latency):
+            ui.status(line)
 
 
 def _show_zero_filters(zero: dict[str, int]) -> None:

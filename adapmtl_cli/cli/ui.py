@@ -1,7 +1,9 @@
 """Console output: the only module that talks to the terminal (``report/terminal.py`` builds what it shows).
 
 Status lines and tables go to stdout, errors to stderr; progress bars draw only on a terminal (and are replaced
-by a few plain lines otherwise), so logs and pipes stay clean.
+by a few plain lines otherwise), so logs and pipes stay clean. While a command runs, stdout belongs to us alone:
+whatever user code prints (a model's ``forward``, a factory, a dataset plug-in) goes to stderr
+(:func:`own_stdout`), so ``--json``, ``--log-format jsonl`` and ``--format csv`` stay machine-readable.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
 from rich.markup import escape
@@ -34,6 +36,28 @@ PHASE_LABELS = {"scenes": "generating scenes", "dense": "dense training", "expor
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+_stdout: list[TextIO] = []
+"""The real stdout while :func:`own_stdout` holds it (``sys.stdout`` is then stderr for everyone else)."""
+
+
+@contextmanager
+def own_stdout() -> Iterator[None]:
+    """Keep stdout for this module's output; anything else printed meanwhile goes to stderr.
+
+    User code runs inside our commands (factories, ``forward``, dataset plug-ins) and may ``print``; on stdout
+    that would corrupt a JSON document or a JSON-lines stream. Nested use keeps the outermost stdout.
+    """
+    real = _stdout[-1] if _stdout else sys.stdout
+    _stdout.append(real)
+    console.file = real
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _stdout.pop()
+        console.file = _stdout[-1] if _stdout else None  # type: ignore[assignment]  # None: follow sys.stdout
 
 
 def status(message: str) -> None:
@@ -69,7 +93,9 @@ def show(renderable: Any) -> None:
 
 
 def plain(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    out = _stdout[-1] if _stdout else sys.stdout
+    out.write(text if text.endswith("\n") else text + "\n")
+    out.flush()
 
 
 def _pct(v: float | None) -> str:

@@ -4,20 +4,39 @@ The model is rebuilt the way ``prune`` built it (same checkpoint, ``--factory`` 
 weights are loaded with ``strict=True``, and the output wrapper returns the task tensors in task order so the
 ONNX outputs are named after the tasks. Every ONNX file, the shrunk one included, is compared in onnxruntime
 with the pruned PyTorch model at several batch sizes.
+
+With ``latency``, the ONNX files are then timed in onnxruntime against the run's dense checkpoint, exported the
+same way to a temporary file outside the export folder (``export/latency.py``); ``manifest.json`` is saved
+before the measurement and again with its ``latency`` entry, so a failed or interrupted measurement still leaves
+a complete export.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from adapmtl_cli.config import ComponentsManifest, ExportManifest, PruneConfig, ShrinkManifest
-from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.config import (
+    LATENCY_BATCH,
+    LATENCY_REPEATS,
+    LATENCY_THREADS,
+    ComponentsManifest,
+    ExportManifest,
+    LatencyAtBatch,
+    LatencyManifest,
+    PruneConfig,
+    ShrinkManifest,
+)
+from adapmtl_cli.errors import ConfigError, ExportError
 from adapmtl_cli.export.dense import retie_state, save_dense
+from adapmtl_cli.export.latency import measure_latency
 from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, export_verified_onnx
 from adapmtl_cli.export.shrink import shrink_model, zero_filters
 from adapmtl_cli.export.sparse_codec import check_sparse_roundtrip, load_sparse, save_sparse
@@ -32,6 +51,20 @@ from adapmtl_cli.model.outputs import OutputMapping
 # Batch sizes every ONNX file is checked at (the export itself traces batch 2, so all differ from it).
 PARITY_BATCH_SIZES = (1, 3, 5)
 PARITY_ATOL = 1e-4
+DENSE_LABEL = "dense"
+"""The dense reference's label in the latency measurement (the files are labelled by their names)."""
+
+Phase = Callable[[str], AbstractContextManager[object]]
+"""Wraps each stage of the export, given what it does (``cli.ui.spinner`` shows it)."""
+
+
+@dataclass(frozen=True)
+class LatencyRequest:
+    """What ``export_run`` times the ONNX files with (``config.LATENCY_*`` by default)."""
+
+    batch: int = LATENCY_BATCH
+    threads: int = LATENCY_THREADS
+    repeats: int = LATENCY_REPEATS
 
 
 class TaskOutputs(nn.Module):
@@ -81,6 +114,11 @@ def export_run(
     values_dtype: str | None = None,
     sparse_initializers: bool = False,
     shrink: bool = False,
+    latency: bool = False,
+    latency_batch: int | None = None,
+    latency_threads: int | None = None,
+    latency_repeats: int | None = None,
+    phase: Phase | None = None,
 ) -> ExportManifest:
     """Write and verify the export files of ``run``; returns (and saves) the export manifest.
 
@@ -90,12 +128,31 @@ def export_run(
         values_dtype: ``fp16`` or ``bf16`` to store the sparse file's float values narrower.
         sparse_initializers: store mostly-zero ONNX weights as sparse initializers.
         shrink: remove the channels the graph proves removable and write ``model.shrunk.onnx``.
+        latency: when an ONNX file was written, time it in onnxruntime against the dense checkpoint and record
+            the medians as the manifest's ``latency``.
+        latency_batch, latency_threads, latency_repeats: the batch timed besides 1, the intra-op threads and
+            the timed runs (default ``config.LATENCY_BATCH``, ``LATENCY_THREADS``, ``LATENCY_REPEATS``).
+        phase: wraps each stage (``"exporting"``, then the measurement), given what it does.
     """
-    narrow = _check_options(exporter, values_dtype, sparse_initializers and not (onnx or shrink))
+    timing = (latency_batch, latency_threads, latency_repeats)
+    narrow = _check_options(
+        exporter, values_dtype, sparse_initializers and not (onnx or shrink), timing, latency, onnx or shrink
+    )
+    given = {name: v for name, v in zip(("batch", "threads", "repeats"), timing, strict=True) if v is not None}
     if not RunDir(run).root.is_dir():
         raise ConfigError(f"run folder {str(run)!r} does not exist")
     with run_lock(Path(run)):
-        return _export_locked(run, out_dir, onnx, exporter, narrow, sparse_initializers, shrink)
+        return _export_locked(
+            run,
+            out_dir,
+            onnx,
+            exporter,
+            narrow,
+            sparse_initializers,
+            shrink,
+            LatencyRequest(**given) if latency else None,
+            phase or _no_phase,
+        )
 
 
 def _export_locked(
@@ -106,20 +163,87 @@ def _export_locked(
     narrow: torch.dtype | None,
     sparse_initializers: bool,
     shrink: bool,
+    latency: LatencyRequest | None,
+    phase: Phase,
 ) -> ExportManifest:
     """``export_run``'s work, with the run folder locked."""
-    model, _cfg, manifest = load_pruned_model(run)
-    target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
-    target.mkdir(parents=True, exist_ok=True)
-    fields = _safetensors_files(model, target, narrow)
-    job = _OnnxJob.of(model, manifest, exporter, sparse_initializers)
-    if onnx:
-        fields |= _onnx_fields(job, target)
-    if shrink:
-        fields |= _shrink_fields(job, model, manifest, target)
-    result = ExportManifest(sparse_roundtrip="bit-exact", **fields)
+    with phase("exporting"):
+        model, cfg, manifest = load_pruned_model(run)
+        target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
+        target.mkdir(parents=True, exist_ok=True)
+        fields = _safetensors_files(model, target, narrow)
+        job = _OnnxJob.of(model, manifest, exporter, sparse_initializers)
+        if onnx:
+            fields |= _onnx_fields(job, target)
+        if shrink:
+            fields |= _shrink_fields(job, model, manifest, target)
+        result = ExportManifest(sparse_roundtrip="bit-exact", **fields)
+        write_model(target / "manifest.json", result)
+    files = _onnx_files(result)
+    if latency is None or not files:
+        return result
+    sizes = "batch 1" + (f" and {latency.batch}" if latency.batch != 1 else "")
+    threads = f"{latency.threads} thread{'s' if latency.threads != 1 else ''}"
+    with phase(f"timing onnxruntime latency against the dense model ({sizes}, {threads})"):
+        measured = _measure_latency(job, cfg, manifest, files, latency)
+    result = result.model_copy(update={"latency": measured})
     write_model(target / "manifest.json", result)
     return result
+
+
+def _no_phase(message: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
+def _onnx_files(result: ExportManifest) -> dict[str, Path]:
+    """The ONNX files this export wrote, by file name: ``model.onnx``, then ``model.shrunk.onnx``."""
+    written = [result.onnx, result.shrink.onnx if result.shrink is not None else None]
+    return {Path(path).name: Path(path) for path in written if path is not None}
+
+
+def _measure_latency(
+    job: _OnnxJob, cfg: PruneConfig, manifest: ComponentsManifest, files: dict[str, Path], request: LatencyRequest
+) -> LatencyManifest:
+    """Time ``files`` against the run's dense checkpoint, exported like them to a temporary file, in one loop.
+
+    Raises:
+        ExportError: the dense export or the measurement failed (the export's files are written already).
+    """
+    dense = load_model(Path(cfg.checkpoint), factory=cfg.factory, trust_pickle=cfg.trust_pickle).model.eval()
+    reference = TaskOutputs(dense, manifest.output_paths).eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="adapmtl-dense-onnx-") as tmp:  # never in the export folder
+            dense_onnx = Path(tmp) / "dense.onnx"
+            replace(job, reference=reference).write(reference, dense_onnx)
+            measured = measure_latency(
+                {DENSE_LABEL: dense_onnx, **files},
+                manifest.input_shape,
+                batch=request.batch,
+                threads=request.threads,
+                repeats=request.repeats,
+            )
+    except ExportError as exc:
+        raise ExportError(
+            f"timing the ONNX files failed ({exc}); the export files and manifest.json are written, without "
+            "latency: pass --no-latency to skip the measurement"
+        ) from exc
+
+    def at(batch: int) -> LatencyAtBatch:
+        medians = measured.at(batch)
+        dense_ms = medians.pop(DENSE_LABEL)
+        return LatencyAtBatch(dense_ms=dense_ms, files=medians)
+
+    main = at(request.batch)
+    return LatencyManifest(
+        batch=request.batch,
+        threads=measured.threads,
+        repeats=measured.repeats,
+        warmup=measured.warmup,
+        onnxruntime=measured.onnxruntime,
+        dense_ms=main.dense_ms,
+        files=main.files,
+        batch1=at(1),
+    )
 
 
 def _safetensors_files(model: nn.Module, target: Path, narrow: torch.dtype | None) -> dict[str, Any]:
@@ -219,8 +343,18 @@ def _shrink_fields(job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest
     return fields
 
 
-def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initializers: bool) -> torch.dtype | None:
-    """Validate the export options before anything is written; return the narrow values dtype, if any."""
+def _check_options(
+    exporter: str,
+    values_dtype: str | None,
+    orphan_sparse_initializers: bool,
+    timing: tuple[int | None, ...] = (),
+    latency: bool = False,
+    writes_onnx: bool = False,
+) -> torch.dtype | None:
+    """Validate the export options before anything is written; return the narrow values dtype, if any.
+
+    ``timing`` is ``(latency_batch, latency_threads, latency_repeats)``, None where not given.
+    """
     problems = []
     if exporter not in EXPORTERS:
         problems.append(f"--exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
@@ -228,6 +362,15 @@ def _check_options(exporter: str, values_dtype: str | None, orphan_sparse_initia
         problems.append(f"--values-dtype {values_dtype!r} is not one of {', '.join(VALUES_DTYPES)}")
     if orphan_sparse_initializers:
         problems.append("--sparse-initializers applies to ONNX files; add --onnx or --shrink")
+    for flag, value in zip(("--latency-batch", "--latency-threads", "latency_repeats"), timing, strict=False):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{flag} {value!r} is not a positive integer")
+        elif not writes_onnx:
+            problems.append(f"{flag} applies to the latency of ONNX files; add --onnx or --shrink")
+        elif not latency:
+            problems.append(f"{flag} applies to the latency measurement, which --no-latency turns off")
     if problems:
         raise ConfigError("; ".join(problems))
     return None if values_dtype is None else VALUES_DTYPES[values_dtype]

@@ -46,8 +46,10 @@ BETAS = (0.5, 0.999)
 """The official code's Adam betas, for every parameter of this method."""
 WEIGHT_DECAY = 1e-4
 """The official code's coupled L2 decay on the weights (its default)."""
-THRESHOLD_DECAY = 1e-2
-"""Coupled L2 decay on the threshold logits: the growth drive (see the module docstring)."""
+THRESHOLD_DECAY = 1.0
+"""Coupled L2 decay on the threshold logits: the growth drive (see the module docstring). Chosen on the quality
+benchmark's dev split (seeds 0-1, mean Δ_T at 90% / 95%): 1e-2 −333.6 / −355.3, 0.1 −319.4 / −331.3, 1.0 −294.3 /
+−306.6; larger values were not tried."""
 
 
 @register_method("adapmtl_paper", weighting="paper", layer_scale="none")

@@ -170,7 +170,7 @@ class ThresholdPruner:
         if isinstance(allocator, MarginalAllocator):
             # The rule moves logits only, so the weights' magnitudes stay valid for the level fit below.
             mags = group_magnitudes(self.tm, self._controller.workspace)
-            allocator.step_(self.tm, mags)
+            allocator.step_(self.tm, mags, steps=self.ctx.steps)
         target = self.target_at(step)
         if self.bounds:
             # Floors grow with the ramp (a 95% floor must not hit a component at step 1); caps hold throughout.

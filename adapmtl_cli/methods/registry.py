@@ -18,6 +18,8 @@ CALIBRATES: set[str] = set()
 """Methods that score weights with task gradients on training batches whatever their layer scale."""
 COMPONENT_BOUNDS: set[str] = set()
 """Methods with one learned threshold per component, which ``--component-sparsity`` bounds."""
+DEFAULT_ALLOCATION: dict[str, str] = {}
+"""How each threshold method moves its split between groups unless ``--allocation`` says otherwise."""
 
 
 def register_method(
@@ -27,6 +29,7 @@ def register_method(
     layer_scale: str | None = None,
     calibrates: bool = False,
     component_bounds: bool = False,
+    allocation: str = "adam",
 ) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
     """Register a method factory under ``name``; registering a name twice is a bug.
 
@@ -35,6 +38,7 @@ def register_method(
         layer_scale: the layer scales of a threshold method (None: the method prunes with masks).
         calibrates: the method always scores weights with task gradients (needs calibration batches).
         component_bounds: the method has one learned threshold per component (``--component-sparsity``).
+        allocation: a threshold method's default ``--allocation`` (the factory must build it with this one).
     """
 
     def wrap(factory: Callable[[MethodContext], Pruner]) -> Callable[[MethodContext], Pruner]:
@@ -43,6 +47,8 @@ def register_method(
         METHODS[name] = factory
         DEFAULT_WEIGHTING[name] = weighting
         DEFAULT_LAYER_SCALE[name] = layer_scale
+        if layer_scale is not None:
+            DEFAULT_ALLOCATION[name] = allocation
         if calibrates:
             CALIBRATES.add(name)
         if component_bounds:
@@ -59,7 +65,7 @@ def check_method(name: str) -> None:
 
 
 def weighting_name(method: str, weighting: str | None) -> str:
-    """``weighting`` if given, else the method's own default (adaptive for AdapMTL, equal for baselines)."""
+    """``weighting`` if given, else the method's own default (norm for adapmtl, paper for adapmtl_paper, else equal)."""
     check_method(method)
     return weighting or DEFAULT_WEIGHTING[method]
 
@@ -71,16 +77,12 @@ def layer_scale_name(method: str, layer_scale: str | None) -> str | None:
     return (layer_scale or default) if default is not None else None
 
 
-DEFAULT_ALLOCATION = "adam"
-"""How threshold methods move their split between groups unless ``--allocation`` says otherwise."""
-
-
 def allocation_name(method: str, allocation: str | None) -> str | None:
-    """``allocation`` if given, else the threshold methods' default; None for methods without thresholds."""
+    """``allocation`` if given, else the method's own default; None for methods without thresholds."""
     check_method(method)
     if DEFAULT_LAYER_SCALE[method] is None:
         return None
-    return allocation or DEFAULT_ALLOCATION
+    return allocation or DEFAULT_ALLOCATION[method]
 
 
 def needs_calibration(method: str, layer_scale: str | None) -> bool:

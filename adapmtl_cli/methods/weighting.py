@@ -8,14 +8,16 @@ warm-up. The original code fixes warm-up 5000 and window 500 of 20 000 steps and
 warm-up and window are fractions of the run and ``T`` is the real task count. With a few hundred steps, the
 step-to-step change is mostly minibatch noise, not a reaction to pruning, and it favours tasks with noisy losses.
 
-``adaptive`` (:class:`AdaptiveWeighting`, the default) measures the reaction against the dense model: each task's
-loss is compared with its own level at the start of the run (before the sparsity ramp has removed much), as
-``r_i = EMA(L_i) / L_i(dense)``, and ``w_i ∝ r_i / L_i(dense)``: a task whose loss grew more, relative to where
-it started, weighs more (the paper's principle), and dividing by the dense level makes the weights independent of
-each loss's scale (cross-entropy ~1 and 1 − cosine ~0.1 count alike), which is what Δ_T, a sum of relative
-changes, rewards. Measured in ``docs/architecture.md`` ("Making the default win"). ``norm``
+``adaptive`` (:class:`AdaptiveWeighting`, ``adapmtl``'s default before issue #13) measures the reaction against the
+dense model: each task's loss is compared with its own level at the start of the run (before the sparsity ramp has
+removed much), as ``r_i = EMA(L_i) / L_i(dense)``, and ``w_i ∝ r_i / L_i(dense)``: a task whose loss grew more,
+relative to where it started, weighs more (the paper's principle), and dividing by the dense level makes the
+weights independent of each loss's scale (cross-entropy ~1 and 1 − cosine ~0.1 count alike), which is what Δ_T, a
+sum of relative changes, rewards. Measured in ``docs/architecture.md`` ("Making the default win").
+``norm``
 (:class:`NormWeighting`) is ``w_i ∝ 1 / L_i(dense)`` alone: the control that shows what the robustness factor
-adds. The weights are plain floats: no gradient flows through them.
+adds; it did as well as ``adaptive`` on the quality benchmark's dev split, so it is ``adapmtl``'s default now
+(``methods/adapmtl.py``). The weights are plain floats: no gradient flows through them.
 """
 
 from __future__ import annotations

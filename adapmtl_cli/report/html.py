@@ -17,6 +17,7 @@ from adapmtl_cli.report.text import SECTION_TITLES, compare_json
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
+    LATENCY_TITLE,
     Plot,
     RunView,
     baseline_warning,
@@ -24,6 +25,7 @@ from adapmtl_cli.report.views import (
     collapse_line,
     collapsed_tasks,
     fmt,
+    latency_lines,
     layer_scale_note,
     metrics_title,
     per_task_scores,
@@ -163,6 +165,9 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
         weights = ", ".join(f"{escape(t)} {fmt(w, 'float')}" for t, w in r.task_weights.items())
         parts.append(f"<p>Task weights at the last step: {weights}</p>")
     parts += [f'<p class="warn">warning: {escape(w)}</p>' for w in r.warnings]
+    if run.latency is not None:
+        parts.append(f"<h2>{escape(LATENCY_TITLE)}</h2>")
+        parts.append(f'<p class="note">{"<br>".join(escape(line) for line in latency_lines(run.latency))}</p>')
     parts.append("<h2>Plots</h2>")
     parts.append(_figures(plots))
     parts.append(f"<details{' open' if layers else ''}><summary><h2 style='display:inline'>Sparsity per layer</h2>")

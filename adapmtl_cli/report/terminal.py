@@ -17,13 +17,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from adapmtl_cli.config import ComponentsManifest, RunReport
+from adapmtl_cli.config import ComponentsManifest, LatencyManifest, RunReport
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.report.formats import FORMATS
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json, compare_markdown, report_csv, report_markdown
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
+    LATENCY_TITLE,
     Plot,
     RunView,
     baseline_warning,
@@ -31,6 +32,7 @@ from adapmtl_cli.report.views import (
     collapse_line,
     collapsed_tasks,
     fmt,
+    latency_lines,
     layer_scale_note,
     load_report,
     metrics_title,
@@ -173,10 +175,12 @@ def report_renderable(
     sort: str = "model",
     baseline: str | None = None,
     eval_split: str = "val",
+    latency: LatencyManifest | None = None,
 ) -> Group:
-    """The terminal view: summary line, component table, task metrics, Δ_T, optional layer table.
+    """The terminal view: summary line, component table, task metrics, Δ_T, ONNX latency, optional layer table.
 
-    ``eval_split`` names the split the metrics come from (the run's ``eval_split``), for the titles.
+    ``eval_split`` names the split the metrics come from (the run's ``eval_split``), for the titles; ``latency``
+    is the export's measurement (shown when given).
     """
     head = Text.assemble(
         ("Sparsity ", "bold"),
@@ -198,6 +202,9 @@ def report_renderable(
     parts += _score_texts(report)
     parts.extend(Text(n, style="dim") for n in notes)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in report.warnings)
+    if latency is not None:
+        parts.append(Text(LATENCY_TITLE, style="bold"))
+        parts.extend(Text(line) for line in latency_lines(latency))
     if layers:
         parts.append(_layer_table(report, sort))
     return Group(*parts)
@@ -278,7 +285,8 @@ def render_text(
     if fmt_name == "markdown":
         if compare:
             return compare_markdown(runs, layers=layers, sort=sort)
-        return report_markdown(runs[0].report, layers=layers, sort=sort, baseline=runs[0].baseline)
+        run = runs[0]
+        return report_markdown(run.report, layers=layers, sort=sort, baseline=run.baseline, latency=run.latency)
     if fmt_name == "html":
         from adapmtl_cli.report.html import report_html
 
@@ -303,7 +311,9 @@ def terminal_renderable(runs: Sequence[RunView], *, layers: bool = False, sort: 
     if len(runs) > 1:
         return compare_renderable(runs, layers=layers, sort=sort)
     run = runs[0]
-    return report_renderable(run.report, layers=layers, sort=sort, baseline=run.baseline, eval_split=run.eval_split)
+    return report_renderable(
+        run.report, layers=layers, sort=sort, baseline=run.baseline, eval_split=run.eval_split, latency=run.latency
+    )
 
 
 def components_renderable(

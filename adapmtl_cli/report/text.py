@@ -12,15 +12,17 @@ import io
 import json
 from collections.abc import Sequence
 
-from adapmtl_cli.config import SCHEMA_VERSION, RunReport
+from adapmtl_cli.config import SCHEMA_VERSION, LatencyManifest, RunReport
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
+    LATENCY_TITLE,
     Row,
     RunView,
     bounded_score,
     collapse_line,
     fmt,
+    latency_lines,
     layer_scale_note,
     metrics_title,
     per_task_scores,
@@ -48,9 +50,14 @@ def _cell(text: str) -> str:
 
 
 def report_markdown(
-    report: RunReport, *, layers: bool = False, sort: str = "model", baseline: str | None = None
+    report: RunReport,
+    *,
+    layers: bool = False,
+    sort: str = "model",
+    baseline: str | None = None,
+    latency: LatencyManifest | None = None,
 ) -> str:
-    """One run as a Markdown document (the numbers of the terminal view)."""
+    """One run as a Markdown document (the numbers of the terminal view; ``latency``: the export's, if given)."""
     lines = [
         f"**Sparsity**: target {report.target_sparsity:.2%}, achieved {report.overall_sparsity:.2%} "
         f"({report.zeros:,} of {report.prunable_params:,} prunable weights); method `{report.method}`, "
@@ -86,6 +93,8 @@ def report_markdown(
         lines += ["", f"Task weights at the last step: {weights}"]
     for w in report.warnings:
         lines += ["", f"> warning: {w}"]
+    if latency is not None:
+        lines += ["", f"**{LATENCY_TITLE}**", "", *(f"- {line}" for line in latency_lines(latency))]
     if layers:
         lines += ["", "| layer | component | params | sparsity | threshold |", "|---|---|---:|---:|---:|"]
         for x in sorted_layers(report, sort):

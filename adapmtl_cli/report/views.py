@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from adapmtl_cli.config import LayerSparsity, PruneConfig, RunReport, ScoreEntry
+from adapmtl_cli.config import ExportManifest, LatencyManifest, LayerSparsity, PruneConfig, RunReport, ScoreEntry
 from adapmtl_cli.errors import AdapmtlError, ConfigError
 from adapmtl_cli.files.atomic import atomic_write, read_jsonl, read_model
 from adapmtl_cli.files.rundir import RunDir
@@ -55,6 +55,7 @@ class RunView:
         baseline: one line naming what the pruned model is compared with.
         metrics: the ``metrics.jsonl`` records (one per logged step), for the plots over steps.
         eval_split: the split both models were scored on (``val`` or ``test``; the run's ``eval_split``).
+        latency: the onnxruntime latency ``adapmtl export`` measured (``RUN/export/manifest.json``), if any.
     """
 
     label: str
@@ -63,6 +64,7 @@ class RunView:
     path: Path | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     eval_split: str = "val"
+    latency: LatencyManifest | None = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,38 @@ def load_runs(paths: Sequence[Path]) -> list[RunView]:
         cfg = _run_config(RunDir(p))
         metrics = [r for r in read_jsonl(RunDir(p).metrics) if "event" not in r]
         split = cfg.eval_split if cfg is not None else "val"
-        views.append(RunView(label, rep, _baseline(cfg), Path(p), metrics, eval_split=split))
+        latency = _export_latency(RunDir(p))
+        views.append(RunView(label, rep, _baseline(cfg), Path(p), metrics, eval_split=split, latency=latency))
     return views
+
+
+def _export_latency(rd: RunDir) -> LatencyManifest | None:
+    """The latency in ``RUN/export/manifest.json``; None without one (no export, ``--no-latency``, unreadable)."""
+    path = rd.export_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return read_model(path, ExportManifest).latency
+    except (AdapmtlError, ValidationError, ValueError):  # the report is about the run: a bad export is not fatal
+        return None
+
+
+LATENCY_TITLE = "ONNX latency (onnxruntime CPU, from export/manifest.json)"
+
+
+def latency_lines(latency: LatencyManifest) -> list[str]:
+    """``latency model.onnx: 3.21 ms vs dense 3.18 ms (1.01× dense; batch 8, 1 thread, median of 20)``: one line
+    per file at the measured batch, then at batch 1 (as ``export`` prints them and every report shows them)."""
+    threads = f"{latency.threads} thread{'' if latency.threads == 1 else 's'}"
+    sizes = [(latency.batch, latency.dense_ms, latency.files)]
+    if latency.batch != 1:
+        sizes.append((1, latency.batch1.dense_ms, latency.batch1.files))
+    return [
+        f"latency {name}: {ms:.2f} ms vs dense {dense:.2f} ms ({ms / dense:.2f}× dense; batch {batch}, {threads}, "
+        f"median of {latency.repeats})"
+        for batch, dense, files in sizes
+        for name, ms in files.items()
+    ]
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:

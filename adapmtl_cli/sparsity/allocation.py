@@ -14,7 +14,7 @@ the allocation rule decides how the groups (components) move apart:
   magnitudes in a thin band around the threshold: ``d_c ≈ #{|w|/m ∈ [t·e^{−ε}, t·e^{ε}]} / (2ε) · (1 − t)``.
   With ``λ_c = g_c / d_c`` (exponential moving averages of both) and ``λ̂ = Σ g / Σ d`` (the cost per zero of
   moving every group together, the controller's direction), each logit takes the step
-  ``−η · (λ_c / λ̂ − 1)``, clipped to ``±max_step``: a group whose loss pays more per pruned weight than the
+  ``−(η / steps) · (λ_c / λ̂ − 1)``, clipped to ``±max_step``: a group whose loss pays more per pruned weight than the
   average gets a lower threshold (stays denser), one that pays less prunes more, in proportion to the size of
   the difference. At the fixed point every ``λ_c`` is equal, the KKT condition of minimising the loss at the
   given zero count. With soft thresholds a weight at the margin is already near zero, so ``g_c`` is mostly the
@@ -31,8 +31,11 @@ from torch import nn
 from adapmtl_cli.sparsity.thresholds import ThresholdedModel
 
 ALLOCATIONS = ("adam", "marginal", "frozen")
-RATE = 0.05
-"""η: logit step per unit of relative marginal-cost difference (``λ_c / λ̂ − 1``)."""
+RUN_RATE = 0.2
+"""η: logit movement over the whole run per unit of relative marginal-cost difference (``λ_c / λ̂ − 1``); each
+step moves ``η / steps``, so the split moves as far in a 3000-step run as in a 200-step one. Chosen on the quality
+benchmark's dev split (200 steps: per-step rates 0.05, 0.02, 0.01, 0.005, 0.0025 and 0.001 tried; 0.001, i.e.
+η = 0.2, had the best mean Δ_T over 90% and 95%, 3 seeds; docs/architecture.md, "How the split moves")."""
 MAX_STEP = 0.1
 """The largest logit step one update takes (a threshold moves by at most about 10% per step)."""
 BAND = 0.05
@@ -55,11 +58,12 @@ class MarginalAllocator(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
-    def step_(self, tm: ThresholdedModel, magnitudes: list[torch.Tensor]) -> torch.Tensor:
+    def step_(self, tm: ThresholdedModel, magnitudes: list[torch.Tensor], *, steps: int) -> torch.Tensor:
         """Move the logits of ``tm``'s bank one step toward equal marginal cost; returns the steps taken.
 
         Args:
             magnitudes: per group (bank order), the magnitudes its threshold is compared with (``|w| / m``).
+            steps: the run's step budget (each step moves ``RUN_RATE / steps`` per unit of cost difference).
         """
         groups = tm.bank.groups
         logits = torch.stack([tm.bank.logit(g).detach().double() for g in groups]).cpu()
@@ -72,15 +76,15 @@ class MarginalAllocator(nn.Module):
         g = self.grad_ema.cpu() / correction
         d = (self.density_ema.cpu() / correction).clamp_min(1.0)
         total_g, total_d = float(g.sum()), float(d.sum())
-        steps = torch.zeros_like(logits)
+        moves = torch.zeros_like(logits)
         if len(groups) < 2 or not (math.isfinite(total_g) and total_g > 0):
-            return steps  # one group, or pruning does not cost loss on average: nothing to rebalance
+            return moves  # one group, or pruning does not cost loss on average: nothing to rebalance
         ratio = (g / d) / (total_g / total_d)
-        steps = (-RATE * (ratio - 1.0)).clamp(-MAX_STEP, MAX_STEP)
+        moves = (-(RUN_RATE / max(1, steps)) * (ratio - 1.0)).clamp(-MAX_STEP, MAX_STEP)
         for i, group in enumerate(groups):
             param = tm.bank.logit(group)
-            param.add_(steps[i].to(param.dtype).to(param.device))
-        return steps
+            param.add_(moves[i].to(param.dtype).to(param.device))
+        return moves
 
 
 def _grad(param: nn.Parameter) -> torch.Tensor:

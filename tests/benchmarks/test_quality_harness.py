@@ -107,8 +107,8 @@ def test_the_report_marks_partial_results_and_reads_every_row_from_the_json() ->
     assert "| adapmtl-frozen | 3 |" in text and "| dense+finetune | 3 |" in text
     assert "Against adapmtl-frozen:" in text and "excludes 0." in text
     assert "Cost of pruning" in text
-    complete = qs.render_markdown({"runs": runs})
-    assert "PARTIAL" not in complete
+    complete = qs.render_markdown({"runs": runs, "notes": ["rows ran on two code versions"]})
+    assert "PARTIAL" not in complete and "- rows ran on two code versions" in complete
 
 
 def test_a_row_spec_takes_options_and_keeps_commas_inside_brackets() -> None:
@@ -145,11 +145,39 @@ def test_a_const_option_sets_a_module_constant_for_one_cell_and_restores_it() ->
 
     from adapmtl_cli.sparsity import allocation
 
-    before = allocation.RATE
-    options = {"method": "adapmtl", "allocation": "marginal", "const:sparsity.allocation.RATE": 0.01}
+    before = allocation.RUN_RATE
+    options = {"method": "adapmtl", "allocation": "marginal", "const:sparsity.allocation.RUN_RATE": 0.01}
     with cell_runner.constants(dict(options)) as rest:
-        assert allocation.RATE == 0.01 and "const:sparsity.allocation.RATE" not in rest
+        assert allocation.RUN_RATE == 0.01 and "const:sparsity.allocation.RUN_RATE" not in rest
         assert rest == {"method": "adapmtl", "allocation": "marginal"}
-    assert allocation.RATE == before
+    assert allocation.RUN_RATE == before
     with pytest.raises(SystemExit, match="no constant"), cell_runner.constants({"const:sparsity.allocation.NOPE": 1}):
         pass
+
+
+def test_dense_finetune_is_computed_once_for_every_sparsity_and_reported_at_each() -> None:
+    dense = (("method", "dense"),)
+    a, b = _cell(row="dense+finetune", options=dense), _cell(row="dense+finetune", options=dense, sparsity=0.95)
+    assert a.key == b.key  # nothing is pruned: the sparsity does not change what the cell computes
+    assert _cell().key != _cell(sparsity=0.95).key  # a pruning row's sparsity does
+    plan = quality.Plan([a, b, _cell()])
+    assert [c.row for c in plan.pending()] == ["dense+finetune", "adapmtl"]  # the shared computation runs once
+    plan.done[a.key] = {"key": a.key, "sparsity": 0.9, "delta_t": -1.0}
+    assert [c.record(plan.done[c.key])["sparsity"] for c in (a, b)] == [0.9, 0.95]
+    assert "--cell dense+finetune:0.95:0:0" in b.record(plan.done[b.key])["command"]
+
+
+def test_changing_a_product_default_makes_the_cells_that_used_it_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapmtl_cli.methods import registry
+    from adapmtl_cli.sparsity import allocation
+
+    monkeypatch.setitem(registry.DEFAULT_ALLOCATION, "adapmtl", "adam")
+    default, explicit = _cell(), _cell(options=(("allocation", "adam"), ("method", "adapmtl")))
+    marginal = _cell(options=(("allocation", "marginal"), ("method", "adapmtl")))
+    before = {c: c.key for c in (default, explicit, marginal)}
+    monkeypatch.setitem(registry.DEFAULT_ALLOCATION, "adapmtl", "marginal")
+    assert default.key != before[default]
+    assert default.settings()["defaults"] == marginal.settings()["defaults"]  # the default row now is marginal
+    assert explicit.key == before[explicit] and marginal.key == before[marginal]  # explicit rows did not change
+    monkeypatch.setattr(allocation, "RUN_RATE", allocation.RUN_RATE / 2)
+    assert marginal.key != before[marginal] and explicit.key == before[explicit]  # the rule's constant decides

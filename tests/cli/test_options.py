@@ -45,7 +45,7 @@ def test_the_help_texts_name_the_methods_own_defaults() -> None:
     # The --weighting and --layer-scale help say which method uses what unless told; the registry decides it.
     from adapmtl_cli.methods import DEFAULT_LAYER_SCALE, DEFAULT_WEIGHTING
 
-    own = {"adapmtl": "adaptive", "adapmtl_paper": "paper"}
+    own = {"adapmtl": "norm", "adapmtl_paper": "paper"}
     assert DEFAULT_WEIGHTING == {m: own.get(m, "equal") for m in choices("method")}
     assert DEFAULT_LAYER_SCALE["adapmtl"] == "saliency"
     assert {s for m, s in DEFAULT_LAYER_SCALE.items() if m != "adapmtl"} <= {"none", None}

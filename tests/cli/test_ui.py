@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -228,3 +229,61 @@ def test_every_command_prints_whole_tables_into_a_pipe(
     assert shown.exit_code == 0, shown.output
     for text in (compare.stdout, shown.stdout, invoke("report", run, "--layers").stdout):
         assert "…" not in text and "\x1b[" not in text
+
+
+CHATTY_MODEL = """
+from noisy_net import build as _build
+
+
+def build():
+    model = _build()
+    model.register_forward_pre_hook(lambda module, args: print("forward called"))
+    return model
+"""
+
+CHATTY_DATA = """
+
+class Chatty(Noisy):
+    def __getitem__(self, i):
+        print("reading item", i)
+        return super().__getitem__(i)
+
+
+def dataset(root, split):
+    return Chatty(12 if split == "train" else 4, 0 if split == "train" else 1)
+"""
+
+
+def test_user_code_printing_during_the_job_keeps_stdout_machine_readable(tmp_path: Path) -> None:
+    """A model whose ``forward`` prints and a dataset that prints per item: every stdout line is still JSON."""
+    from noisy_run import PLUGIN, write_noisy_inputs
+
+    inputs = write_noisy_inputs(tmp_path)
+    (tmp_path / "chatty.py").write_text(CHATTY_MODEL)
+    (tmp_path / "chatty_data.py").write_text(textwrap.dedent(PLUGIN) + CHATTY_DATA)
+    data = tmp_path / "chatty_data.py"
+    common = ("--factory", f"{tmp_path / 'chatty.py'}:build", "--data", data, "--data-dir", tmp_path)
+    out = tmp_path / "run"
+    args = ("--out", out, "--steps", 2, "--batch-size", 4, "--eval-batches", 1, "--device", "cpu")
+    result = invoke("prune", inputs["checkpoint"], *common, *args, "--log-format", "jsonl")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert events[-1] == "done" and "step" in events
+    assert "forward called" in result.stderr and "reading item" in result.stderr
+    inspected = invoke("inspect", inputs["checkpoint"], *common, "--json")
+    assert inspected.exit_code == 0, inspected.output
+    assert json.loads(inspected.stdout)["tasks"] == ["kind", "size"]
+    assert "forward called" in inspected.stderr
+
+
+def test_own_stdout_sends_other_prints_to_stderr_and_restores(capsys: pytest.CaptureFixture[str]) -> None:
+    before = sys.stdout
+    with ui.own_stdout():
+        print("user code")
+        ui.plain('{"ours": 1}')
+        with ui.own_stdout():  # nested: still the outer stdout
+            ui.plain('{"ours": 2}')
+    assert sys.stdout is before and ui.console.file is sys.stdout
+    captured = capsys.readouterr()
+    assert captured.out == '{"ours": 1}\n{"ours": 2}\n'
+    assert captured.err == "user code\n"

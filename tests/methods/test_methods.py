@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.config import PruneConfig
-from adapmtl_cli.methods import DEFAULT_WEIGHTING, METHODS, MethodContext, build_pruner
+from adapmtl_cli.methods import DEFAULT_WEIGHTING, METHODS, MethodContext, allocation_name, build_pruner
 from adapmtl_cli.methods.base import Pruner
 from adapmtl_cli.model.discover import discover_components
 from adapmtl_cli.sparsity.masks import inject_masks_, keep_top_
@@ -69,7 +69,15 @@ def test_config_accepts_exactly_the_registered_methods() -> None:
     annotation = PruneConfig.model_fields["method"].annotation
     assert set(typing.get_args(annotation)) == set(METHODS)
     assert set(DEFAULT_WEIGHTING) == set(METHODS)
-    assert DEFAULT_WEIGHTING["adapmtl"] == "adaptive"
+    assert DEFAULT_WEIGHTING["adapmtl"] == "norm"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_builds_with_the_allocation_the_registry_reports(name: str) -> None:
+    """``allocation_name`` (what reports and the benchmark key record) is what the factory really builds."""
+    pruner = build_pruner(name, _context(0.5, 4))
+    assert getattr(pruner, "allocation", None) == allocation_name(name, None)
+    assert allocation_name("adapmtl", None) == "marginal" and allocation_name("str_global", None) == "adam"
 
 
 def test_unknown_method_lists_the_known_ones() -> None:
