@@ -79,8 +79,10 @@ def test_estimate_uses_the_planned_threshold_lr_and_precision(prepared: Prepared
     import unittest.mock
 
     with unittest.mock.patch.object(torch.optim.Adam, "__init__", spy):
+        planned = _planned(batch_size=2, steps=10, lr=1e-4, threshold_lr=0.003, allocation="adam")
+        estimate_step(prepared, planned, timed_steps=1)
         estimate_step(prepared, _planned(batch_size=2, steps=10, lr=1e-4, threshold_lr=0.003), timed_steps=1)
-    assert seen == [[1e-4, 0.003]]
+    assert seen == [[1e-4, 0.003], [0.0, 1e-4]]  # the default (marginal) moves the thresholds by its own rule
     with pytest.raises(ConfigError, match="--precision fp16 is not supported on cpu"):
         estimate_step(prepared, _planned(batch_size=2, steps=10, precision="fp16"), timed_steps=1)
 

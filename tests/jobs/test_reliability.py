@@ -229,7 +229,7 @@ def test_a_transient_divergence_is_rolled_back_and_the_run_finishes(
             "step": 2,
             "failed_step": 3,
             "reason": reason,
-            "lrs": [5e-05, 0.001],
+            "lrs": [5e-05, 0.0],  # the thresholds move by the marginal rule, not Adam
             "attempt": 1,
             "max_attempts": 3,
         }
@@ -239,7 +239,7 @@ def test_a_transient_divergence_is_rolled_back_and_the_run_finishes(
     assert abs(read_report(out).overall_sparsity - TARGET) <= 0.001
     state = torch.load(out / "state" / "latest.pt", weights_only=True)
     assert state["rollbacks"] == 1
-    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [5e-05, 0.001]
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [5e-05, 0.0]
 
 
 def test_a_persistent_divergence_stops_after_three_rollbacks_and_keeps_the_saved_state(

@@ -21,8 +21,8 @@ def test_adapmtl_hits_the_target(checkpoint: Path, scenes: Path, tmp_path: Path,
     report = run_prune(prune_config(checkpoint, scenes, run, sparsity=target, steps=12, save_every=100))
     assert abs(report.overall_sparsity - target) <= 0.001
     assert read_report(run).overall_sparsity == report.overall_sparsity
-    # the split is learned, not uniform: components end at different sparsities
-    assert len({round(c.sparsity, 3) for c in report.components}) > 1
+    # one threshold per component, each from its own start (how the split moves: tests/sparsity/test_allocation.py)
+    assert len({round(c.threshold or 0.0, 4) for c in report.components}) == len(report.components)
 
 
 @pytest.mark.parametrize("method", ["str_global", "gmp", "disparse"])
