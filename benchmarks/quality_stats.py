@@ -92,6 +92,22 @@ def paired(
     return out
 
 
+def same_as_default(runs: Iterable[Mapping[str, Any]], row: str, bench: str, sparsity: float) -> bool:
+    """Whether every cell of ``row`` equals the default's cell of the same pair in every reported number.
+
+    That happens when a row's options resolve to the default's effective settings (``adapmtl+norm`` once ``norm``
+    is the default): the row is the default computed again, not an alternative it can beat.
+    """
+    fields = ("delta_t", "score_bounded", "achieved_sparsity", "components")
+    cells: dict[str, dict[tuple[int, int], tuple[Any, ...]]] = {}
+    for r in runs:
+        if r["benchmark"] == bench and r["sparsity"] == sparsity and r["method"] in (row, DEFAULT_ROW):
+            cells.setdefault(r["method"], {})[(r["seed"], r["dense_seed"])] = tuple(r[f] for f in fields)
+    mine, default = cells.get(row, {}), cells.get(DEFAULT_ROW, {})
+    pairs = set(mine) & set(default)
+    return bool(pairs) and all(mine[p] == default[p] for p in pairs)
+
+
 def _rows_at(runs: list[Mapping[str, Any]], bench: str, sparsity: float) -> dict[str, list[Mapping[str, Any]]]:
     rows: dict[str, list[Mapping[str, Any]]] = {}
     for r in runs:
@@ -165,7 +181,9 @@ def _sparsity_section(runs: list[Mapping[str, Any]], bench: str, sparsity: float
         diff = ""
         if method != DEFAULT_ROW:
             pair = paired(runs, DEFAULT_ROW, method).get((bench, sparsity))
-            if pair is not None:
+            if same_as_default(runs, method, bench, sparsity):
+                diff = "= the default (identical cells)"
+            elif pair is not None:
                 diff = f"**{pair.text()}**" if pair.excludes_zero else pair.text()
         collapsed = sum(1 for c in cells if any(c["collapsed"].values()))
         comps = _components(cells) if cells[0]["components"] else "-"
@@ -184,7 +202,7 @@ def verdict_lines(runs: list[Mapping[str, Any]], bench: str, sparsity: float) ->
         return []
     beaten, not_beaten = [], []
     for method in rows:
-        if method in (DEFAULT_ROW, "dense+finetune"):
+        if method in (DEFAULT_ROW, "dense+finetune") or same_as_default(runs, method, bench, sparsity):
             continue
         pair = paired(runs, DEFAULT_ROW, method).get((bench, sparsity))
         if pair is None:

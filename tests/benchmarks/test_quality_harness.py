@@ -181,3 +181,14 @@ def test_changing_a_product_default_makes_the_cells_that_used_it_stale(monkeypat
     assert explicit.key == before[explicit] and marginal.key == before[marginal]  # explicit rows did not change
     monkeypatch.setattr(allocation, "RUN_RATE", allocation.RUN_RATE / 2)
     assert marginal.key != before[marginal] and explicit.key == before[explicit]  # the rule's constant decides
+
+
+def test_a_row_identical_to_the_default_is_marked_and_left_out_of_the_verdict() -> None:
+    runs = [_run("adapmtl", s, 1.0 + 0.1 * s) for s in range(3)]
+    runs += [_run("adapmtl+norm", s, 1.0 + 0.1 * s) for s in range(3)]  # the default's settings again
+    runs += [_run("adapmtl+equal", s, 1.0 + 0.1 * s - (0.5 if s == 0 else 0.0)) for s in range(3)]
+    text = qs.render_markdown({"runs": runs})
+    assert "| adapmtl+norm | 3 |" in text and "= the default (identical cells)" in text
+    verdict = next(line for line in text.splitlines() if line.startswith("Default **behind or equal**"))
+    assert "adapmtl+norm" not in verdict and "none" in verdict  # not counted as a row the default fails to beat
+    assert not qs.same_as_default(runs, "adapmtl+equal", runs[0]["benchmark"], runs[0]["sparsity"])
