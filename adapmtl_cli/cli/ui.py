@@ -42,6 +42,11 @@ _stdout: list[TextIO] = []
 """The real stdout while :func:`own_stdout` holds it (``sys.stdout`` is then stderr for everyone else)."""
 
 
+def _real_stdout() -> TextIO:
+    """Where our machine-readable output goes: the stdout :func:`own_stdout` holds, else ``sys.stdout``."""
+    return _stdout[-1] if _stdout else sys.stdout
+
+
 @contextmanager
 def own_stdout() -> Iterator[None]:
     """Keep stdout for this module's output; anything else printed meanwhile goes to stderr.
@@ -49,7 +54,7 @@ def own_stdout() -> Iterator[None]:
     User code runs inside our commands (factories, ``forward``, dataset plug-ins) and may ``print``; on stdout
     that would corrupt a JSON document or a JSON-lines stream. Nested use keeps the outermost stdout.
     """
-    real = _stdout[-1] if _stdout else sys.stdout
+    real = _real_stdout()
     _stdout.append(real)
     console.file = real
     try:
@@ -93,7 +98,7 @@ def show(renderable: Any) -> None:
 
 
 def plain(text: str) -> None:
-    out = _stdout[-1] if _stdout else sys.stdout
+    out = _real_stdout()
     out.write(text if text.endswith("\n") else text + "\n")
     out.flush()
 
