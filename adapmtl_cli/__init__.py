@@ -12,15 +12,34 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from adapmtl_cli.api import Discovery, Pruning, discover, load_sparse, measure_latency, prepare, save_sparse
+    from adapmtl_cli.api import (
+        Discovery,
+        Pruning,
+        discover,
+        load_pruned,
+        load_sparse,
+        measure_latency,
+        prepare,
+        save_sparse,
+    )
 
-_EXPORTS = ("Discovery", "Pruning", "discover", "load_sparse", "measure_latency", "prepare", "save_sparse")
+_EXPORTS = (
+    "Discovery",
+    "Pruning",
+    "discover",
+    "load_pruned",
+    "load_sparse",
+    "measure_latency",
+    "prepare",
+    "save_sparse",
+)
 
 __all__ = [
     "Discovery",
     "Pruning",
     "__version__",
     "discover",
+    "load_pruned",
     "load_sparse",
     "measure_latency",
     "prepare",

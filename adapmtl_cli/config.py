@@ -64,6 +64,7 @@ class PruneConfig(_File):
         "snip",
         "str_global",
         "str_layer",
+        "tp_magnitude",
         "uniform_magnitude",
     ] = "adapmtl"
     sparsity: float = Field(0.9, gt=0.0, lt=1.0, allow_inf_nan=False)
@@ -78,6 +79,11 @@ class PruneConfig(_File):
     """Per-layer threshold scales of threshold methods (None: the method's own; saliency for adapmtl)."""
     allocation: Literal["adam", "marginal", "frozen"] | None = None
     """How threshold methods move the split between components (None: the method's own; adam)."""
+    structure: Literal["weight", "channel"] | None = None
+    """What is pruned: single weights or whole output channels (None: the method's own; weight but for
+    tp_magnitude). A channel run's ``sparsity`` is the fraction of channels (or FLOPs, ``target``) removed."""
+    target: Literal["channels", "flops"] | None = None
+    """What a channel run's ``sparsity`` counts (None: channels); weight runs leave it unset."""
     component_sparsity: dict[str, tuple[float, float]] = Field(default_factory=dict)
     """``--component-sparsity NAME=MIN:MAX``: floors and caps of components' final sparsity (adapmtl only)."""
     seed: int = 0
@@ -215,6 +221,32 @@ class ScoreEntry(_File):
     convention: str
 
 
+class ComponentChannels(_File):
+    """One component's channels in a ``--structure channel`` run, and its parameters before/after removal."""
+
+    channels: int
+    removed: int
+    params_before: int
+    params_after: int
+
+
+class ChannelReport(_File):
+    """``report.json``'s ``channels`` entry of a ``--structure channel`` run."""
+
+    target: Literal["channels", "flops"]
+    """What ``target_sparsity`` counted: the fraction of prunable channels, or of the conv/linear FLOPs."""
+    achieved: float
+    """The removed fraction in that unit."""
+    components: dict[str, ComponentChannels]
+    params_before: int
+    params_after: int
+    flops_before: int
+    """Multiply-accumulates of one sample's forward (Torch-Pruning's counter) before removal, and after."""
+    flops_after: int
+    keep: dict[str, list[int]]
+    """Per channel group (its root layer), the kept channels: the plan ``export`` and ``load_pruned`` replay."""
+
+
 class RunReport(_File):
     """``report.json``: the outcome of a run."""
 
@@ -242,6 +274,10 @@ class RunReport(_File):
     ``scores`` then also holds the bounded Δ_T (``delta_t_bounded``: each metric's change clipped to ±100 %)."""
     task_weights: dict[str, float]
     warnings: list[str] = Field(default_factory=list)
+    structure: Literal["weight", "channel"] = "weight"
+    """What was pruned (``--structure``); reports written before it are ``weight``."""
+    channels: ChannelReport | None = None
+    """Channel runs: channels, parameters and FLOPs before/after, per component; None for weight runs."""
 
 
 class ShrinkManifest(_File):
@@ -301,6 +337,43 @@ class LatencyManifest(_File):
     batch1: LatencyAtBatch
 
 
+class ChannelPlan(_File):
+    """``export/channel_plan.json``: how to rebuild a channel run's smaller model from the user's own factory.
+
+    ``adapmtl_cli.load_pruned`` builds the dense model, replays the plan (Torch-Pruning removes every channel
+    not kept, with everything coupled to it) and loads ``model.channels.safetensors`` into the result.
+    """
+
+    keep: dict[str, list[int]]
+    """Per channel group (its root layer's qualified name), the channels kept, in order."""
+    input_shape: list[int]
+    """One sample's input shape (the graph is traced on a batch of zeros of this shape)."""
+    factory: str | None = None
+    checkpoint: str
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+
+
+class ChannelExport(_File):
+    """The ``channels`` entry of ``export/manifest.json`` (channel runs): the physically smaller model's files."""
+
+    plan: str
+    weights: str
+    weights_bytes: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    max_abs_diff: float
+    """Largest output difference of the smaller PyTorch model from the pruned (full-size) one."""
+    onnx: str | None = None
+    onnx_bytes: int | None = None
+    onnx_max_abs_diff: float | None = None
+    onnx_parity: dict[str, float] = Field(default_factory=dict)
+
+
 class ExportManifest(_File):
     """``export/manifest.json``: what ``export`` wrote and how each file was verified."""
 
@@ -326,6 +399,8 @@ class ExportManifest(_File):
     # for RunReport's later fields) SCHEMA_VERSION stays; bumping it would make older builds refuse every file.
     latency: LatencyManifest | None = None
     """onnxruntime latency of the ONNX files against the dense model; None without ONNX files or measurement."""
+    channels: ChannelExport | None = None
+    """Channel runs (``--structure channel``): the smaller model's plan, weights and ONNX; None otherwise."""
 
 
 def validation_message(exc: ValidationError) -> str:

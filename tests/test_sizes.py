@@ -45,4 +45,5 @@ def test_every_module_says_its_job_in_its_first_line() -> None:
 
 def test_the_top_level_holds_only_the_ground_and_the_api() -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "api.py", "config.py", "errors.py"]
+    assert top == ["__init__.py", "__main__.py", "config.py", "errors.py"]
+    assert sorted(p.name for p in (PACKAGE / "api").glob("*.py")) == ["__init__.py", "pruning.py"]

@@ -244,6 +244,26 @@ ALLOCATION = typer.Option(
     help=f"How the split between components moves (threshold methods): "
     f"{one_of(choices('allocation'), ALLOCATION_NOTES)}.",
 )
+STRUCTURE_NOTES = {
+    "weight": "single weights: smaller files, not faster on common runtimes; the default",
+    "channel": "whole output channels with everything coupled to them; export writes the physically smaller, "
+    "faster model; --sparsity is then the fraction of channels removed",
+}
+TARGET_NOTES = {
+    "channels": "the fraction of prunable channels removed; the default",
+    "flops": "the fraction of the model's conv/linear FLOPs removed",
+}
+STRUCTURE = typer.Option(
+    DEFAULTS.structure,
+    "--structure",
+    help=f"What is pruned: {one_of(choices('structure'), STRUCTURE_NOTES)} "
+    "(channel: --method adapmtl or tp_magnitude).",
+)
+TARGET = typer.Option(
+    DEFAULTS.target,
+    "--target",
+    help=f"What --sparsity counts in a --structure channel run: {one_of(choices('target'), TARGET_NOTES)}.",
+)
 SEED = typer.Option(DEFAULTS.seed, "--seed")
 DEVICE = typer.Option(DEFAULTS.device, "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option(

@@ -166,6 +166,8 @@ def show_export(manifest: Any, *, quiet: bool = False) -> None:
         _show_zero_filters(manifest.zero_filters)
     if manifest.shrink is not None:
         _show_shrink(manifest)
+    if manifest.channels is not None:
+        _show_channels(manifest)
     if manifest.latency is not None:
         from adapmtl_cli.report.views import latency_lines
 
@@ -209,3 +211,20 @@ def _show_shrink(manifest: Any) -> None:
         f"PyTorch max abs diff {shrink.max_abs_diff:.2e}"
     )
     _show_parity(manifest, shrink.onnx_max_abs_diff, shrink.onnx_parity)
+
+
+def _show_channels(manifest: Any) -> None:
+    """A channel run's physically smaller model: its weights, plan and ONNX file, with the sizes it saves."""
+    from adapmtl_cli.cli import ui
+
+    ch = manifest.channels
+    ui.success(
+        f"smaller {ch.weights} ({ch.weights_bytes / 1e6:.2f} MB): params {ch.params_before:,} -> {ch.params_after:,} "
+        f"({ch.params_before / max(1, ch.params_after):.2f}x fewer), FLOPs {ch.flops_before / 1e6:,.1f}M -> "
+        f"{ch.flops_after / 1e6:,.1f}M ({ch.flops_before / max(1, ch.flops_after):.2f}x fewer); "
+        f"PyTorch max abs diff {ch.max_abs_diff:.2e}"
+    )
+    ui.status(f"plan   {ch.plan} (load it with adapmtl_cli.load_pruned(your_model, export_folder))")
+    if ch.onnx:
+        ui.success(f"onnx   {ch.onnx} ({ch.onnx_bytes / 1e6:.2f} MB; the smaller model)")
+        _show_parity(manifest, ch.onnx_max_abs_diff, ch.onnx_parity)

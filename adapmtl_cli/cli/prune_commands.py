@@ -92,6 +92,8 @@ def prune(
     weighting: str | None = o.WEIGHTING,
     layer_scale: str | None = o.LAYER_SCALE,
     allocation: str | None = o.ALLOCATION,
+    structure: str | None = o.STRUCTURE,
+    target: str | None = o.TARGET,
     seed: int = o.SEED,
     device: str = o.DEVICE,
     precision: str = o.PRECISION,

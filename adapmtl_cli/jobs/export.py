@@ -27,14 +27,17 @@ from adapmtl_cli.config import (
     LATENCY_BATCH,
     LATENCY_REPEATS,
     LATENCY_THREADS,
+    ChannelExport,
     ComponentsManifest,
     ExportManifest,
     LatencyAtBatch,
     LatencyManifest,
     PruneConfig,
+    RunReport,
     ShrinkManifest,
 )
 from adapmtl_cli.errors import ConfigError, ExportError
+from adapmtl_cli.export.channel_model import ONNX_FILE, write_channel_model
 from adapmtl_cli.export.dense import retie_state, save_dense
 from adapmtl_cli.export.latency import measure_latency
 from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, export_verified_onnx
@@ -177,6 +180,7 @@ def _export_locked(
             fields |= _onnx_fields(job, target)
         if shrink:
             fields |= _shrink_fields(job, model, manifest, target)
+        fields |= _channel_fields(run, job, model, cfg, manifest, target, onnx)
         result = ExportManifest(sparse_roundtrip="bit-exact", **fields)
         write_model(target / "manifest.json", result)
     files = _onnx_files(result)
@@ -197,7 +201,11 @@ def _no_phase(message: str) -> AbstractContextManager[object]:
 
 def _onnx_files(result: ExportManifest) -> dict[str, Path]:
     """The ONNX files this export wrote, by file name: ``model.onnx``, then ``model.shrunk.onnx``."""
-    written = [result.onnx, result.shrink.onnx if result.shrink is not None else None]
+    written = [
+        result.onnx,
+        result.shrink.onnx if result.shrink is not None else None,
+        result.channels.onnx if result.channels is not None else None,
+    ]
     return {Path(path).name: Path(path) for path in written if path is not None}
 
 
@@ -341,6 +349,44 @@ def _shrink_fields(job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest
         **shrink_fields,
     )
     return fields
+
+
+def _channel_fields(
+    run: Path,
+    job: _OnnxJob,
+    model: nn.Module,
+    cfg: PruneConfig,
+    manifest: ComponentsManifest,
+    target: Path,
+    onnx: bool,
+) -> dict[str, Any]:
+    """A channel run: write the physically smaller model (weights, plan, with ``onnx`` its ONNX); else nothing."""
+    rd = RunDir(run)
+    if not rd.report.is_file():
+        return {}
+    report = read_model(rd.report, RunReport)
+    if report.structure != "channel":
+        return {}
+    if report.channels is None:
+        raise ExportError(f"the report of channel run {str(run)!r} lists no kept channels; run `adapmtl prune` again")
+    smaller, fields = write_channel_model(
+        model,
+        report.channels.keep,
+        manifest.input_shape,
+        target,
+        job.inputs,
+        checkpoint=cfg.checkpoint,
+        factory=cfg.factory,
+    )
+    if onnx:
+        written, parity = job.write(TaskOutputs(smaller, manifest.output_paths).eval(), target / ONNX_FILE)
+        fields |= {
+            "onnx": str(written.path),
+            "onnx_bytes": written.bytes,
+            "onnx_max_abs_diff": parity.max_abs_diff,
+            "onnx_parity": parity.per_output,
+        }
+    return {"channels": ChannelExport(**fields)}
 
 
 def _check_options(

@@ -194,6 +194,8 @@ def prepare_pruning(prepared: Prepared, model: torch.nn.Module, cfg: PruneConfig
         weighting=cfg.weighting,
         layer_scale=cfg.layer_scale,
         allocation=cfg.allocation,
+        structure=cfg.structure,
+        target=cfg.target,
         threshold_lr=cfg.threshold_lr,
         ramp_end=cfg.ramp_end,
         component_sparsity=cfg.component_sparsity,

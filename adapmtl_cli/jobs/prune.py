@@ -225,6 +225,8 @@ def _check_and_prepare(cfg: PruneConfig, run: RunDir, resume: bool, hooks: Hooks
         sizes=sizes,
         sparsity=cfg.sparsity,
         allocation=cfg.allocation,
+        structure=cfg.structure,
+        target=cfg.target,
     )
     return _Job(cfg, run, device, prepared, resume, hooks, world)
 
@@ -279,7 +281,7 @@ def _dense_metrics(job: _Job, model: nn.Module) -> Metrics:
 def _pruning(job: _Job, model: nn.Module) -> Pruning:
     """The library's ``prepare`` with the run's options; calibration batches come from the train split."""
     cfg, p = job.cfg, job.prepared
-    if needs_calibration(cfg.method, cfg.layer_scale):
+    if needs_calibration(cfg.method, cfg.layer_scale, cfg.structure):
         job.hooks.status(f"scoring the weights by task saliency on {CALIBRATION_BATCHES} training batches")
     batches = (to_device(b, job.device) for b in train_batches(p.train, cfg.batch_size, cfg.seed + 1, 0))
     return prepare_pruning(p, model, cfg, calibration=batches)

@@ -17,6 +17,7 @@ from adapmtl_cli.methods import (  # noqa: F401  (registration side effects, in 
     snip,
     str_global,
     str_layer,
+    tp_magnitude,
     uniform_magnitude,
 )
 from adapmtl_cli.methods.base import MethodContext, Pruner
@@ -27,6 +28,7 @@ from adapmtl_cli.methods.registry import (
     DEFAULT_LAYER_SCALE,
     DEFAULT_WEIGHTING,
     METHODS,
+    STRUCTURES,
     allocation_name,
     build_pruner,
     check_method,
@@ -34,6 +36,7 @@ from adapmtl_cli.methods.registry import (
     layer_scale_name,
     needs_calibration,
     register_method,
+    structure_name,
     weighting_name,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "DEFAULT_LAYER_SCALE",
     "DEFAULT_WEIGHTING",
     "METHODS",
+    "STRUCTURES",
     "MethodContext",
     "Pruner",
     "build_pruner",
@@ -53,5 +57,6 @@ __all__ = [
     "layer_scale_name",
     "needs_calibration",
     "register_method",
+    "structure_name",
     "weighting_name",
 ]

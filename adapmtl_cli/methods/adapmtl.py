@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
+from adapmtl_cli.methods.base import MethodContext, Pruner, ThresholdPruner
+from adapmtl_cli.methods.channel_pruner import ChannelThresholdPruner
 from adapmtl_cli.methods.registry import register_method
 
 LAYER_SCALE = "saliency"
@@ -15,8 +16,19 @@ ALLOCATION = "marginal"
 quality benchmark's dev split over ``adam`` and ``frozen`` (docs/architecture.md, "How the split moves")."""
 
 
-@register_method("adapmtl", weighting=WEIGHTING, layer_scale=LAYER_SCALE, component_bounds=True, allocation=ALLOCATION)
-def build(ctx: MethodContext) -> ThresholdPruner:
+@register_method(
+    "adapmtl",
+    weighting=WEIGHTING,
+    layer_scale=LAYER_SCALE,
+    component_bounds=True,
+    allocation=ALLOCATION,
+    structures=("weight", "channel"),
+)
+def build(ctx: MethodContext) -> Pruner:
+    if ctx.structure == "channel":
+        # The same three parts on whole channels: one threshold per component on the channel groups' norms,
+        # the marginal rule moving the split, the level controller landing on the channel (or FLOPs) target.
+        return ChannelThresholdPruner("adapmtl", ctx, allocation=ALLOCATION)
     # Per-component initial thresholds (each component's own magnitude quantile): see docs/architecture.md.
     # Per-layer threshold scales from task saliency (layer_scales.py): one learned threshold per component that
     # no longer empties a layer for its weights' scale alone. ``--layer-scale none`` is the paper's form.

@@ -65,6 +65,13 @@ class MethodContext:
     """``--layer-scale``: how a threshold method scales its thresholds per layer (None: the method's default)."""
     allocation: str | None = None
     """``--allocation``: how a threshold method's split between groups moves (None: the method's default)."""
+    structure: str | None = None
+    """``--structure``: ``weight`` prunes single weights, ``channel`` whole output channels (channel groups);
+    None: the method's own (``build_pruner`` resolves it before the factory runs)."""
+    target: str | None = None
+    """``--target`` of a channel run: ``channels`` (the default) or ``flops``; None for weight runs."""
+    example_input: Any = None
+    """One batch of inputs (channel runs trace the model's channel groups with it)."""
 
 
 @runtime_checkable

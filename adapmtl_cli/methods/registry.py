@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 from adapmtl_cli.errors import ConfigError
@@ -20,6 +21,8 @@ COMPONENT_BOUNDS: set[str] = set()
 """Methods with one learned threshold per component, which ``--component-sparsity`` bounds."""
 DEFAULT_ALLOCATION: dict[str, str] = {}
 """How each threshold method moves its split between groups unless ``--allocation`` says otherwise."""
+STRUCTURES: dict[str, tuple[str, ...]] = {}
+"""What each method can prune (``--structure``), its default first: ``weight`` and/or ``channel``."""
 
 
 def register_method(
@@ -30,6 +33,7 @@ def register_method(
     calibrates: bool = False,
     component_bounds: bool = False,
     allocation: str = "adam",
+    structures: tuple[str, ...] = ("weight",),
 ) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
     """Register a method factory under ``name``; registering a name twice is a bug.
 
@@ -39,6 +43,7 @@ def register_method(
         calibrates: the method always scores weights with task gradients (needs calibration batches).
         component_bounds: the method has one learned threshold per component (``--component-sparsity``).
         allocation: a threshold method's default ``--allocation`` (the factory must build it with this one).
+        structures: what the method prunes (``--structure`` values), its default first.
     """
 
     def wrap(factory: Callable[[MethodContext], Pruner]) -> Callable[[MethodContext], Pruner]:
@@ -47,6 +52,7 @@ def register_method(
         METHODS[name] = factory
         DEFAULT_WEIGHTING[name] = weighting
         DEFAULT_LAYER_SCALE[name] = layer_scale
+        STRUCTURES[name] = structures
         if layer_scale is not None:
             DEFAULT_ALLOCATION[name] = allocation
         if calibrates:
@@ -70,9 +76,18 @@ def weighting_name(method: str, weighting: str | None) -> str:
     return weighting or DEFAULT_WEIGHTING[method]
 
 
-def layer_scale_name(method: str, layer_scale: str | None) -> str | None:
-    """``layer_scale`` if given, else the method's own default; None for methods without thresholds."""
+def structure_name(method: str, structure: str | None) -> str:
+    """``structure`` if given, else what the method prunes by default (``weight`` for all but ``tp_magnitude``)."""
     check_method(method)
+    return structure or STRUCTURES[method][0]
+
+
+def layer_scale_name(method: str, layer_scale: str | None, structure: str | None = None) -> str | None:
+    """``layer_scale`` if given, else the method's own default; None for methods without thresholds and for
+    channel runs (channel norms are normalised per group instead)."""
+    check_method(method)
+    if structure_name(method, structure) == "channel":
+        return None
     default = DEFAULT_LAYER_SCALE[method]
     return (layer_scale or default) if default is not None else None
 
@@ -85,9 +100,9 @@ def allocation_name(method: str, allocation: str | None) -> str | None:
     return allocation or DEFAULT_ALLOCATION[method]
 
 
-def needs_calibration(method: str, layer_scale: str | None) -> bool:
+def needs_calibration(method: str, layer_scale: str | None, structure: str | None = None) -> bool:
     """Whether building ``method`` scores weights by task saliency on training batches."""
-    return method in CALIBRATES or layer_scale_name(method, layer_scale) == "saliency"
+    return method in CALIBRATES or layer_scale_name(method, layer_scale, structure) == "saliency"
 
 
 def check_method_options(
@@ -98,16 +113,21 @@ def check_method_options(
     sizes: Mapping[str, int],
     sparsity: float,
     allocation: str | None = None,
+    structure: str | None = None,
+    target: str | None = None,
 ) -> None:
     """Every rule on how a method's options combine, checked before any work (the one place they live).
 
     ``--layer-scale`` and ``--allocation`` need a threshold method; ``--component-sparsity`` needs one learned
-    threshold per component, bounds on known components and a split that can meet the target.
+    threshold per component, bounds on known components and a split that can meet the target;
+    ``--structure`` must be one the method prunes, and ``--structure channel`` takes no layer scale and no bounds;
+    ``--target`` needs a channel run.
 
     Args:
         sizes: per component, its prunable weights (components without any are left out).
     """
     check_method(method)
+    _check_structure(method, structure, target, layer_scale, bounds)
     if layer_scale is not None and DEFAULT_LAYER_SCALE[method] is None:
         scaled = ", ".join(m for m, s in DEFAULT_LAYER_SCALE.items() if s)
         raise ConfigError(
@@ -127,6 +147,39 @@ def check_method_options(
     check_bounds(dict(bounds), dict(sizes), sparsity)
 
 
+STRUCTURE_VALUES = ("weight", "channel")
+TARGET_VALUES = ("channels", "flops")
+
+
+def _check_structure(
+    method: str,
+    structure: str | None,
+    target: str | None,
+    layer_scale: str | None,
+    bounds: Mapping[str, tuple[float, float]] | None,
+) -> None:
+    if structure is not None and structure not in STRUCTURE_VALUES:
+        raise ConfigError(f"--structure {structure!r} is not one of {', '.join(STRUCTURE_VALUES)}")
+    chosen = structure_name(method, structure)
+    if chosen not in STRUCTURES[method]:
+        able = ", ".join(m for m, s in STRUCTURES.items() if chosen in s)
+        raise ConfigError(
+            f"--method {method} prunes {' or '.join(STRUCTURES[method])}s; --structure {chosen} "
+            f"works with --method {able}"
+        )
+    if target is not None and target not in TARGET_VALUES:
+        raise ConfigError(f"--target {target!r} is not one of {', '.join(TARGET_VALUES)}")
+    if chosen == "weight" and target is not None:
+        raise ConfigError("--target chooses what a channel run counts; it needs --structure channel")
+    if chosen == "channel" and layer_scale is not None:
+        raise ConfigError(
+            "--layer-scale scales weight thresholds; --structure channel normalises each channel "
+            "group's norms instead (drop --layer-scale)"
+        )
+    if chosen == "channel" and bounds:
+        raise ConfigError("--component-sparsity bounds weight sparsity; it does not apply to --structure channel")
+
+
 def build_pruner(name: str, ctx: MethodContext) -> Pruner:
     """Apply method ``name`` to ``ctx.model`` after checking how its options combine."""
     sizes = {c.name: c.prunable_params for c in ctx.cmap.components if c.prunable_params}
@@ -137,5 +190,7 @@ def build_pruner(name: str, ctx: MethodContext) -> Pruner:
         sizes=sizes,
         sparsity=ctx.sparsity,
         allocation=ctx.allocation,
+        structure=ctx.structure,
+        target=ctx.target,
     )
-    return METHODS[name](ctx)
+    return METHODS[name](dataclasses.replace(ctx, structure=structure_name(name, ctx.structure)))

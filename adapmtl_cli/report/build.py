@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from adapmtl_cli.config import DeltaTEntry, PruneConfig, RunReport, ScoreEntry, TaskMetrics
+from adapmtl_cli.config import ChannelReport, DeltaTEntry, PruneConfig, RunReport, ScoreEntry, TaskMetrics
 from adapmtl_cli.report.chance import chance_warnings
 from adapmtl_cli.tasks.base import TaskSpec
 from adapmtl_cli.tasks.scores import SCORE_CONVENTIONS, collapse, delta_m, delta_p, delta_t, delta_t_bounded
@@ -72,6 +72,8 @@ def build_report(
         collapsed=collapsed.per_task,
         task_weights=dict(task_weights),
         warnings=warnings,
+        structure=parts["structure"],
+        channels=ChannelReport.model_validate(parts["channels"]) if parts.get("channels") else None,
     )
 
 

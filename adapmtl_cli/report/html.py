@@ -12,7 +12,19 @@ from collections.abc import Sequence
 from html import escape
 
 from adapmtl_cli import __version__
-from adapmtl_cli.config import RunReport
+from adapmtl_cli.config import ChannelReport, RunReport
+from adapmtl_cli.report.channels import (
+    CHANNEL_HEAD,
+    CHANNEL_NOTE,
+    CHANNEL_NUMERIC,
+    CHANNEL_TITLE,
+    ZERO_WEIGHTS_TITLE,
+    channel_cells,
+    channels_of,
+    headline,
+    reduction,
+    unit,
+)
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json
 from adapmtl_cli.report.views import (
     BEST_RULE,
@@ -100,16 +112,7 @@ def _page(title: str, body: str, data: str) -> str:
 def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None) -> str:
     r: RunReport = run.report
     dt = r.delta_t
-    cards = [
-        ("target sparsity", f"{r.target_sparsity:.2%}", "target-sparsity"),
-        ("achieved sparsity", f"{r.overall_sparsity:.2%}", "overall-sparsity"),
-        ("Δ_T", f"{dt.overall:+.2f}%", "delta-t"),
-        *_bounded_card(r),
-        ("prunable weights", f"{r.prunable_params:,}", "prunable-params"),
-        ("zeros", f"{r.zeros:,}", "zeros"),
-        ("steps", f"{r.steps}", "steps"),
-        ("wall time", f"{r.wall_seconds:.0f} s", "wall-seconds"),
-    ]
+    ch = channels_of(r)
     parts = [
         f"<h1>adapmtl report: {escape(run.label)}</h1>",
         f'<p class="sub">method {escape(r.method)}, weighting {escape(r.weighting)}'
@@ -117,28 +120,13 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
         '<div class="cards">'
         + "".join(
             f'<div class="card"><div class="k">{escape(k)}</div><div class="v" id="{i}">{escape(v)}</div></div>'
-            for k, v, i in cards
+            for k, v, i in _cards(r)
         )
         + "</div>",
-        "<h2>Sparsity per component</h2>",
     ]
-    num = (False, False, False, True, True, False, True)
-    body = [
-        _row(
-            [
-                escape(c.name),
-                escape(c.kind),
-                escape(",".join(c.tasks)),
-                f"{c.params:,}",
-                f"{c.sparsity:.2%}",
-                _bar(c.sparsity),
-                fmt(c.threshold, "threshold"),
-            ],
-            num,
-        )
-        for c in r.components
-    ]
-    parts.append(_table(("component", "kind", "tasks", "params", "sparsity", "", "threshold"), body, num))
+    if ch is not None:
+        parts += _channel_section(r, ch)
+    parts += _components(r)
     parts.append(f"<h2>{escape(metrics_title([run.eval_split]))} (dense → pruned)</h2>")
     num = (False, False, False, True, True, True, True)
     body = []
@@ -173,6 +161,71 @@ def _single(run: RunView, layers: bool, sort: str, plots: Sequence[Plot] | None)
     parts.append(f"<details{' open' if layers else ''}><summary><h2 style='display:inline'>Sparsity per layer</h2>")
     parts.append(f"</summary>{_layers(r, sort)}</details>")
     return _page(f"adapmtl report: {run.label}", "\n".join(parts), r.model_dump_json(indent=2))
+
+
+def _cards(r: RunReport) -> list[tuple[str, str, str]]:
+    """The summary cards: name, value, element id; a channel run's name the target's unit and its sizes."""
+    ch = channels_of(r)
+    if ch is None:
+        head = [
+            ("target sparsity", f"{r.target_sparsity:.2%}", "target-sparsity"),
+            ("achieved sparsity", f"{r.overall_sparsity:.2%}", "overall-sparsity"),
+        ]
+    else:
+        head = [
+            (f"target ({unit(ch)})", f"{r.target_sparsity:.2%}", "target-sparsity"),
+            (f"achieved ({unit(ch)})", f"{ch.achieved:.2%}", "channels-achieved"),
+            ("weights zero", f"{r.overall_sparsity:.2%}", "overall-sparsity"),
+            ("params", f"{reduction(ch.params_before, ch.params_after)} smaller", "params-reduction"),
+            ("FLOPs", f"{reduction(ch.flops_before, ch.flops_after)} fewer", "flops-reduction"),
+        ]
+    return [
+        *head,
+        ("Δ_T", f"{r.delta_t.overall:+.2f}%", "delta-t"),
+        *_bounded_card(r),
+        ("prunable weights", f"{r.prunable_params:,}", "prunable-params"),
+        ("zeros", f"{r.zeros:,}", "zeros"),
+        ("steps", f"{r.steps}", "steps"),
+        ("wall time", f"{r.wall_seconds:.0f} s", "wall-seconds"),
+    ]
+
+
+def _channel_section(r: RunReport, ch: ChannelReport) -> list[str]:
+    """A channel run's headline in the target's unit and its table: a row per component, then the total."""
+    cells = channel_cells(ch)
+    body = [
+        _row([escape(c) for c in row], CHANNEL_NUMERIC, "group" if i == len(cells) - 1 else "")
+        for i, row in enumerate(cells)
+    ]
+    return [
+        f'<p id="channels-headline"><b>Channels</b> {escape(headline(r, ch))}</p>',
+        f"<h2>{escape(CHANNEL_TITLE)}</h2>",
+        _table(CHANNEL_HEAD, body, CHANNEL_NUMERIC),
+        f'<p class="note">{escape(CHANNEL_NOTE)}</p>',
+    ]
+
+
+def _components(r: RunReport) -> list[str]:
+    """The sparsity per component (in a channel run: the zero weights the removed channels left)."""
+    title = "Sparsity per component" if channels_of(r) is None else ZERO_WEIGHTS_TITLE
+    num = (False, False, False, True, True, False, True)
+    body = [
+        _row(
+            [
+                escape(c.name),
+                escape(c.kind),
+                escape(",".join(c.tasks)),
+                f"{c.params:,}",
+                f"{c.sparsity:.2%}",
+                _bar(c.sparsity),
+                fmt(c.threshold, "threshold"),
+            ],
+            num,
+        )
+        for c in r.components
+    ]
+    head = ("component", "kind", "tasks", "params", "sparsity", "", "threshold")
+    return [f"<h2>{escape(title)}</h2>", _table(head, body, num)]
 
 
 def _bounded_card(r: RunReport) -> list[tuple[str, str, str]]:

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from adapmtl_cli.config import ChannelReport
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.report.channels import channels_of, removed_fractions, unit
 from adapmtl_cli.report.views import Plot, RunView, write_output
 
 INSTALL_HINT = 'matplotlib is not installed; pip install "adapmtl[plot]"'
@@ -116,21 +118,10 @@ def _component_series(run: RunView) -> dict[str, list[float]]:
 def run_plots(run: RunView) -> list[Plot]:
     """The figures of one run: sparsity per component and per layer, and every logged series over steps."""
     rep = run.report
-    plots: list[Plot] = []
-
     color = _component_colors(run)
-
-    def components(ax: Any) -> None:
-        comps = [c for c in rep.components if c.params]
-        bars = ax.bar([c.name for c in comps], [c.sparsity for c in comps], color=[color[c.name] for c in comps])
-        ax.bar_label(bars, labels=[f"{c.sparsity:.1%}" for c in comps], fontsize="small")
-        ax.axhline(rep.target_sparsity, color="k", ls="--", lw=1, label=f"target {rep.target_sparsity:.1%}")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize="small", loc="lower right")
-        _percent_axis(ax)
-        ax.set_title(f"{run.label}: sparsity per component (overall {rep.overall_sparsity:.2%})")
-
-    plots.append(Plot("sparsity_components.png", "Sparsity per component", _figure(components)))
+    ch = channels_of(rep)
+    plots = [] if ch is None else [_channels_plot(run, ch, color)]
+    plots.append(_components_plot(run, color))
 
     def layers(ax: Any) -> None:
         from matplotlib.patches import Patch
@@ -154,11 +145,14 @@ def run_plots(run: RunView) -> list[Plot]:
         return plots
     steps = [int(r["step"]) for r in records]
 
+    # A channel run's target counts channels (or FLOPs) while the measured curves count zero weights: say so.
+    overall, target = ("overall", "target") if ch is None else ("weights zero", f"target (of {unit(ch)})")
+
     def sparsity_steps(ax: Any) -> None:
         comps = _component_series(RunView(run.label, rep, metrics=records))
-        series = {"overall": [float(r["sparsity"]) for r in records], **comps}
-        series["target"] = [float(r["target"]) for r in records]
-        styles = {"overall": {"color": "k", "lw": 2.2}, "target": {"color": "0.45", "ls": "--", "lw": 1.2}}
+        series = {overall: [float(r["sparsity"]) for r in records], **comps}
+        series[target] = [float(r["target"]) for r in records]
+        styles = {overall: {"color": "k", "lw": 2.2}, target: {"color": "0.45", "ls": "--", "lw": 1.2}}
         styles.update({c: {"color": color[c], "lw": 1.4} for c in comps})
         _lines(ax, steps, series, styles)
         _percent_axis(ax)
@@ -182,6 +176,47 @@ def run_plots(run: RunView) -> list[Plot]:
 
         plots.append(Plot(fname, caption, _figure(draw)))
     return plots
+
+
+def _components_plot(run: RunView, color: dict[str, Any]) -> Plot:
+    """Sparsity per component against the target; a channel run's zero weights, with no target (another unit)."""
+    rep = run.report
+    channel = channels_of(rep) is not None
+
+    def components(ax: Any) -> None:
+        comps = [c for c in rep.components if c.params]
+        bars = ax.bar([c.name for c in comps], [c.sparsity for c in comps], color=[color[c.name] for c in comps])
+        ax.bar_label(bars, labels=[f"{c.sparsity:.1%}" for c in comps], fontsize="small")
+        if not channel:
+            ax.axhline(rep.target_sparsity, color="k", ls="--", lw=1, label=f"target {rep.target_sparsity:.1%}")
+            ax.legend(fontsize="small", loc="lower right")
+        ax.set_ylim(0, 1.05)
+        _percent_axis(ax, "zero weights" if channel else "sparsity")
+        what = "zero weights left by the removed channels" if channel else "sparsity"
+        ax.set_title(f"{run.label}: {what} per component (overall {rep.overall_sparsity:.2%})")
+
+    caption = "Zero weights per component (left by the removed channels)" if channel else "Sparsity per component"
+    return Plot("sparsity_components.png", caption, _figure(components))
+
+
+def _channels_plot(run: RunView, ch: ChannelReport, color: dict[str, Any]) -> Plot:
+    """A channel run's removed share of channels per component; the target line where it counts channels."""
+    removed = removed_fractions(ch)
+
+    def draw(ax: Any) -> None:
+        names = list(removed)
+        bars = ax.bar(names, [removed[n] for n in names], color=[color.get(n, "C0") for n in names])
+        ax.bar_label(bars, labels=[f"{removed[n]:.1%}" for n in names], fontsize="small")
+        target = f"target {run.report.target_sparsity:.1%} of {unit(ch)}"
+        if ch.target == "channels":
+            ax.axhline(run.report.target_sparsity, color="k", ls="--", lw=1, label=target)
+            ax.legend(fontsize="small", loc="lower right")
+        ax.set_ylim(0, 1.05)
+        _percent_axis(ax, "channels removed")
+        achieved = f"achieved {ch.achieved:.1%} of {unit(ch)}"
+        ax.set_title(f"{run.label}: channels removed per component ({target} → {achieved})")
+
+    return Plot("channels_components.png", "Channels removed per component", _figure(draw))
 
 
 def compare_plots(runs: Sequence[RunView]) -> list[Plot]:

@@ -17,8 +17,19 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from adapmtl_cli.config import ComponentsManifest, LatencyManifest, RunReport
+from adapmtl_cli.config import ChannelReport, ComponentsManifest, LatencyManifest, RunReport
 from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.report.channels import (
+    CHANNEL_HEAD,
+    CHANNEL_NOTE,
+    CHANNEL_NUMERIC,
+    CHANNEL_TITLE,
+    ZERO_WEIGHTS_TITLE,
+    channel_cells,
+    channels_of,
+    headline,
+    unit,
+)
 from adapmtl_cli.report.formats import FORMATS
 from adapmtl_cli.report.text import SECTION_TITLES, compare_json, compare_markdown, report_csv, report_markdown
 from adapmtl_cli.report.views import (
@@ -104,7 +115,8 @@ def _bar(fraction: float, width: int = 12) -> str:
 
 
 def _component_table(report: RunReport) -> Table:
-    comp = Table(title="Sparsity per component", title_justify="left")
+    title = "Sparsity per component" if channels_of(report) is None else ZERO_WEIGHTS_TITLE
+    comp = Table(title=title, title_justify="left")
     for col in ("component", "kind", "tasks", "params", "sparsity", "", "threshold"):
         comp.add_column(col, justify="right" if col in ("params", "sparsity", "threshold") else "left")
     for c in report.components:
@@ -182,13 +194,8 @@ def report_renderable(
     ``eval_split`` names the split the metrics come from (the run's ``eval_split``), for the titles; ``latency``
     is the export's measurement (shown when given).
     """
-    head = Text.assemble(
-        ("Sparsity ", "bold"),
-        f"target {report.target_sparsity:.2%} → achieved ",
-        (f"{report.overall_sparsity:.2%}", "bold green"),
-        f" of {report.prunable_params:,} prunable weights ({report.zeros:,} zeros); method {report.method}, "
-        f"weighting {report.weighting}{layer_scale_note(report)}, {report.steps} steps, {report.wall_seconds:.0f} s",
-    )
+    ch = channels_of(report)
+    head = _headline(report) if ch is None else _channel_headline(report, ch)
     dt = report.delta_t
     bounded = bounded_score(report)
     baseline = baseline or f"baseline: the dense model on the {split_name(eval_split)} split"
@@ -198,7 +205,10 @@ def report_renderable(
         notes.append(_weights_line(report))
     if dt.skipped:
         notes.append(f"skipped (dense value 0): {', '.join(dt.skipped)}")
-    parts: list[RenderableType] = [head, _component_table(report), _metrics_table(report, eval_split)]
+    parts: list[RenderableType] = [head]
+    if ch is not None:
+        parts += [_channel_table(ch), Text(CHANNEL_NOTE, style="dim")]
+    parts += [_component_table(report), _metrics_table(report, eval_split)]
     parts += _score_texts(report)
     parts.extend(Text(n, style="dim") for n in notes)
     parts.extend(Text(f"warning: {w}", style="yellow") for w in report.warnings)
@@ -208,6 +218,43 @@ def report_renderable(
     if layers:
         parts.append(_layer_table(report, sort))
     return Group(*parts)
+
+
+def _run_note(report: RunReport) -> str:
+    return (
+        f"method {report.method}, weighting {report.weighting}{layer_scale_note(report)}, {report.steps} steps, "
+        f"{report.wall_seconds:.0f} s"
+    )
+
+
+def _headline(report: RunReport) -> Text:
+    """``Sparsity target 50.00% → achieved 50.00% of N prunable weights (Z zeros); method ...``: a weight run."""
+    return Text.assemble(
+        ("Sparsity ", "bold"),
+        f"target {report.target_sparsity:.2%} → achieved ",
+        (f"{report.overall_sparsity:.2%}", "bold green"),
+        f" of {report.prunable_params:,} prunable weights ({report.zeros:,} zeros); {_run_note(report)}",
+    )
+
+
+def _channel_headline(report: RunReport, ch: ChannelReport) -> Text:
+    """``Channels target 50.00% of channels → achieved 50.00% of channels (weights zero: ...); method ...``."""
+    text = headline(report, ch)
+    achieved = f"achieved {ch.achieved:.2%} of {unit(ch)}"
+    before, _, after = text.partition(achieved)
+    return Text.assemble(("Channels ", "bold"), before, (achieved, "bold green"), f"{after}; {_run_note(report)}")
+
+
+def _channel_table(ch: ChannelReport) -> Table:
+    """A row per component (channels, removed, kept, params before → after), then the whole model's total."""
+    table = Table(title=CHANNEL_TITLE, title_justify="left")
+    for col, numeric in zip(CHANNEL_HEAD, CHANNEL_NUMERIC, strict=True):
+        table.add_column(col, justify="right" if numeric else "left")
+    cells = channel_cells(ch)
+    for i, row in enumerate(cells):
+        total = i == len(cells) - 1
+        table.add_row(*row, style="bold" if total else None, end_section=i == len(cells) - 2)
+    return table
 
 
 def _score_line(symbol: str, overall: float, per_task: dict[str, float], report: RunReport) -> Text:

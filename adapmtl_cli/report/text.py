@@ -12,7 +12,17 @@ import io
 import json
 from collections.abc import Sequence
 
-from adapmtl_cli.config import SCHEMA_VERSION, LatencyManifest, RunReport
+from adapmtl_cli.config import SCHEMA_VERSION, ChannelReport, LatencyManifest, RunReport
+from adapmtl_cli.report.channels import (
+    CHANNEL_HEAD,
+    CHANNEL_NOTE,
+    CHANNEL_NUMERIC,
+    CHANNEL_TITLE,
+    ZERO_WEIGHTS_TITLE,
+    channel_cells,
+    channels_of,
+    headline,
+)
 from adapmtl_cli.report.views import (
     BEST_RULE,
     BOUNDED_SYMBOL,
@@ -35,6 +45,7 @@ from adapmtl_cli.report.views import (
 SECTION_TITLES = {
     "summary": "Summary",
     "component": "Sparsity per component",
+    "channel": "Channels, parameters and FLOPs (channel runs; FLOPs of one sample's forward)",
     "metric": "Task metrics on the validation split",
     "delta_t": "Δ_T (higher is better)",
     "collapse": "Collapsed tasks (an error metric > 3× dense, or one predicted class)",
@@ -58,14 +69,20 @@ def report_markdown(
     latency: LatencyManifest | None = None,
 ) -> str:
     """One run as a Markdown document (the numbers of the terminal view; ``latency``: the export's, if given)."""
-    lines = [
-        f"**Sparsity**: target {report.target_sparsity:.2%}, achieved {report.overall_sparsity:.2%} "
-        f"({report.zeros:,} of {report.prunable_params:,} prunable weights); method `{report.method}`, "
-        f"weighting `{report.weighting}`{layer_scale_note(report)}, {report.steps} steps, {report.wall_seconds:.0f} s",
-        "",
-        "| component | kind | tasks | params | sparsity | threshold |",
-        "|---|---|---|---:|---:|---:|",
-    ]
+    ch = channels_of(report)
+    run = (
+        f"method `{report.method}`, weighting `{report.weighting}`{layer_scale_note(report)}, {report.steps} steps, "
+        f"{report.wall_seconds:.0f} s"
+    )
+    if ch is None:
+        lines = [
+            f"**Sparsity**: target {report.target_sparsity:.2%}, achieved {report.overall_sparsity:.2%} "
+            f"({report.zeros:,} of {report.prunable_params:,} prunable weights); {run}",
+        ]
+    else:
+        lines = [f"**Channels**: {headline(report, ch)}; {run}", *_channel_markdown(ch)]
+        lines += ["", f"**{ZERO_WEIGHTS_TITLE}**"]
+    lines += ["", "| component | kind | tasks | params | sparsity | threshold |", "|---|---|---|---:|---:|---:|"]
     for c in report.components:
         lines.append(
             f"| {c.name} | {c.kind} | {','.join(c.tasks)} | {c.params:,} | {c.sparsity:.2%} | "
@@ -102,6 +119,14 @@ def report_markdown(
                 f"| {x.name} | {x.component} | {x.params:,} | {x.sparsity:.2%} | {fmt(x.threshold, 'threshold')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _channel_markdown(ch: ChannelReport) -> list[str]:
+    """The channel table of a channel run (a row per component, then the total) and its note."""
+    lines = ["", f"**{CHANNEL_TITLE}**", "", "| " + " | ".join(CHANNEL_HEAD) + " |"]
+    lines.append("|" + "".join("---:|" if n else "---|" for n in CHANNEL_NUMERIC))
+    lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in channel_cells(ch)]
+    return [*lines, "", CHANNEL_NOTE]
 
 
 def _bounded_markdown(report: RunReport) -> list[str]:

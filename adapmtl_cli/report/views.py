@@ -21,6 +21,7 @@ from adapmtl_cli.config import ExportManifest, LatencyManifest, LayerSparsity, P
 from adapmtl_cli.errors import AdapmtlError, ConfigError
 from adapmtl_cli.files.atomic import atomic_write, read_jsonl, read_model
 from adapmtl_cli.files.rundir import RunDir
+from adapmtl_cli.report.channels import channel_rows, channels_of, summary_rows
 from adapmtl_cli.report.formats import SORTS
 from adapmtl_cli.tasks.scores import COLLAPSE_CONVENTION, SCORE_CONVENTIONS
 
@@ -41,7 +42,7 @@ _FIELD_TITLES = {
     "wall_seconds": "wall time",
 }
 
-Kind = Literal["text", "int", "ratio", "float", "threshold", "signed", "seconds"]
+Kind = Literal["text", "int", "ratio", "float", "threshold", "signed", "seconds", "factor"]
 Value = str | float | int | None
 
 
@@ -82,10 +83,14 @@ class Row:
     better: int = 0
     human: bool = True
     mark: str = ""
+    title: str = ""
+    """How people read the row, where its name and field do not say it (channel runs' units)."""
 
     @property
     def label(self) -> str:
         """How people read the row: ``backbone sparsity``, ``segmentation miou ↑ pruned``, ``wall time``."""
+        if self.title:
+            return self.title
         fld = _FIELD_TITLES.get(self.field, self.field) if self.section == "summary" else self.field
         name = self.name.replace(".", " ", 1) if self.section == "metric" else self.name
         return " ".join(x for x in (name, self.mark, fld) if x)
@@ -304,6 +309,8 @@ def fmt(value: Value, kind: Kind) -> str:
         return f"{value:+.2f}"
     if kind == "seconds":
         return f"{value:.0f} s"
+    if kind == "factor":
+        return f"{value:.2f}×"
     return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
 
 
@@ -320,7 +327,15 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
     out: list[Row] = []
 
     def add(
-        section: str, name: str, fld: str, kind: Kind, get: Any, better: int = 0, human: bool = True, mark: str = ""
+        section: str,
+        name: str,
+        fld: str,
+        kind: Kind,
+        get: Any,
+        better: int = 0,
+        human: bool = True,
+        mark: str = "",
+        title: str = "",
     ) -> None:
         values = []
         for rep in reps:
@@ -328,17 +343,10 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
                 values.append(get(rep))
             except (KeyError, StopIteration):
                 values.append(None)
-        out.append(Row(section, name, fld, kind, tuple(values), better, human, mark))
+        out.append(Row(section, name, fld, kind, tuple(values), better, human, mark, title))
 
-    add("summary", "", "method", "text", lambda r: r.method)
-    add("summary", "", "weighting", "text", lambda r: r.weighting)
-    add("summary", "", "layer_scale", "text", lambda r: r.layer_scale)
-    add("summary", "", "target_sparsity", "ratio", lambda r: r.target_sparsity)
-    add("summary", "", "overall_sparsity", "ratio", lambda r: r.overall_sparsity, +1)
-    add("summary", "", "prunable_params", "int", lambda r: r.prunable_params)
-    add("summary", "", "zeros", "int", lambda r: r.zeros, human=False)
-    add("summary", "", "steps", "int", lambda r: r.steps)
-    add("summary", "", "wall_seconds", "seconds", lambda r: r.wall_seconds, -1)
+    channel = any(channels_of(rep) is not None for rep in reps)
+    _summary_rows(add, channel=channel)
     for comp in _union([c.name for c in rep.components] for rep in reps):
 
         def get(r: RunReport, comp: str = comp) -> Any:
@@ -351,6 +359,8 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
         # Where the sparsity went has no better direction: only the overall figure does.
         add("component", comp, "sparsity", "ratio", lambda r, g=get: g(r).sparsity)
         add("component", comp, "threshold", "threshold", lambda r, g=get: g(r).threshold)
+    if channel:
+        channel_rows(reps, add)
     for task in _union(rep.tasks for rep in reps):
         have = [rep.tasks[task] for rep in reps if task in rep.tasks]
         for metric in _union(tm.dense for tm in have):
@@ -379,6 +389,24 @@ def rows(runs: Sequence[RunView], *, layers: bool = True, sort: str = "model") -
             add("layer", name, "sparsity", "ratio", lambda r, g=lay: g(r).sparsity)
             add("layer", name, "threshold", "threshold", lambda r, g=lay: g(r).threshold, human=False)
     return out
+
+
+def _summary_rows(add: Callable[..., None], *, channel: bool) -> None:
+    """The summary rows (``add`` of ``rows``); with a channel run among the runs, also what each run pruned and
+    what its target counts, and titles naming the units (weight runs alone: as before channel runs existed)."""
+    add("summary", "", "method", "text", lambda r: r.method)
+    add("summary", "", "weighting", "text", lambda r: r.weighting)
+    add("summary", "", "layer_scale", "text", lambda r: r.layer_scale)
+    if channel:
+        summary_rows(add)
+    target_title = "target sparsity (in the target unit)" if channel else ""
+    add("summary", "", "target_sparsity", "ratio", lambda r: r.target_sparsity, title=target_title)
+    zeros_title = "achieved sparsity (weights zero)" if channel else ""
+    add("summary", "", "overall_sparsity", "ratio", lambda r: r.overall_sparsity, +1, title=zeros_title)
+    add("summary", "", "prunable_params", "int", lambda r: r.prunable_params)
+    add("summary", "", "zeros", "int", lambda r: r.zeros, human=False)
+    add("summary", "", "steps", "int", lambda r: r.steps)
+    add("summary", "", "wall_seconds", "seconds", lambda r: r.wall_seconds, -1)
 
 
 def _score_rows(reps: Sequence[RunReport], add: Callable[..., None]) -> None:

@@ -42,6 +42,9 @@ BAND = 0.05
 """ε: half-width of the magnitude band (in log units) around each threshold that measures ``d_c``."""
 SMOOTHING = 0.9
 """EMA factor of ``g_c`` and ``d_c`` (minibatch gradients are noisy)."""
+SIGN_AWARE = False
+"""Dev-split experiment (issue #13): step ``−(η/steps)(λ_c − λ̂)/|λ̂|`` instead of ``(λ_c/λ̂ − 1)``, identical
+when ``λ̂ > 0`` and also moving the split on steps where pruning lowers the average loss (``λ̂ <= 0``)."""
 
 
 class MarginalAllocator(nn.Module):
@@ -77,10 +80,13 @@ class MarginalAllocator(nn.Module):
         d = (self.density_ema.cpu() / correction).clamp_min(1.0)
         total_g, total_d = float(g.sum()), float(d.sum())
         moves = torch.zeros_like(logits)
-        if len(groups) < 2 or not (math.isfinite(total_g) and total_g > 0):
-            return moves  # one group, or pruning does not cost loss on average: nothing to rebalance
-        ratio = (g / d) / (total_g / total_d)
-        moves = (-(RUN_RATE / max(1, steps)) * (ratio - 1.0)).clamp(-MAX_STEP, MAX_STEP)
+        if len(groups) < 2 or not math.isfinite(total_g) or total_g == 0:
+            return moves  # one group, or no signal: nothing to rebalance
+        if total_g < 0 and not SIGN_AWARE:
+            return moves  # pruning does not cost loss on average: nothing to rebalance
+        mean = total_g / total_d
+        relative = (g / d - mean) / abs(mean)  # == ratio - 1 when mean > 0
+        moves = (-(RUN_RATE / max(1, steps)) * relative).clamp(-MAX_STEP, MAX_STEP)
         for i, group in enumerate(groups):
             param = tm.bank.logit(group)
             param.add_(moves[i].to(param.dtype).to(param.device))

@@ -27,6 +27,11 @@ from torch.nn.utils import parametrize
 from adapmtl_cli.model.discover import ComponentMap, Layer
 
 GRANULARITIES = ("component", "layer", "global")
+PRUNED_GRADIENT = 0.0
+"""The share of its gradient a pruned weight (``|w| <= t``) still receives: 0 is STR's and the paper's exact
+gradient (a pruned weight only returns when its threshold falls below it); above 0 is a straight-through
+estimate that lets pruned weights grow back past the threshold where the task loss wants them (weights swap
+inside a component). A dev-split experiment (issue #13), not a default."""
 
 
 def _key(name: str) -> str:
@@ -88,6 +93,9 @@ class _SoftThresholdFn(torch.autograd.Function):
         sign = out.sign()
         grad_w = grad * sign
         grad_t = -grad_w.sum()
+        if PRUNED_GRADIENT:
+            kept = sign * sign
+            return grad * (kept + PRUNED_GRADIENT * (1 - kept)), grad_t
         return grad_w.mul_(sign), grad_t
 
 

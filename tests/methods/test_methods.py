@@ -11,7 +11,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.config import PruneConfig
-from adapmtl_cli.methods import DEFAULT_WEIGHTING, METHODS, MethodContext, allocation_name, build_pruner
+from adapmtl_cli.methods import (
+    DEFAULT_WEIGHTING,
+    METHODS,
+    STRUCTURES,
+    MethodContext,
+    allocation_name,
+    build_pruner,
+)
 from adapmtl_cli.methods.base import Pruner
 from adapmtl_cli.model.discover import discover_components
 from adapmtl_cli.sparsity.masks import inject_masks_, keep_top_
@@ -36,7 +43,7 @@ def _losses(module: nn.Module, batch: tuple[torch.Tensor, dict[str, torch.Tensor
     return {t: spec.loss(out[t], y[t]) for t, spec in TASKS.items()}
 
 
-def _context(sparsity: float, steps: int) -> MethodContext:
+def _context(sparsity: float, steps: int, structure: str | None = None) -> MethodContext:
     torch.manual_seed(0)
     model = HardShared(tasks={"segmentation": 13, "depth": 1})
     x, _ = _batch(0)
@@ -50,6 +57,8 @@ def _context(sparsity: float, steps: int) -> MethodContext:
         ramp_end=0.75,
         calibration=lambda: iter([_batch(1), _batch(2)]),
         task_losses=_losses,
+        structure=structure,
+        example_input=x,
     )
 
 
@@ -87,11 +96,47 @@ def test_unknown_method_lists_the_known_ones() -> None:
         build_pruner("nope", _context(0.5, 4))
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+WEIGHT_METHODS = sorted(m for m, s in STRUCTURES.items() if "weight" in s)
+CHANNEL_METHODS = sorted(m for m, s in STRUCTURES.items() if "channel" in s)
+
+
+def test_every_method_prunes_weights_or_channels() -> None:
+    assert set(STRUCTURES) == set(METHODS)
+    assert all(s and set(s) <= {"weight", "channel"} for s in STRUCTURES.values())
+    assert CHANNEL_METHODS == ["adapmtl", "tp_magnitude"]
+
+
+@pytest.mark.parametrize("name", CHANNEL_METHODS)
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_every_channel_method_lands_exactly_on_the_channel_target(name: str, sparsity: float) -> None:
+    steps = 8
+    pruner = build_pruner(name, _context(sparsity, steps, "channel"))
+    grouped = [id(p) for g in pruner.param_groups(1e-3, 1e-2) for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in pruner.module.parameters() if p.requires_grad)
+    achieved = _run(pruner, steps)
+    channels = sum(n for n, _ in pruner.cm.component_channels().values())  # type: ignore[attr-defined]
+    assert achieved == round(sparsity * channels) / channels
+    stats = pruner.measure()
+    x, _ = _batch(9)
+    pruner.module.eval()
+    with torch.no_grad():
+        before = pruner.module(x)
+    model = pruner.bake_()
+    with torch.no_grad():
+        after = model(x)
+    for t in TASKS:
+        torch.testing.assert_close(after[t], before[t], rtol=0, atol=1e-6)
+    mods = dict(model.named_modules())
+    for s in stats:
+        assert not parametrize.is_parametrized(mods[s.fqn])
+        assert int((mods[s.fqn].weight == 0).sum()) == s.zeros
+
+
+@pytest.mark.parametrize("name", WEIGHT_METHODS)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
 def test_every_method_lands_exactly_on_the_target(name: str, sparsity: float) -> None:
     steps = 8
-    pruner = build_pruner(name, _context(sparsity, steps))
+    pruner = build_pruner(name, _context(sparsity, steps, "weight"))
     assert isinstance(pruner, Pruner)
     assert pruner.name == name
     # every trainable parameter is optimised exactly once

@@ -21,6 +21,7 @@ evaluation, the run folder, resume and distributed training around it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,25 +30,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapmtl_cli.config import DEFAULTS, ComponentSparsity, LayerSparsity
+from adapmtl_cli.api.pruning import Pruning, PruningSettings
+from adapmtl_cli.config import DEFAULTS
 from adapmtl_cli.errors import ConfigError, DiscoveryError
+from adapmtl_cli.export.channel_model import load_channel_model
 from adapmtl_cli.export.latency import measure_latency
 from adapmtl_cli.export.sparse_codec import load_sparse, save_sparse
 from adapmtl_cli.methods import (
     MethodContext,
-    Pruner,
     allocation_name,
     build_pruner,
     check_method,
     layer_scale_name,
     needs_calibration,
+    structure_name,
     weighting_name,
 )
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES
-from adapmtl_cli.methods.weighting import WEIGHTINGS, Weighting, make_weighting
+from adapmtl_cli.methods.weighting import WEIGHTINGS, make_weighting
 from adapmtl_cli.model.discover import ComponentMap, discover_components
 from adapmtl_cli.model.outputs import OutputMapping, flatten_outputs, map_outputs
-from adapmtl_cli.sparsity.thresholds import LayerZeros
 
 __all__ = [
     "Discovery",
@@ -55,6 +57,7 @@ __all__ = [
     "Pruning",
     "PruningSettings",
     "discover",
+    "load_pruned",
     "load_sparse",
     "measure_latency",
     "prepare",
@@ -110,6 +113,19 @@ def _map(raw: Any, tasks: list[Any], batch: int, outputs: Sequence[str] | None) 
         if outputs is not None or not unsized or not by_order or len(raw) != len(tasks):
             raise
         return map_outputs(raw, tasks, batch, names=[t.name for t in tasks])
+
+
+def load_pruned(model: nn.Module, export_dir: Any) -> nn.Module:
+    """The physically smaller model of a ``--structure channel`` run, rebuilt from your own dense ``model``.
+
+    ``model`` is a fresh instance from your factory (its weights do not matter); ``export_dir`` the folder
+    ``adapmtl export RUN`` wrote (``channel_plan.json`` and ``model.channels.safetensors``). Returns a new module
+    of your model's class with the removed channels gone and the pruned weights loaded, in eval mode.
+
+    Raises:
+        ConfigError: ``export_dir`` is not a channel run's export. CheckpointError: it does not fit ``model``.
+    """
+    return load_channel_model(_unwrap(model), export_dir)
 
 
 def discover(
@@ -205,6 +221,42 @@ def _calibration_batches(
     return batches
 
 
+def _task_losses(mapping: OutputMapping, losses: Mapping[str, LossFn] | None, names: list[str]) -> Any:
+    """``fn(module, batch) -> {task: loss}`` for methods that score weights with task gradients."""
+
+    def task_losses(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        assert losses is not None
+        preds = mapping.select(module(batch[0]))
+        return {t: losses[t](preds[t], batch[1][t]) for t in names}
+
+    return task_losses
+
+
+def _settings(
+    method: str,
+    weighting: str | None,
+    layer_scale: str | None,
+    allocation: str | None,
+    structure: str | None,
+    target: str | None,
+    sparsity: float,
+    steps: int,
+) -> PruningSettings:
+    """What ``prepare`` resolves each option to (the method's own defaults where not given)."""
+    kind = structure_name(method, structure)
+    return PruningSettings(
+        method,
+        weighting_name(method, weighting),
+        layer_scale_name(method, layer_scale, structure),
+        allocation_name(method, allocation),
+        sparsity,
+        steps,
+        DEFAULTS.threshold_lr,
+        kind,
+        (target or "channels") if kind == "channel" else None,
+    )
+
+
 def prepare(
     model: nn.Module,
     example_input: Any,
@@ -219,6 +271,8 @@ def prepare(
     weighting: str | None = None,
     layer_scale: str | None = None,
     allocation: str | None = None,
+    structure: str | None = None,
+    target: str | None = None,
     threshold_lr: float = DEFAULTS.threshold_lr,
     ramp_end: float = DEFAULTS.ramp_end,
     component_sparsity: Mapping[str, tuple[float, float]] | None = None,
@@ -240,6 +294,9 @@ def prepare(
         losses: ``{task: fn(output, target) -> scalar}``; needed with ``calibration``.
         weighting, layer_scale, allocation, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options (None:
             the method's own default). exclude, backbone, heads: discovery overrides (see ``discover``).
+        structure: ``"weight"`` (single weights) or ``"channel"`` (whole output channels, which ``export`` removes
+            physically; ``sparsity`` is then the fraction of channels removed). None: the method's own.
+        target: for channel runs, what ``sparsity`` counts: ``"channels"`` (default) or ``"flops"``.
         discovery: a ``discover`` result for this model, to skip the forward pass.
 
     Raises:
@@ -253,16 +310,10 @@ def prepare(
     )
     names = list(found.tasks)
     batches = None
-    if needs_calibration(method, layer_scale):
+    if needs_calibration(method, layer_scale, structure):
         device = next(user_model.parameters()).device
         batches = _calibration_batches(method, layer_scale, calibration, losses, names, device)
-    mapping = found.mapping
-
-    def task_losses(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        assert losses is not None
-        preds = mapping.select(module(batch[0]))
-        return {t: losses[t](preds[t], batch[1][t]) for t in names}
-
+    task_losses = _task_losses(found.mapping, losses, names)
     pruner = build_pruner(
         method,
         MethodContext(
@@ -276,208 +327,11 @@ def prepare(
             bounds=dict(component_sparsity or {}),
             layer_scale=layer_scale,
             allocation=allocation,
+            structure=structure_name(method, structure),
+            target=target,
+            example_input=example_input,
         ),
     )
-    chosen = weighting_name(method, weighting)
-    scale = layer_scale_name(method, layer_scale)
-    settings = PruningSettings(
-        method, chosen, scale, allocation_name(method, allocation), float(sparsity), steps, threshold_lr
-    )
-    return Pruning(pruner, found, make_weighting(chosen, names, steps), settings)
-
-
-@dataclass(frozen=True)
-class PruningSettings:
-    """What ``prepare`` resolved: the method, its weighting and layer scale, the target and the step budget."""
-
-    method: str
-    weighting: str
-    layer_scale: str | None
-    allocation: str | None
-    sparsity: float
-    steps: int
-    threshold_lr: float
-
-
-class Pruning:
-    """One model being pruned: the module to train, its optimizer groups, the task weighting and the schedule.
-
-    Call ``weigh`` on the task losses of every step and ``step`` after every optimizer step; ``finalize`` at the
-    end returns the user's model with plain parameters and exact zeros.
-    """
-
-    def __init__(self, pruner: Pruner, discovery: Discovery, weighting: Weighting, settings: PruningSettings) -> None:
-        self.pruner = pruner
-        self.discovery = discovery
-        self.weighting = weighting
-        self.settings = settings
-        self.step_count = 0
-        """Optimizer steps taken so far (``step`` calls); part of ``state_dict``."""
-        self._losses: dict[str, torch.Tensor] = {}
-        self._final: list[LayerZeros] | None = None
-        self._final_thresholds: dict[str, float] = {}
-
-    @property
-    def model(self) -> nn.Module:
-        """The module to train: the user's model with the method's parametrizations (same forward and outputs)."""
-        self._check_open()
-        return self.pruner.module
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return self.discovery.tasks
-
-    def param_groups(self, lr: float, threshold_lr: float | None = None) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: the weights at ``lr``, the thresholds at their own rate (the method's)."""
-        self._check_open()
-        rate = self.settings.threshold_lr if threshold_lr is None else threshold_lr
-        return self.pruner.param_groups(lr, rate)
-
-    def task_weights(self) -> dict[str, float]:
-        """The current task-loss weights (they sum to the number of tasks)."""
-        return self.weighting.weights()
-
-    def weigh(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``sum_t w_t * L_t`` with the method's task weights; the losses are kept for the next ``step``."""
-        missing = [t for t in self.tasks if t not in losses]
-        if missing:
-            raise ConfigError(f"weigh got no loss for task {', '.join(map(repr, missing))}; pass one per task")
-        weights = self.weighting.weights()
-        self._losses = {t: losses[t].detach() for t in self.tasks}
-        total = sum(weights[t] * losses[t] for t in self.tasks)
-        assert isinstance(total, torch.Tensor)
-        return total
-
-    def target_at(self, step: int) -> float:
-        """The scheduled overall sparsity after ``step`` optimizer steps."""
-        return self.pruner.target_at(step)
-
-    def step(self, losses: Mapping[str, float] | None = None) -> float:
-        """After each optimizer step: move the sparsity onto the schedule (exact level) and update the weights.
-
-        Args:
-            losses: the step's task losses as numbers (default: those given to the last ``weigh``).
-
-        Returns:
-            The overall sparsity now.
-        """
-        self._check_open()
-        if losses is None:
-            if not self._losses:
-                raise ConfigError("step() before weigh(): pass the step's task losses through weigh() first")
-            losses = {t: float(v) for t, v in self._losses.items()}
-        sparsity = self.pruner.after_step_(self.step_count + 1)
-        self.weighting.update(self.step_count, dict(losses))
-        self.step_count += 1
-        self._losses = {}
-        return sparsity
-
-    def measure(self) -> list[LayerZeros]:
-        """Per prunable layer, its zeros now (after ``finalize``: in the final model)."""
-        return list(self._final) if self._final is not None else self.pruner.measure()
-
-    def thresholds(self) -> dict[str, float]:
-        """Per threshold group, its current threshold (empty for mask methods)."""
-        return dict(self._final_thresholds) if self._final is not None else self.pruner.thresholds()
-
-    def sparsity(self) -> dict[str, Any]:
-        """``{"overall": fraction of zero prunable weights, "components": {component: fraction}}``."""
-        comps = self.component_sparsity()
-        zeros, total = sum(c.zeros for c in comps), sum(c.params for c in comps)
-        return {"overall": zeros / total if total else 0.0, "components": {c.name: c.sparsity for c in comps}}
-
-    def component_sparsity(self) -> list[ComponentSparsity]:
-        """Per component (in discovery order), its prunable weights, zeros and threshold."""
-        layers, thresholds = self.measure(), self.thresholds()
-        comp_of = {layer.fqn: layer.component for layer in self.discovery.cmap.layers}
-        per: dict[str, list[int]] = {}
-        for s in layers:
-            acc = per.setdefault(comp_of[s.fqn], [0, 0])
-            acc[0] += s.zeros
-            acc[1] += s.params
-        out = []
-        for c in self.discovery.cmap.components:
-            zeros, n = per.get(c.name, [0, 0])
-            thr = thresholds.get(c.name, thresholds.get("global"))
-            out.append(
-                ComponentSparsity(
-                    name=c.name,
-                    kind=c.kind,
-                    tasks=list(c.tasks),
-                    params=n,
-                    zeros=zeros,
-                    sparsity=zeros / n if n else 0.0,
-                    threshold=thr if n else None,
-                )
-            )
-        return out
-
-    def layer_sparsity(self) -> list[LayerSparsity]:
-        """Per prunable layer (in model order), its weights, zeros and own threshold."""
-        comp_of = {layer.fqn: layer.component for layer in self.discovery.cmap.layers}
-        return [
-            LayerSparsity(
-                name=s.fqn,
-                component=comp_of[s.fqn],
-                params=s.params,
-                zeros=s.zeros,
-                sparsity=s.zeros / s.params,
-                threshold=s.threshold,  # the layer's own (its group's times its scale); None for mask methods
-            )
-            for s in self.measure()
-        ]
-
-    def report(self) -> dict[str, Any]:
-        """The sparsity parts of ``report.json``: target, overall, per component, per layer, task weights."""
-        layers = self.measure()
-        total, zeros = sum(s.params for s in layers), sum(s.zeros for s in layers)
-        s = self.settings
-        return {
-            "method": s.method,
-            "weighting": s.weighting,
-            "layer_scale": s.layer_scale,
-            "allocation": s.allocation,
-            "target_sparsity": s.sparsity,
-            "overall_sparsity": zeros / total if total else 0.0,
-            "prunable_params": total,
-            "zeros": zeros,
-            "steps": self.step_count,
-            "components": [c.model_dump(exclude={"schema_version"}) for c in self.component_sparsity()],
-            "layers": [x.model_dump(exclude={"schema_version"}) for x in self.layer_sparsity()],
-            "task_weights": self.task_weights(),
-        }
-
-    def finalize(self) -> nn.Module:
-        """Bake the pruning into the user's model and return it: plain parameters, exact zeros, its own class,
-        its ``state_dict`` keys in their order. Lands exactly on the target even if fewer than ``steps`` steps
-        ran (the level is projected onto the target first). The ``Pruning`` is spent afterwards."""
-        self._check_open()
-        if self.step_count < self.settings.steps:
-            self.pruner.after_step_(self.settings.steps)
-        layers, thresholds = self.pruner.measure(), self.pruner.thresholds()
-        model = self.pruner.bake_()
-        mods = dict(model.named_modules())
-        for stat in layers:
-            # Weights that were exactly zero before thresholding count as zeros in both views.
-            zeros = int((mods[stat.fqn].weight == 0).sum())
-            assert zeros == stat.zeros, f"baked {stat.fqn} has {zeros} zeros, the pruned view had {stat.zeros}"
-        self._final, self._final_thresholds = layers, thresholds
-        return model
-
-    def state_dict(self) -> dict[str, Any]:
-        """What resuming needs besides the optimizer: the module (weights, thresholds), weighting and step."""
-        return {
-            "model": self.pruner.module.state_dict(),
-            "weighting": self.weighting.state_dict(),
-            "step": self.step_count,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._check_open()
-        self.pruner.module.load_state_dict(state["model"])
-        self.weighting.load_state_dict(state["weighting"])
-        self.step_count = int(state["step"])
-
-    def _check_open(self) -> None:
-        if self._final is not None:
-            raise ConfigError("this Pruning was finalized; use the model finalize() returned")
+    settings = _settings(method, weighting, layer_scale, allocation, structure, target, float(sparsity), steps)
+    settings = dataclasses.replace(settings, threshold_lr=threshold_lr)
+    return Pruning(pruner, found, make_weighting(settings.weighting, names, steps), settings)

@@ -1,0 +1,247 @@
+"""The channel family (``--structure channel``): whole output channels, landed exactly on a channel fraction.
+
+* ``ChannelThresholdPruner`` — one learnable threshold per component on the channels' normalised group norms
+  (``sparsity/channel_gates.py``), its split moved by ``--allocation`` as for weights, the level set after
+  every step by one common logit offset so the removed fraction follows the cubic schedule exactly.
+* ``ChannelMaskPruner`` — 0/1 channel masks from a score on the same schedule (``tp_magnitude``).
+
+Both prune the channel groups of ``model/channels.py`` (Torch-Pruning's dependency graph): a group is rooted at
+a prunable conv/linear layer and belongs to that layer's component; groups reaching a model output (the task
+output layers) are never pruned. ``--target flops`` lands on a fraction of the prunable layers' FLOPs instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapmtl_cli.errors import AdapmtlError, ConfigError
+from adapmtl_cli.methods.base import MethodContext
+from adapmtl_cli.model.channels import channel_groups, count_params_flops, remove_channels
+from adapmtl_cli.model.discover import ComponentMap
+from adapmtl_cli.sparsity.allocation import ALLOCATIONS, MarginalAllocator
+from adapmtl_cli.sparsity.channel_flops import LayerFlops, layer_flops
+from adapmtl_cli.sparsity.channel_gates import (
+    ChannelGatedModel,
+    channel_zeros,
+    fit_channel_level_,
+    gated_groups,
+    init_channel_thresholds_,
+)
+from adapmtl_cli.sparsity.schedule import cubic_target
+from adapmtl_cli.sparsity.thresholds import LayerZeros
+
+TARGETS = ("channels", "flops")
+
+
+def gated_model(ctx: MethodContext, *, mask: bool) -> ChannelGatedModel:
+    """Find the channel groups of ``ctx.model`` and put gates on them; ConfigError when it cannot be done."""
+    if ctx.example_input is None:
+        raise ConfigError("--structure channel traces the model: pass an example input")
+    if ctx.cmap.tied:
+        raise ConfigError(
+            f"--structure channel cannot prune a model with tied weights ({', '.join(ctx.cmap.tied)}); "
+            "use --structure weight"
+        )
+    try:
+        groups = channel_groups(ctx.model, ctx.example_input)
+    except AdapmtlError as exc:
+        raise ConfigError(f"--structure channel: {exc}") from exc
+    component_of = {layer.fqn: layer.component for layer in ctx.cmap.layers}
+    gated, components = gated_groups(groups, component_of)
+    if not gated:
+        raise ConfigError(
+            "--structure channel found no prunable channel group (every conv/linear channel reaches an output, "
+            "is shared, or passes an op whose removal cannot be proven exact); use --structure weight"
+        )
+    return ChannelGatedModel(ctx.model, gated, components, mask=mask)
+
+
+class _ChannelBase:
+    """What both channel pruners share: the gated model, the schedule, measuring and baking."""
+
+    name: str
+    ctx: MethodContext
+    cm: ChannelGatedModel
+    module: nn.Module
+
+    def _setup(self, name: str, ctx: MethodContext, *, mask: bool) -> None:
+        self.name, self.ctx = name, ctx
+        if ctx.bounds:
+            raise ConfigError("--component-sparsity bounds weight sparsity; it does not apply to --structure channel")
+        self.target_unit = ctx.target or "channels"
+        if self.target_unit not in TARGETS:
+            raise ConfigError(f"--target {self.target_unit!r} is not one of {', '.join(TARGETS)}")
+        self.cm = gated_model(ctx, mask=mask)
+        self.module = self.cm
+        self.flops: LayerFlops | None = None
+        if self.target_unit == "flops":
+            self.flops = layer_flops(ctx.model, ctx.example_input, self.cm.gated)
+        self._layers = {layer.fqn: layer.component for layer in ctx.cmap.layers}
+
+    def cost(self) -> Any:
+        return None if self.flops is None else self.flops.removed
+
+    def target_at(self, step: int) -> float:
+        return cubic_target(step, self.ctx.steps, self.ctx.sparsity, 0.0, self.ctx.ramp_end)
+
+    def measure(self) -> list[LayerZeros]:
+        return channel_zeros(self.cm, self._layers)
+
+    def bake_(self) -> nn.Module:
+        return self.cm.bake_()
+
+    def removed_fraction(self) -> float:
+        """The removed fraction now, in the target's unit (channels or FLOPs)."""
+        removed = self.cm.removed()
+        if self.flops is None:
+            return float(removed.sum()) / max(1, removed.numel())
+        return self.flops.removed(removed) / max(1.0, self.flops.total)
+
+    def channel_report(self) -> dict[str, Any]:
+        """The structure, target unit, per component (channels, removed) and the kept channels per group."""
+        return {
+            "target": self.target_unit,
+            "achieved": self.removed_fraction(),
+            "components": {c: {"channels": n, "removed": z} for c, (n, z) in self.cm.component_channels().items()},
+            "keep": self.cm.keep_lists(),
+        }
+
+    def channel_summary(self, baked: nn.Module) -> dict[str, Any]:
+        """``channel_report`` plus parameters and FLOPs before and after removing the channels from a copy of
+        ``baked`` (what ``export`` writes), per component too."""
+        report = self.channel_report()
+        one = _first_sample(self.ctx.example_input)
+        smaller = remove_channels(baked, one, report["keep"])
+        params_before, flops_before = count_params_flops(baked, one)
+        params_after, flops_after = count_params_flops(smaller, one)
+        before, after = _component_params(baked, self.ctx.cmap), _component_params(smaller, self.ctx.cmap)
+        for name, entry in report["components"].items():
+            entry["params_before"], entry["params_after"] = before.get(name, 0), after.get(name, 0)
+        report.update(
+            params_before=params_before, params_after=params_after, flops_before=flops_before, flops_after=flops_after
+        )
+        return report
+
+
+def _first_sample(example: Any) -> Any:
+    """One sample of a batch (a tensor, or a tuple/list/dict of tensors), for counting FLOPs per sample."""
+    if isinstance(example, torch.Tensor):
+        return example[:1]
+    if isinstance(example, (tuple, list)):
+        return type(example)(_first_sample(x) for x in example)
+    if isinstance(example, dict):
+        return {k: _first_sample(v) for k, v in example.items()}
+    return example
+
+
+def _component_params(model: nn.Module, cmap: ComponentMap) -> dict[str, int]:
+    """Per component, the parameters its modules hold directly."""
+    owner = {m: c.name for c in cmap.components for m in c.modules}
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        module = name.rsplit(".", 1)[0] if "." in name else ""
+        if module in owner:
+            out[owner[module]] = out.get(owner[module], 0) + p.numel()
+    return out
+
+
+class ChannelThresholdPruner(_ChannelBase):
+    """One learnable soft threshold per component on channel norms."""
+
+    def __init__(self, name: str, ctx: MethodContext, *, allocation: str = "marginal") -> None:
+        self._setup(name, ctx, mask=False)
+        init_channel_thresholds_(self.cm, ctx.sparsity)
+        self.allocation = ctx.allocation or allocation
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "marginal":
+            self.cm.allocator = MarginalAllocator(len(self.cm.bank.groups))
+
+    def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
+        bank = {id(p) for p in self.cm.bank.parameters()}
+        weights = [p for p in self.cm.parameters() if p.requires_grad and id(p) not in bank]
+        rate = threshold_lr if self.allocation == "adam" else 0.0
+        return [
+            {"params": weights, "lr": lr, "weight_decay": 0.0},
+            {"params": list(self.cm.bank.parameters()), "lr": rate, "weight_decay": 0.0},
+        ]
+
+    def after_step_(self, step: int) -> float:
+        self.cm.refresh_()
+        allocator = getattr(self.cm, "allocator", None)
+        if isinstance(allocator, MarginalAllocator):
+            r = 1.0 / self.cm.inv_norm
+            per = [r[self.cm.component_index == i] for i in range(len(self.cm.bank.groups))]
+            allocator.step_(self.cm, per, steps=self.ctx.steps)  # type: ignore[arg-type]  # uses .bank only
+        fit_channel_level_(
+            self.cm, self.target_at(step), cost=self.cost(), total=None if self.flops is None else self.flops.total
+        )
+        return self.removed_fraction()
+
+    def thresholds(self) -> dict[str, float]:
+        return self.cm.bank.values()
+
+
+def uniform_keep(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+    """Per group a keep mask removing the same fraction of each group's lowest-scored channels.
+
+    The counts are rounded so that the total removed is ``round(fraction * all channels)`` exactly (the largest
+    remainders get the extra channel) and every group keeps at least one channel.
+    """
+    sizes = [s.numel() for s in scores]
+    want = round(fraction * sum(sizes))
+    exact = [fraction * n for n in sizes]
+    counts = [min(math.floor(x), n - 1) for x, n in zip(exact, sizes, strict=True)]
+    order = sorted(range(len(sizes)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    for i in order:
+        if sum(counts) >= want:
+            break
+        if counts[i] < sizes[i] - 1:
+            counts[i] += 1
+    masks = []
+    for s, k in zip(scores, counts, strict=True):
+        keep = torch.ones(s.numel(), dtype=torch.float32, device=s.device)
+        if k:
+            keep[torch.argsort(s, stable=True)[:k]] = 0.0
+        masks.append(keep)
+    return masks
+
+
+class ChannelMaskPruner(_ChannelBase):
+    """Channel masks from a per-channel score, the same fraction per group, on the cubic schedule."""
+
+    def __init__(self, name: str, ctx: MethodContext, *, update_every: int | None = None) -> None:
+        self._setup(name, ctx, mask=True)
+        if self.flops is not None:
+            raise ConfigError(
+                f"--method {name} removes the same fraction of every group; --target flops needs "
+                "learned thresholds (--method adapmtl)"
+            )
+        self.update_every = update_every or max(1, ctx.steps // 50)
+
+    def scores(self) -> torch.Tensor:
+        """Per flat channel, higher = keep (subclasses override)."""
+        raise NotImplementedError
+
+    def apply_(self, fraction: float) -> None:
+        scores = self.scores() * self.cm.keep_mask  # removed channels stay removed
+        parts = [scores[g.offset : g.offset + g.group.channels] for g in self.cm.gated]
+        with torch.no_grad():
+            self.cm.keep_mask.copy_(torch.cat(uniform_keep(parts, fraction)))
+
+    def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
+        del threshold_lr
+        weights = [p for p in self.cm.parameters() if p.requires_grad]  # the bank is frozen in mask mode
+        return [{"params": weights, "lr": lr, "weight_decay": 0.0}]
+
+    def after_step_(self, step: int) -> float:
+        if step % self.update_every == 0 or step >= self.ctx.steps:
+            self.apply_(self.target_at(step))
+        return self.removed_fraction()
+
+    def thresholds(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,361 @@
+"""Channel gates: whole output channels pruned by one learnable threshold per component (``--structure channel``).
+
+A prunable channel belongs to a *channel group* (``model/channels.py``: the root conv/linear's filter and
+everything that must shrink with it: BatchNorm entries, residual partners, the next layers' input slices).
+Each channel ``j`` has a norm ``n_j`` (L2 over every coupled slice of the raw weights) and, normalised by its
+group's scale ``m_g`` (``SCALE_RMS`` times the root mean square of the group's norms at the start, so that a
+threshold in ``(0, 1)`` reaches every group alike), ``r_j = n_j / m_g``. With its component's threshold
+``t_c = sigmoid(s_c)`` the channel's gate is the group soft threshold
+
+    ``gate_j = relu(1 - t_c / r_j)``  (0 exactly when ``t_c / r_j >= 1``: the channel is removed)
+
+and it multiplies the channel's *input slice* in every layer that reads the channel (a weight parametrization
+on those consumers). A removed channel is then read by nobody, which is what removing it physically computes
+(``model/channels.py`` removes every coupled slice, so outputs stay equal); a kept channel's contribution shrinks
+by its gate, as ``sign(w)·relu(|w| - t)`` shrinks a surviving weight. The norms are refreshed after every step
+and treated as constants by autograd (the gradient reaches ``s_c`` through the gates, and the weights through
+the multiplication), so a step costs one gate vector per consumer.
+
+Mask mode (``mask=True``) replaces the soft gates by a fixed 0/1 keep mask per channel (a channel baseline
+such as ``tp_magnitude`` sets it). Baking multiplies the gates into the consumers and zeroes every coupled slice
+of a removed channel, so the user's model computes exactly what the gated model computed and ``export``
+can remove those channels physically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from adapmtl_cli.model.channels import ChannelGroup
+from adapmtl_cli.sparsity.thresholds import LayerZeros, ParametrizedLayers, ThresholdBank, parameter_order
+
+SCALE_RMS = 4.0
+"""A group's norms are divided by this many times their root mean square at the start: every group's channels
+then sit around 0.25 whatever its width or depth (so one threshold per component prunes every group by its
+channels' relative norms), and a channel would have to be 4x the group's RMS to be beyond any threshold."""
+
+
+@dataclass(frozen=True)
+class GatedGroup:
+    """One prunable channel group, with the component whose threshold gates it and its place in the flat vector."""
+
+    group: ChannelGroup
+    component: str
+    offset: int
+    """Index of the group's channel 0 in the flat per-channel vectors."""
+
+
+def _raw(module: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(module, "weight"):
+        return cast(Any, module).parametrizations.weight.original
+    return cast(torch.Tensor, module.weight)
+
+
+def _slice_squares(module: nn.Module, kind: str, channels: torch.Tensor, biases: bool = True) -> torch.Tensor:
+    """Per listed channel, the sum of squares of this module's raw slice (weights, and biases unless told)."""
+    weight = _raw(module).detach().float()
+    if kind == "in_channels":
+        picked = weight.index_select(1, channels).pow(2)
+        return picked.transpose(0, 1).reshape(len(channels), -1).sum(1)
+    total = weight.index_select(0, channels).pow(2).reshape(len(channels), -1).sum(1)
+    bias = getattr(module, "bias", None)
+    if biases and isinstance(bias, torch.Tensor):
+        total = total + bias.detach().float().index_select(0, channels).pow(2)
+    return total
+
+
+class InputGate(nn.Module):
+    """Parametrization of a consumer's weight: its input features that read gated channels are multiplied by
+    their channel's gate (``features[i]`` reads flat channel ``flat[i]``)."""
+
+    features: torch.Tensor
+    flat: torch.Tensor
+
+    def __init__(self, owner: ChannelGatedModel, features: Sequence[int], flat: Sequence[int]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: the owner holds this module
+        self.register_buffer("features", torch.tensor(list(features), dtype=torch.long))
+        self.register_buffer("flat", torch.tensor(list(flat), dtype=torch.long))
+
+    def vector(self, width: int, gates: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(width, dtype=gates.dtype, device=gates.device)
+        return ones.index_copy(0, self.features, gates.index_select(0, self.flat))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        owner = cast(ChannelGatedModel, cast(Any, self).__dict__["_owner"])
+        vec = self.vector(weight.shape[1], owner.gates())
+        return weight * vec.view(1, -1, *([1] * (weight.dim() - 2))).to(weight.dtype)
+
+
+class ChannelGatedModel(ParametrizedLayers):
+    """The user's model with input gates on every consumer of a prunable channel, plus the thresholds."""
+
+    inv_norm: torch.Tensor
+    component_index: torch.Tensor
+    scale: torch.Tensor
+    keep_mask: torch.Tensor
+
+    def __init__(
+        self, model: nn.Module, groups: Sequence[GatedGroup], components: Sequence[str], *, mask: bool = False
+    ) -> None:
+        consumers = _consumers(groups)
+        super().__init__(model, dict.fromkeys(consumers, "gate"), parameter_order(model, list(consumers)))
+        self.gated = list(groups)
+        self.mask_mode = mask
+        self.bank = ThresholdBank(list(components))
+        if mask:
+            self.bank.requires_grad_(False)  # masks are set by a score, not learned
+        total = sum(g.group.channels for g in groups)
+        index = {c: i for i, c in enumerate(components)}
+        comp = [index[g.component] for g in groups for _ in range(g.group.channels)]
+        self.register_buffer("component_index", torch.tensor(comp, dtype=torch.long))
+        self.register_buffer("inv_norm", torch.zeros(total, dtype=torch.float32))
+        self.register_buffer("scale", torch.ones(len(groups), dtype=torch.float32))
+        self.register_buffer("keep_mask", torch.ones(total, dtype=torch.float32))
+        device = next(iter(model.parameters())).device
+        self.to(device)  # buffers next to the weights (only this wrapper's own buffers move)
+        mods = dict(model.named_modules())
+        for fqn, (features, flat) in consumers.items():
+            gate = InputGate(self, features, flat).to(device)
+            parametrize.register_parametrization(mods[fqn], "weight", gate, unsafe=True)
+        norms = self.norms()
+        with torch.no_grad():
+            for i, g in enumerate(groups):
+                part = norms[g.offset : g.offset + g.group.channels]
+                rms = float(part.pow(2).mean().sqrt()) if part.numel() else 0.0
+                self.scale[i] = SCALE_RMS * rms if rms > 0 else 1.0
+        self.refresh_()
+
+    # ------------------------------------------------------------------------------------------ per channel
+
+    @torch.no_grad()
+    def norms(self) -> torch.Tensor:
+        """Per flat channel, the L2 norm of its raw coupled slices (fp32, on the weights' device)."""
+        return raw_weight_squares(self).sqrt()
+
+    @torch.no_grad()
+    def normalised_norms(self) -> torch.Tensor:
+        """``r_j = n_j / m_g``: what each channel's threshold is compared with."""
+        return self.norms() / self._scale_per_channel()
+
+    def _scale_per_channel(self) -> torch.Tensor:
+        sizes = torch.tensor([g.group.channels for g in self.gated], device=self.scale.device)
+        return torch.repeat_interleave(self.scale, sizes)
+
+    @torch.no_grad()
+    def refresh_(self) -> None:
+        """Recompute ``1 / r_j`` from the current weights (after every optimizer step).
+
+        A zero norm gives ``inf``: the channel is always removed. Each group's strongest channel counts as if its
+        normalised norm were at least 1, so no threshold in ``(0, 1)`` removes it: a group never loses all of its
+        channels (that would cut the model).
+        """
+        r = self.normalised_norms()
+        inv = 1.0 / r
+        for g in self.gated:
+            top = g.offset + int(torch.argmax(r[g.offset : g.offset + g.group.channels]))
+            inv[top] = min(float(inv[top]), 1.0)
+        self.inv_norm.copy_(inv)
+
+    def gates(self) -> torch.Tensor:
+        """Per flat channel its gate (differentiable in the threshold logits)."""
+        if self.mask_mode:
+            return self.keep_mask
+        logits = torch.stack([self.bank.logit(c) for c in self.bank.groups]).float()
+        t = torch.sigmoid(logits).index_select(0, self.component_index)
+        return torch.relu(1.0 - t * self.inv_norm)
+
+    @torch.no_grad()
+    def removed(self) -> torch.Tensor:
+        """Per flat channel, whether it is removed now (its gate is exactly 0)."""
+        return self.gates() == 0
+
+    def component_channels(self) -> dict[str, tuple[int, int]]:
+        """Per component with prunable channels: (channels, removed channels)."""
+        removed = self.removed()
+        out: dict[str, list[int]] = {c: [0, 0] for c in self.bank.groups}
+        for g in self.gated:
+            part = removed[g.offset : g.offset + g.group.channels]
+            out[g.component][0] += g.group.channels
+            out[g.component][1] += int(part.sum())
+        return {c: (n, z) for c, (n, z) in out.items()}
+
+    def keep_lists(self) -> dict[str, list[int]]:
+        """Per group root, the indices of its kept channels (what ``remove_channels`` replays)."""
+        removed = self.removed().cpu()
+        return {
+            g.group.root: [i for i in range(g.group.channels) if not bool(removed[g.offset + i])] for g in self.gated
+        }
+
+    # ---------------------------------------------------------------------------------------- the weights
+
+    @torch.no_grad()
+    def effective_weights(self, fqns: Sequence[str]) -> dict[str, torch.Tensor]:
+        """What baking gives each named layer's weight: gated inputs, removed channels' slices zeroed."""
+        mods = dict(self.model.named_modules())
+        gates = self.gates().detach()
+        removed = gates == 0
+        out = {}
+        for fqn in fqns:
+            module = mods[fqn]
+            w = _raw(module).detach()
+            if parametrize.is_parametrized(module, "weight"):
+                w = cast(Any, module).parametrizations.weight[0](w)
+            out[fqn] = w.clone()
+        for g in self.gated:
+            drop = set(removed[g.offset : g.offset + g.group.channels].nonzero().flatten().tolist())
+            if not drop:
+                continue
+            for s in g.group.slices:
+                if s.module in out and s.kind in ("out_channels", "depthwise"):
+                    rows = [c for r, c in zip(s.root_channels, s.channels, strict=True) if r in drop]
+                    out[s.module][rows] = 0
+        return out
+
+    @torch.no_grad()
+    def bake_(self) -> nn.Module:
+        """The user's model computing exactly what the gated model computes, removed channels zeroed throughout."""
+        removed = self.gates().detach() == 0
+        model = self.unparametrize_()  # consumers: weight = raw * gate
+        for g in self.gated:
+            drop = set(removed[g.offset : g.offset + g.group.channels].nonzero().flatten().tolist())
+            if not drop:
+                continue
+            for s in g.group.slices:
+                if s.kind == "in_channels":
+                    continue  # already zero: their gate is 0
+                module = model.get_submodule(s.module)
+                rows = [c for r, c in zip(s.root_channels, s.channels, strict=True) if r in drop]
+                for name in ("weight", "bias"):
+                    p = getattr(module, name, None)
+                    if isinstance(p, torch.Tensor):
+                        p[rows] = 0
+        return model
+
+
+@torch.no_grad()
+def raw_weight_squares(cm: ChannelGatedModel, *, biases: bool = True) -> torch.Tensor:
+    """Per flat channel, the sum of squares of its raw coupled slices (fp32; ``biases``: biases and beta too)."""
+    parts = []
+    for g in cm.gated:
+        total = torch.zeros(g.group.channels, dtype=torch.float32, device=cm.inv_norm.device)
+        for s in g.group.slices:
+            module = cm.model.get_submodule(s.module)
+            idx = torch.tensor(s.channels, dtype=torch.long, device=total.device)
+            roots = torch.tensor(s.root_channels, dtype=torch.long, device=total.device)
+            total.index_add_(0, roots, _slice_squares(module, s.kind, idx, biases))
+        parts.append(total)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _consumers(groups: Sequence[GatedGroup]) -> dict[str, tuple[list[int], list[int]]]:
+    """Per consumer layer, its gated input features and the flat channel each reads."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for g in groups:
+        for s in g.group.slices:
+            if s.kind != "in_channels":
+                continue
+            features, flat = out.setdefault(s.module, ([], []))
+            for root_channel, feature in zip(s.root_channels, s.channels, strict=True):
+                features.append(feature)
+                flat.append(g.offset + root_channel)
+    return out
+
+
+def gated_groups(groups: Sequence[ChannelGroup], component_of: Mapping[str, str]) -> tuple[list[GatedGroup], list[str]]:
+    """The groups whose root is a prunable layer, in order, with their flat offsets; and the components used."""
+    out: list[GatedGroup] = []
+    offset = 0
+    for group in groups:
+        component = component_of.get(group.root)
+        if component is None:
+            continue
+        out.append(GatedGroup(group, component, offset))
+        offset += group.channels
+    components = list(dict.fromkeys(g.component for g in out))
+    return out, components
+
+
+# ------------------------------------------------------------------------------------------------- the level
+
+
+@torch.no_grad()
+def init_channel_thresholds_(cm: ChannelGatedModel, fraction: float) -> None:
+    """Each component's threshold at the ``fraction`` quantile of its channels' normalised norms."""
+    r = cm.normalised_norms()
+    q = min(max(fraction, 1e-4), 1 - 1e-4)
+    for i, c in enumerate(cm.bank.groups):
+        mine = r[cm.component_index == i].sort().values
+        k = min(len(mine) - 1, max(0, int(round(q * len(mine))) - 1))
+        t = min(max(float(mine[k]), 1e-6), 1 - 1e-6)
+        cm.bank.logit(c).fill_(math.log(t) - math.log1p(-t))
+
+
+@dataclass(frozen=True)
+class ChannelFit:
+    delta: float
+    removed: float
+    """The removed amount (channels, or the cost unit) after the fit."""
+    wanted: float
+    total: float
+
+    @property
+    def fraction(self) -> float:
+        return self.removed / self.total if self.total else 0.0
+
+
+def removed_amount(cm: ChannelGatedModel, delta: float, cost: Callable[[torch.Tensor], float] | None) -> float:
+    """The removed channels (or ``cost(removed mask)``) if every logit were shifted by ``delta``."""
+    logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
+    t = torch.sigmoid(logits + delta).index_select(0, cm.component_index)
+    mask = torch.relu(1.0 - t * cm.inv_norm) == 0  # the gates' own expression: counts agree exactly
+    return float(mask.sum()) if cost is None else cost(mask)
+
+
+@torch.no_grad()
+def fit_channel_level_(
+    cm: ChannelGatedModel,
+    fraction: float,
+    *,
+    cost: Callable[[torch.Tensor], float] | None = None,
+    total: float | None = None,
+    iters: int = 60,
+) -> ChannelFit:
+    """Shift every threshold logit by one offset so the removed fraction is the closest to ``fraction``.
+
+    ``cost`` maps a removed-channel mask to the removed amount in the target's unit (None: channels) and must
+    not decrease as more channels are removed; ``total`` is what ``fraction`` is a fraction of (default: the
+    cost of removing every channel).
+    """
+    n = int(cm.inv_norm.numel())
+    if cost is None:
+        total, want = float(n), float(round(fraction * n))
+    else:
+        if total is None:
+            total = cost(torch.ones(n, dtype=torch.bool, device=cm.inv_norm.device))
+        want = fraction * total
+    lo, hi = -40.0, 40.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if removed_amount(cm, mid, cost) < want:
+            lo = mid
+        else:
+            hi = mid
+    a_lo, a_hi = removed_amount(cm, lo, cost), removed_amount(cm, hi, cost)
+    delta, got = (lo, a_lo) if abs(a_lo - want) < abs(a_hi - want) else (hi, a_hi)
+    for c in cm.bank.groups:
+        cm.bank.logit(c).add_(delta)
+    return ChannelFit(delta, got, float(want), total)
+
+
+def channel_zeros(cm: ChannelGatedModel, layers: Mapping[str, str]) -> list[LayerZeros]:
+    """Per prunable layer (``fqn -> component``), the zeros baking will give its weight."""
+    weights = cm.effective_weights(list(layers))
+    return [LayerZeros(f, c, weights[f].numel(), int((weights[f] == 0).sum())) for f, c in layers.items()]
