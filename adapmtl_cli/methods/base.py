@@ -12,6 +12,7 @@ land exactly on the requested overall sparsity at the last step:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -103,6 +104,35 @@ class Pruner(Protocol):
         ...
 
 
+START = "quantile"
+"""Where the component thresholds of a threshold method with per-group init start: ``quantile`` (each component
+at the target, the default) or ``union`` (a dev-split experiment, issue #13: each component at the sparsity
+DiSparse's union rule gives it: the global ``target`` quantile of the weights' best task-saliency rank)."""
+
+
+def _union_sparsities(tm: ThresholdedModel, ranks: list[torch.Tensor], sparsity: float) -> dict[str, float]:
+    """Per threshold group, the fraction of its weights whose best task rank is below the global cut."""
+    flat = torch.cat([r.flatten().float() for r in ranks])
+    cut = float(flat.kthvalue(max(1, int(round(sparsity * flat.numel())))).values)
+    below: dict[str, list[int]] = {}
+    for fqn, r in zip(tm.groups, ranks, strict=True):
+        acc = below.setdefault(tm.groups[fqn], [0, 0])
+        acc[0] += int((r <= cut).sum())
+        acc[1] += r.numel()
+    return {g: z / n for g, (z, n) in below.items()}
+
+
+@torch.no_grad()
+def _start_at_(tm: ThresholdedModel, sparsities: Mapping[str, float]) -> None:
+    """Each group's threshold at its own magnitude quantile ``sparsities[group]``."""
+    for g in tm.bank.groups:
+        mags = torch.cat([tm.scaled_magnitudes(f).flatten() for f, gg in tm.groups.items() if gg == g])
+        q = min(max(sparsities[g], 1e-4), 1 - 1e-4)
+        t = float(mags.kthvalue(max(1, int(round(q * mags.numel())))).values)
+        t = min(max(t, 1e-12), 1 - 1e-6)
+        tm.bank.logit(g).fill_(math.log(t) - math.log1p(-t))
+
+
 def _weights_and_rest(module: nn.Module, special: set[int]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     ordinary = [p for p in module.parameters() if p.requires_grad and id(p) not in special]
     extra = [p for p in module.parameters() if p.requires_grad and id(p) in special]
@@ -128,6 +158,7 @@ class ThresholdPruner:
         self.layer_scale = ctx.layer_scale or layer_scale
         if self.layer_scale not in LAYER_SCALES:
             raise ConfigError(f"--layer-scale {self.layer_scale!r} is not one of {', '.join(LAYER_SCALES)}")
+        self._ranks: list[torch.Tensor] | None = None
         if self.layer_scale != "none":
             # With one threshold per layer (str_layer) the scales only set where each layer's threshold starts.
             self.tm.set_layer_scales_(self._saliency_scales())
@@ -136,6 +167,8 @@ class ThresholdPruner:
             raise ValueError(f"method {name!r} has {granularity} thresholds; it must not accept component bounds")
         # Only the ratios between thresholds matter: the controller sets the level from step 1 on.
         init_thresholds_(self.tm, ctx.sparsity if per_group_init else 0.0, per_group=per_group_init)
+        if per_group_init and START == "union" and self._ranks is not None and granularity == "component":
+            _start_at_(self.tm, _union_sparsities(self.tm, self._ranks, ctx.sparsity))
         self.allocation = ctx.allocation or allocation
         if self.allocation not in ALLOCATIONS:
             raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
@@ -154,6 +187,7 @@ class ThresholdPruner:
         ranks = best_task_ranks(
             self.tm, weights, fqns, component_of, ctx.cmap, ctx.calibration, ctx.task_losses, CALIBRATION_BATCHES
         )
+        self._ranks = [r.cpu() for r in ranks]
         return saliency_scales(self.tm, ranks, ctx.sparsity)
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:

@@ -1,0 +1,63 @@
+"""``tp_magnitude`` ranks channels as Torch-Pruning's ``GroupMagnitudeImportance(p=2)`` and removes the same
+fraction of every group (methods/tp_magnitude.py, methods/channel_pruner.uniform_keep)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_pruning as tp  # type: ignore[import-untyped]
+from channel_models import Concat, Depthwise, Multitask, Residual
+from torch import nn
+
+import adapmtl_cli as adapmtl
+from adapmtl_cli.methods.channel_pruner import uniform_keep
+from adapmtl_cli.sparsity.channel_gates import raw_weight_squares
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _perturbed(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.2, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("factory", [Residual, Concat, Depthwise, Multitask])
+def test_ranking_within_each_group_is_torch_prunings_group_magnitude(factory: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = _perturbed(factory())
+    out = model(X)
+    tasks = list(out) if isinstance(out, dict) else ["out"]
+    pruning = adapmtl.prepare(model, X, tasks=tasks, outputs=tasks, method="tp_magnitude", sparsity=0.5, steps=4)
+    cm = pruning.pruner.cm  # type: ignore[attr-defined]
+    ours = raw_weight_squares(cm, biases=False)
+    graph = tp.DependencyGraph().build_dependency(
+        model, X, output_transform=lambda o: list(o.values()) if isinstance(o, dict) else o
+    )
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    compared = 0
+    for g in cm.gated:
+        root = model.get_submodule(g.group.root)
+        group = graph.get_pruning_group(
+            root,
+            tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels,
+            idxs=list(range(g.group.channels)),
+        )
+        theirs = importance(group)
+        mine = ours[g.offset : g.offset + g.group.channels]
+        assert torch.equal(torch.argsort(mine, stable=True), torch.argsort(theirs.float(), stable=True)), g.group.root
+        compared += 1
+    assert compared == len(cm.gated) > 0
+
+
+def test_uniform_keep_removes_the_same_fraction_everywhere_and_exactly_in_total() -> None:
+    scores = [torch.arange(n, dtype=torch.float32) for n in (3, 8, 5, 16)]
+    masks = uniform_keep(scores, 0.5)
+    removed = [int((m == 0).sum()) for m in masks]
+    assert sum(removed) == round(0.5 * 32)
+    assert all(abs(r - 0.5 * n) < 1 for r, n in zip(removed, (3, 8, 5, 16), strict=True))
+    for m in masks:  # the lowest scores go first
+        assert bool((m[: int((m == 0).sum())] == 0).all())
+    assert all(int(m.sum()) >= 1 for m in uniform_keep(scores, 0.99))
