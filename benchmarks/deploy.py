@@ -196,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
     todo, results = [], []
-    for row in ROWS:
-        for sp in SPARSITIES:
-            for seed in seeds:
+    # The acceptance's 50% first, every row before the next seed: a partial run compares like with like.
+    order = sorted(SPARSITIES, key=lambda sp: (sp != 0.5, sp))
+    for seed in seeds:
+        for sp in order:
+            for row in ROWS:
                 path = cache / f"{_key(row, sp, seed)}.json"
                 if path.is_file():
                     results.append(json.loads(path.read_text()))

@@ -1,24 +1,29 @@
 """Structured shrink: physically remove conv channels that unstructured pruning left carrying nothing.
 
-A channel ``c`` runs from a producer conv ``P`` through channel-wise modules (BatchNorm in eval mode, ReLU,
-ReLU6, Dropout, Identity, a depthwise conv) into a consumer conv ``C``. It can be removed from all of them when
-the traced graph proves the consumer does not need it:
+Channels are removed group by group on Torch-Pruning's dependency graph (:mod:`adapmtl_cli.model.channels`): a
+group holds every slice that goes with one channel (its producing convs, the residual partners added to them,
+BatchNorms, depthwise convs, and the input slices of every consumer after additions, concatenations, splits and
+flattens). Removing a channel takes its contribution out of each consumer and changes nothing else, so a channel
+is removed only when every consumer (an ``in_channels`` slice) provably gets nothing from it:
 
-- ``C.weight[:, c]`` is all zero (the channel is computed but never used), or
-- ``P.weight[c]`` is all zero, so the channel is the constant ``k = f(P.bias[c])`` after the chain (for BN,
-  ``beta - mean * gamma / sqrt(var + eps)`` when the bias is 0). If ``k == 0`` it adds nothing anywhere; if
-  ``k != 0`` and ``C`` has no padding, ``C.bias[o] += k * sum(C.weight[o, c])`` gives the same output. With
-  padding a non-zero constant meets zero padding at the borders, so such a channel is kept.
+- the consumer's weights for it are all zero (the channel is computed but never read), or
+- it is a known constant at the consumer's input: every producer filter of it is zero (each producer outputs its
+  bias), and every node between the producers and that consumer maps a spatially uniform input to a uniform
+  output that does not depend on the model's input: BatchNorm (eval, running statistics), PReLU, point-wise ops
+  (ReLU, hardtanh, an addition of two coupled tensors, ...), max pooling, concatenation, split and reshape, and a
+  depthwise conv whose own filter is zero, or that pads with no zeros, or whose input channel is 0. An operand
+  from outside the group (a buffer, the model input, a Python number) or any other op breaks the proof. The
+  constant is read off one forward pass on the first input. If it is 0 it adds nothing; else, when the consumer
+  has no zero padding (a Linear, an unpadded conv), ``bias[o] += k * sum(weight[o, c])`` gives the same output.
+  A non-zero constant meeting zero padding changes the borders, so that channel is kept.
 
-A depthwise conv in the chain passes a constant on only when it is 0 or the conv has no padding, and makes the
-channel constant (its bias) when its own filter is zero. The pattern must be proven on a ``torch.fx`` symbolic
-trace: every intermediate tensor has exactly one user, every module is called once, modules are of the exact
-torch types (no subclasses, hooks or parametrizations), producer and consumer are ungrouped convs, and, when a
-component map is given, all convs of a chain belong to one component, and no module of the chain holds a tied
-parameter (one tensor held by several modules: slicing it for one holder would untie it, and the others'
-copies would keep every channel). Anything else is left alone; a model fx
-cannot trace is reported as "shrink not possible for this model", never guessed at. The shrunk copy is checked
-against the original on the given inputs (max abs diff ``<= atol``) before it is returned.
+Every coupled module must be of an exact torch type (no subclass, hook or parametrization), hold no tied
+parameter (one tensor held by several modules: slicing it for one holder would untie it) and, when a component
+map is given, all convs and linears of a group must belong to one component. One channel of a group always
+stays. The forward must be static: torch.fx must trace it (Torch-Pruning records one execution, so a branch on
+a tensor's value could hide another path; fx's graph is not used otherwise). A model that cannot be copied or
+traced is reported as "shrink not possible for this model", never guessed at. The shrunk copy is checked against
+the original on every given input (max abs diff ``<= atol``) before it is returned.
 """
 
 from __future__ import annotations
@@ -27,19 +32,23 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
+
+from adapmtl_cli.model.channels import ChannelGroup, CoupledSlice, FlowNode, channel_flows, remove_channels
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-_RELU_FUNCTIONS = (F.relu, torch.relu)
+_TRUSTED = (*_CONVS, *_NORMS, nn.Linear, nn.PReLU)
 _Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
-_Norm = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
-_M = TypeVar("_M", bound=nn.Module)
+# Parameter-free nodes that map a uniform, input-independent channel to another one (names as FlowNode.op).
+_UNIFORM_OPS = frozenset(
+    {"concat", "split", "reshape", "relu", "hardtanh", "leakyrelu", "elu", "gelu", "silu", "sigmoid", "tanh"}
+    | {"hardswish", "hardsigmoid", "mish", "softplus", "clamp", "clampmin", "clampmax", "neg", "clone", "alias"}
+    | {"tocopy", "add", "sub", "mul", "div", "maxpool2dwithindices", "maxpool3dwithindices"}
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class ZeroFilters:
 
 @dataclass(frozen=True)
 class ShrinkReport:
-    """What :func:`shrink_model` did: channels removed per producer conv, sizes before and after, parity.
+    """What :func:`shrink_model` did: channels removed per group (named by its first producer conv), sizes, parity.
 
     ``reason`` is empty when channels were removed, else says why none were. FLOPs count 2 x the
     multiply-accumulates of conv and linear layers for one input of the inputs' size.
@@ -73,12 +82,12 @@ class ShrinkReport:
 
 
 @dataclass
-class _Chain:
-    producer: str
-    ops: list[fx.Node]
-    consumer: str
+class _Plan:
+    """The channels of one group to remove, and what each consumer's bias gains from the folded constants."""
+
+    group: ChannelGroup
     remove: list[int] = field(default_factory=list)
-    fold: dict[int, float] = field(default_factory=dict)
+    fold: dict[str, Tensor] = field(default_factory=dict)
 
 
 def zero_filters(model: nn.Module) -> list[ZeroFilters]:
@@ -131,8 +140,9 @@ def shrink_model(
 
     Args:
         model: the pruned model (exact zeros baked in).
-        inputs: example batches; parity is checked on each, FLOPs on the first one's shape.
-        components: module fqn -> component name; chains may not cross components. ``None`` allows any.
+        inputs: example batches; the graph is traced on the first, parity is checked on each, FLOPs on the
+            first one's shape.
+        components: module fqn -> component name; a group may not cross components. ``None`` allows any.
         atol: largest absolute output difference accepted between the shrunk and the original model.
     """
     original = model
@@ -140,60 +150,70 @@ def shrink_model(
     original.eval()
     try:
         params, flops = count_params(original), count_flops(original, inputs[0])
+
+        def unchanged(kept: nn.Module, reason: str, diff: float = 0.0) -> tuple[nn.Module, ShrinkReport]:
+            return kept, ShrinkReport({}, params, params, flops, flops, diff, reason)
+
         try:
-            shrunk = copy.deepcopy(original).eval()
+            work = copy.deepcopy(original).eval()
         except Exception as exc:  # a user's module may hold anything
-            reason = f"shrink not possible for this model (cannot copy it: {_first_line(exc)})"
-            return original, ShrinkReport({}, params, params, flops, flops, 0.0, reason)
+            return unchanged(original, f"shrink not possible for this model (cannot copy it: {_first_line(exc)})")
+        plans, problem = _plans(work, inputs[0], components)
+        if problem:
+            return unchanged(work, f"shrink not possible for this model ({problem})")
+        if not plans:
+            return unchanged(work, "no removable channels")
         try:
-            graph = fx.symbolic_trace(shrunk).graph
-        except Exception as exc:  # fx raises anything from a user's forward
-            reason = f"shrink not possible for this model (torch.fx cannot trace it: {_first_line(exc)})"
-            return shrunk, ShrinkReport({}, params, params, flops, flops, 0.0, reason)
-        chains = [chain for chain in _find_chains(shrunk, graph, components) if _plan(shrunk, chain)]
-        if not chains:
-            return shrunk, ShrinkReport({}, params, params, flops, flops, 0.0, "no removable channels")
-        _apply_(shrunk, chains)
+            shrunk, plans = _remove(work, plans, inputs[0])
+        except Exception as exc:  # Torch-Pruning may refuse a removal; never hand out a half-done model
+            return unchanged(work, f"shrink not possible for this model (channel removal failed: {_first_line(exc)})")
         diff = _max_output_diff(original, shrunk, inputs)
         if not diff <= atol:
             reason = f"shrink not possible for this model (outputs moved by {diff:.3g} > {atol:g}; left unchanged)"
-            return copy.deepcopy(original).eval(), ShrinkReport({}, params, params, flops, flops, diff, reason)
-        removed = {chain.producer: len(chain.remove) for chain in chains}
+            return unchanged(work, reason, diff)
+        removed = {plan.group.root: len(plan.remove) for plan in plans}
         after = ShrinkReport(removed, params, count_params(shrunk), flops, count_flops(shrunk, inputs[0]), diff)
         return shrunk, after
     finally:
         original.train(was_training)
 
 
-# --- graph analysis ----------------------------------------------------------------------------
+# --- planning --------------------------------------------------------------------------------------
 
 
-class _Calls:
-    """The traced graph's module calls: which node calls a plain, once-called module of a given kind."""
+def _plans(model: nn.Module, example: Tensor, components: Mapping[str, str] | None) -> tuple[list[_Plan], str]:
+    """The plans of every trusted group with something to remove, or an empty list and why nothing was traced."""
+    try:
+        fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises anything from a user's forward
+        return [], f"torch.fx cannot trace it: {_first_line(exc)}"
+    try:
+        flows = channel_flows(model, example)
+    except Exception as exc:  # ExportError for an untraceable model; Torch-Pruning may raise anything else
+        return [], _first_line(exc).removeprefix("ExportError: ")
+    modules = dict(model.named_modules())
+    tied = _tied_modules(modules)
+    trusted = [(g, f) for g, f in flows if _trusted(modules, g, tied, components)]
+    read = {s.module for g, _ in trusted for s in g.slices if s.kind in ("in_channels", "depthwise")}
+    measured = _measure(model, read, example)
+    plans = [_plan(modules, group, {n.name: n for n in flow}, measured) for group, flow in trusted]
+    return [plan for plan in plans if plan.remove], ""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
-        self.modules = dict(model.named_modules())
-        self.tied = _tied_modules(self.modules)
-        self.count: dict[str, int] = {}
-        for node in graph.nodes:
-            if node.op == "call_module":
-                self.count[str(node.target)] = self.count.get(str(node.target), 0) + 1
 
-    def plain(self, node: fx.Node, kinds: tuple[type[_M], ...], *, once: bool = True) -> _M | None:
-        """The module ``node`` calls, if it is exactly one of ``kinds``, hook-free, on one input.
-
-        ``once``: and called nowhere else in the graph (a module that will be rewritten must be; a stateless
-        one such as the ReLU a ResNet block calls twice need not).
-        """
-        calls = self.count.get(str(node.target), 0)
-        if node.op != "call_module" or calls == 0 or (once and calls != 1) or len(node.args) != 1 or node.kwargs:
-            return None
-        module = self.modules[str(node.target)]
-        if type(module) not in kinds or module._forward_hooks or module._forward_pre_hooks:
-            return None
-        if str(node.target) in self.tied:
-            return None  # a tied parameter is never sliced (see the module docstring)
-        return cast(_M, module)  # type(module) is one of kinds
+def _trusted(
+    modules: Mapping[str, nn.Module], group: ChannelGroup, tied: set[str], components: Mapping[str, str] | None
+) -> bool:
+    """Whether every coupled module is a plain torch layer, untied, and the group stays inside one component."""
+    for s in group.slices:
+        module = modules[s.module]
+        if type(module) not in _TRUSTED or module._forward_hooks or module._forward_pre_hooks or s.module in tied:
+            return False
+        if isinstance(module, _NORMS) and not (module.track_running_stats and module.running_var is not None):
+            return False
+    if components is None:
+        return True
+    owners = {components.get(s.module) for s in group.slices if isinstance(modules[s.module], (*_CONVS, nn.Linear))}
+    return len(owners) == 1 and None not in owners
 
 
 def _tied_modules(modules: Mapping[str, nn.Module]) -> set[str]:
@@ -206,203 +226,212 @@ def _tied_modules(modules: Mapping[str, nn.Module]) -> set[str]:
     return {name for names in holders.values() if len(names) > 1 for name in names}
 
 
-def _find_chains(model: nn.Module, graph: fx.Graph, components: Mapping[str, str] | None) -> list[_Chain]:
-    calls = _Calls(model, graph)
-    chains = []
-    for node in graph.nodes:
-        producer = calls.plain(node, _CONVS)
-        if producer is None or producer.groups != 1:
-            continue
-        ops: list[fx.Node] = []
-        current = node
-        while len(current.users) == 1:
-            user = next(iter(current.users))
-            if user.args[:1] != (current,):
-                break
-            consumer = calls.plain(user, _CONVS)
-            if consumer is not None and consumer.groups == 1 and type(consumer) is type(producer):
-                convs = [str(node.target), *(str(op.target) for op in ops if op.op == "call_module"), str(user.target)]
-                if _same_component(convs, calls.modules, components):
-                    chains.append(_Chain(str(node.target), ops, str(user.target)))
-                break
-            if not _channelwise(user, calls, producer.out_channels):
-                break
-            ops.append(user)
-            current = user
-    return chains
+def _measure(model: nn.Module, names: set[str], example: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per named module, the smallest and largest value of each input channel in one forward on ``example``."""
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
 
+    def recorder(name: str, dim: int) -> Callable[[nn.Module, tuple[object, ...]], None]:
+        def record(_module: nn.Module, args: tuple[object, ...]) -> None:
+            if args and isinstance(args[0], Tensor) and args[0].dim() > 1:
+                flat = args[0].detach().movedim(dim, 0).reshape(args[0].shape[dim], -1).double()
+                seen[name] = (flat.amin(dim=1), flat.amax(dim=1))
 
-def _channelwise(node: fx.Node, calls: _Calls, channels: int) -> bool:
-    """Whether ``node`` maps channel ``c`` of its one input to channel ``c`` of its output, nothing else."""
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        return len(node.args) == 1 and set(node.kwargs) <= {"inplace"}
-    if node.op == "call_method" and node.target in ("relu", "relu_"):
-        return len(node.args) == 1 and not node.kwargs
-    if calls.plain(node, _ELEMENTWISE, once=False) is not None:
-        return True
-    module = calls.plain(node, (*_NORMS, *_CONVS))
-    if module is None:
-        return False
-    if isinstance(module, _NORMS):
-        return module.track_running_stats and module.running_mean is not None and module.num_features == channels
-    assert isinstance(module, _CONVS)  # depthwise, one filter per channel
-    return module.groups == module.in_channels == module.out_channels == channels and channels > 1
+        return record
 
-
-def _same_component(convs: list[str], modules: dict[str, nn.Module], components: Mapping[str, str] | None) -> bool:
-    if components is None:
-        return True
-    owners = {components.get(name) for name in convs if isinstance(modules[name], _CONVS)}
-    return len(owners) == 1 and None not in owners
-
-
-# --- planning ------------------------------------------------------------------------------------
-
-
-def _plan(model: nn.Module, chain: _Chain) -> bool:
-    """Fill ``chain.remove`` and ``chain.fold``; return whether any channel can go."""
     modules = dict(model.named_modules())
-    producer, consumer = cast(_Conv, modules[chain.producer]), cast(_Conv, modules[chain.consumer])  # _find_chains
-    channels = producer.out_channels
-    weight = producer.weight.detach()
-    dead = _zero_rows(weight)
-    zeros = torch.zeros(channels, dtype=weight.dtype, device=weight.device)
-    value = producer.bias.detach().clone() if producer.bias is not None else zeros
-    known = dead.clone()
-    value = torch.where(known, value, torch.zeros_like(value))
-    nd = producer.weight.dim() - 2
-    for op in chain.ops:
-        module = modules.get(str(op.target)) if op.op == "call_module" else None
-        if isinstance(module, _CONVS):
-            value, known = _through_depthwise(module, value, known)
-        else:
-            with torch.no_grad():
-                shaped = value.reshape(1, channels, *([1] * nd))
-                out = module(shaped.clone()) if module is not None else torch.relu(shaped)
-            value = out.reshape(channels)
-    unused = _zero_rows(consumer.weight.transpose(0, 1))
-    pad_free = _padding_free(consumer)
-    for c in range(channels):
-        constant = float(value[c]) if bool(known[c]) else None
-        if bool(unused[c]) or constant == 0.0:
-            chain.remove.append(c)
-        elif constant is not None and pad_free and math.isfinite(constant):
-            chain.remove.append(c)
-            chain.fold[c] = constant
-    if len(chain.remove) == channels:  # a conv needs one channel left; keep the first, unfolded
-        chain.fold.pop(chain.remove.pop(0), None)
-    return bool(chain.remove)
+    handles = [
+        modules[n].register_forward_pre_hook(recorder(n, -1 if isinstance(modules[n], nn.Linear) else 1))
+        for n in sorted(names)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
-def _through_depthwise(conv: _Conv, value: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
-    weight = conv.weight.detach()
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(value)
-    own_dead = _zero_rows(weight)
-    passes = known & ((value == 0) | _padding_free(conv))
-    sums = weight.reshape(weight.shape[0], -1).sum(dim=1)
-    new_value = torch.where(own_dead, bias, value * sums + bias)
-    new_known = own_dead | passes
-    return torch.where(new_known, new_value, torch.zeros_like(new_value)), new_known
+def _plan(
+    modules: Mapping[str, nn.Module],
+    group: ChannelGroup,
+    flow: Mapping[str, FlowNode],
+    measured: Mapping[str, tuple[Tensor, Tensor]],
+) -> _Plan:
+    """The channels of ``group`` every consumer provably gets nothing from, and the bias folds that takes."""
+    uniform = _Uniform(modules, group, flow, measured)
+    removable = torch.ones(group.channels, dtype=torch.bool)
+    folds: list[tuple[CoupledSlice, Tensor]] = []
+    for s in group.slices:
+        if s.kind != "in_channels":
+            continue
+        consumer = modules[s.module]
+        weight = _weight(consumer)
+        roots, feats = _index(s.root_channels), _index(s.channels)
+        unused = _zero_rows(weight.transpose(0, 1))[feats]
+        known = uniform.input_of(s.module)[roots]
+        low, high = _range(measured, s.module, weight.shape[1])
+        value = low[feats]
+        known &= (value == high[feats]) & value.isfinite()
+        zero = known & (value == 0)
+        fold = known & ~zero & ~unused & _foldable(consumer)
+        removable &= _per_root(group.channels, roots, unused | zero | fold)
+        folds.append((s, torch.where(fold, value, torch.zeros_like(value))))
+    remove = [int(c) for c in torch.nonzero(removable).reshape(-1)]
+    if len(remove) == group.channels:  # a conv needs one channel left; keep the first, unfolded
+        remove.pop(0)
+    plan = _Plan(group, remove)
+    gone = torch.zeros(group.channels, dtype=torch.bool)
+    gone[remove] = True
+    for s, value in folds:
+        value = torch.where(gone[_index(s.root_channels)], value, torch.zeros_like(value))
+        if bool((value != 0).any()):
+            weight = _weight(modules[s.module]).double()
+            sums = weight.transpose(0, 1).reshape(weight.shape[1], weight.shape[0], -1).sum(dim=2)  # [in, out]
+            delta = (value[:, None] * sums[_index(s.channels)]).sum(dim=0)
+            plan.fold[s.module] = plan.fold.get(s.module, torch.zeros_like(delta)) + delta
+    return plan
+
+
+class _Uniform:
+    """Per flow node, which of the group's channels are provably uniform and input-independent at its output."""
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        group: ChannelGroup,
+        flow: Mapping[str, FlowNode],
+        measured: Mapping[str, tuple[Tensor, Tensor]],
+    ) -> None:
+        self.modules, self.group, self.flow, self.measured = modules, group, flow, measured
+        self.slices: dict[str, dict[str, CoupledSlice]] = {}
+        for s in group.slices:
+            self.slices.setdefault(s.module, {})[s.kind] = s
+        self.memo: dict[str | None, Tensor] = {}
+
+    def none(self) -> Tensor:
+        return torch.zeros(self.group.channels, dtype=torch.bool)
+
+    def input_of(self, name: str) -> Tensor:
+        node = self.flow.get(name)
+        return self.at(node.inputs[0]) if node is not None and len(node.inputs) == 1 else self.none()
+
+    def at(self, name: str | None) -> Tensor:
+        if name not in self.memo:
+            self.memo[name] = self.none()  # a cycle (never in a traced graph) proves nothing
+            node = self.flow.get(name) if name is not None else None
+            if node is None or (node.op != "module" and node.op not in _UNIFORM_OPS):
+                result = self.none()
+            elif node.op == "module":
+                result = self._module(node)
+            else:
+                inputs = [i for i in node.inputs if i is not None or node.op != "concat"]  # concat: others' channels
+                result = self.none() if not inputs or None in inputs else self._all(inputs)
+            self.memo[name] = result
+        return self.memo[name]
+
+    def _all(self, names: Sequence[str | None]) -> Tensor:
+        result = torch.ones(self.group.channels, dtype=torch.bool)
+        for name in names:
+            result &= self.at(name)
+        return result
+
+    def _module(self, node: FlowNode) -> Tensor:
+        kinds, module = self.slices.get(node.name, {}), self.modules[node.name]
+        if "out_channels" in kinds:  # a producer with a zero filter outputs its bias, whatever it reads
+            s = kinds["out_channels"]
+            dead = _zero_rows(_weight(module))[_index(s.channels)]
+            return _per_root(self.group.channels, _index(s.root_channels), dead)
+        if "depthwise" in kinds:
+            s = kinds["depthwise"]
+            roots, chans = _index(s.root_channels), _index(s.channels)
+            weight = _weight(module)
+            low, high = _range(self.measured, node.name, weight.shape[0])
+            zero_in = (low[chans] == 0) & (high[chans] == 0)
+            passes = self.input_of(node.name)[roots] & (zero_in | _foldable(module))
+            return _per_root(self.group.channels, roots, _zero_rows(weight)[chans] | passes)
+        if "batchnorm" in kinds or "prelu" in kinds:  # point-wise in eval mode
+            return self.input_of(node.name)
+        return self.none()
+
+
+def _index(values: Sequence[int]) -> Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _range(measured: Mapping[str, tuple[Tensor, Tensor]], name: str, channels: int) -> tuple[Tensor, Tensor]:
+    """The measured input range of a module per channel; NaN (nothing known) if it was not measured."""
+    unknown = torch.full((channels,), math.nan, dtype=torch.float64)
+    return measured.get(name, (unknown, unknown))
+
+
+def _per_root(channels: int, roots: Tensor, ok: Tensor) -> Tensor:
+    """Per root channel: whether ``ok`` holds at every position ``roots`` maps it to (vacuously true elsewhere)."""
+    result = torch.ones(channels, dtype=torch.bool)
+    result[roots[~ok]] = False
+    return result
+
+
+def _weight(module: nn.Module) -> Tensor:
+    return cast(Tensor, module.weight).detach()  # a trusted conv / linear / BatchNorm / PReLU
 
 
 def _zero_rows(weight: Tensor) -> Tensor:
     return (weight.detach().reshape(weight.shape[0], -1) == 0).all(dim=1)
 
 
-def _padding_free(conv: _Conv) -> bool:
-    if isinstance(conv.padding, str):
-        return conv.padding == "valid" or all(k == 1 for k in conv.kernel_size)
-    return all(p == 0 for p in conv.padding)
+def _foldable(module: nn.Module) -> bool:
+    """Whether a uniform input stays uniform at every output position: no zero padding meets it."""
+    if not isinstance(module, _CONVS):
+        return True  # a Linear
+    if module.padding_mode != "zeros":
+        return True  # reflect / replicate / circular padding of a constant is that constant
+    if isinstance(module.padding, str):
+        return module.padding == "valid" or all(k == 1 for k in module.kernel_size)
+    return all(p == 0 for p in module.padding)
 
 
 # --- surgery ---------------------------------------------------------------------------------------
 
 
-def _apply_(model: nn.Module, chains: list[_Chain]) -> None:
-    modules = dict(model.named_modules())
-    keep_out: dict[str, list[int]] = {}
-    keep_in: dict[str, list[int]] = {}
-    fold: dict[str, Tensor] = {}
-    for chain in chains:
-        producer, consumer = cast(_Conv, modules[chain.producer]), cast(_Conv, modules[chain.consumer])  # _find_chains
-        keep = [c for c in range(producer.out_channels) if c not in set(chain.remove)]
-        keep_out[chain.producer] = keep
-        for op in chain.ops:
-            if op.op == "call_module" and isinstance(modules[str(op.target)], (*_NORMS, *_CONVS)):
-                keep_out[str(op.target)] = keep  # channel-wise: BN features, depthwise filters
-        keep_in[chain.consumer] = keep
-        if chain.fold:
-            weight = consumer.weight.detach().to(torch.float64)
-            delta = torch.zeros(consumer.out_channels, dtype=torch.float64)
-            for c, constant in chain.fold.items():
-                delta += constant * weight[:, c].reshape(consumer.out_channels, -1).sum(dim=1)
-            fold[chain.consumer] = delta
-    for name in {*keep_out, *keep_in}:
-        old = modules[name]
-        new = (
-            _sliced_norm(old, keep_out[name])
-            if isinstance(old, _NORMS)
-            else _sliced_conv(cast(_Conv, old), keep_out.get(name), keep_in.get(name), fold.get(name))
-        )
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
+def _remove(model: nn.Module, plans: list[_Plan], example: Tensor) -> tuple[nn.Module, list[_Plan]]:
+    """A shrunk copy of ``model`` and the plans it carries out: all of them, or, when that fails (a buffer the
+    graph does not couple, say, has the old channel count), those that succeed on their own; raises if none does.
+    """
+    try:
+        return _apply(copy.deepcopy(model), plans, example).eval(), plans
+    except Exception:  # Torch-Pruning raises anything on a removal it cannot carry out
+        if len(plans) == 1:
+            raise
+    fine = []
+    for plan in plans:
+        try:
+            _apply(copy.deepcopy(model), [plan], example)
+        except Exception:  # as above: this group cannot go
+            continue
+        fine.append(plan)
+    if not fine:
+        return _remove(model, plans[:1], example)  # raises the first group's own error
+    return _apply(copy.deepcopy(model), fine, example).eval(), fine
 
 
-def _sliced_conv(old: _Conv, out_keep: list[int] | None, in_keep: list[int] | None, fold: Tensor | None) -> nn.Module:
-    depthwise = old.groups > 1
-    weight = old.weight.detach()
-    if out_keep is not None:
-        weight = weight[out_keep]
-    if in_keep is not None and not depthwise:
-        weight = weight[:, in_keep]
-    out_channels = weight.shape[0]
-    in_channels = out_channels if depthwise else weight.shape[1]
-    bias = old.bias.detach() if old.bias is not None else None
-    if fold is not None:
-        base = bias.to(torch.float64) if bias is not None else torch.zeros(old.out_channels, dtype=torch.float64)
-        bias = (base + fold).to(weight.dtype)
-    if bias is not None and out_keep is not None:
-        bias = bias[out_keep]
-    make = cast("Callable[..., _Conv]", type(old))  # old's own kernel_size, stride, ... tuples fit its type
-    new = make(
-        in_channels,
-        out_channels,
-        old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        dilation=old.dilation,
-        groups=out_channels if depthwise else 1,
-        bias=bias is not None,
-        padding_mode=old.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
+def _apply(model: nn.Module, plans: Sequence[_Plan], example: Tensor) -> nn.Module:
+    """Fold the constants into the consumers' biases of ``model`` (in place), then remove the channels."""
+    folds: dict[str, Tensor] = {}
+    for plan in plans:
+        for name, delta in plan.fold.items():
+            folds[name] = folds.get(name, torch.zeros_like(delta)) + delta
     with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            cast(Tensor, new.bias).copy_(bias)  # built with bias=True
-    return new.train(old.training)
-
-
-def _sliced_norm(old: _Norm, keep: list[int]) -> nn.Module:
-    # _channelwise admits only norms that track running statistics, so every buffer used here exists.
-    running_mean = cast(Tensor, old.running_mean)
-    new = type(old)(
-        len(keep),
-        eps=old.eps,
-        momentum=old.momentum,
-        affine=old.affine,
-        track_running_stats=old.track_running_stats,
-        device=running_mean.device,
-        dtype=running_mean.dtype,
-    )
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            source = getattr(old, name)
-            if source is not None:
-                getattr(new, name).copy_(source.detach()[keep])
-        cast(Tensor, new.num_batches_tracked).copy_(cast(Tensor, old.num_batches_tracked))
-    return new.train(old.training)
+        for name, delta in folds.items():
+            consumer = cast("_Conv | nn.Linear", model.get_submodule(name))
+            weight = consumer.weight
+            if consumer.bias is None:
+                zeros = torch.zeros(delta.shape, dtype=weight.dtype, device=weight.device)
+                consumer.bias = nn.Parameter(zeros, requires_grad=weight.requires_grad)
+            bias = consumer.bias
+            bias.copy_(bias.detach().double() + delta.to(bias.device))
+    keep = {plan.group.root: [c for c in range(plan.group.channels) if c not in set(plan.remove)] for plan in plans}
+    return remove_channels(model, example, keep)
 
 
 # --- parity ----------------------------------------------------------------------------------------

@@ -435,3 +435,65 @@ def count_params_flops(model: nn.Module, example_input: Any) -> tuple[int, int]:
     with torch.no_grad():
         flops, params = tp.utils.count_ops_and_params(model, example_input)
     return int(params), int(flops)
+
+
+# ----------------------------------------------------------------------------------------------- channel flow
+
+
+@dataclass(frozen=True)
+class FlowNode:
+    """One node a group's channels flow through (see :func:`channel_flows`) and the nodes feeding it.
+
+    ``op``: ``"module"`` (``name`` is its qualified name), ``"concat"``, ``"split"``, ``"reshape"`` or an element-wise
+    op named as in ``ChannelGroup.via`` (``name`` is ``"#<n>"``). In ``inputs`` (operand order) ``None`` is an
+    operand from outside the group: another group's tensor (as at a concatenation or a producer's input), a
+    parameter, or a tensor without autograd history (model input, buffer, Python number; never listed at a module).
+    A module's own parameters (a Linear's transposed weight) are not inputs.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str | None, ...]
+
+
+def _own_parameter(node: Any, module: nn.Module) -> bool:
+    own = {id(p) for p in module.parameters(recurse=False)}
+    fns = node.grad_fn.next_functions if node.grad_fn is not None else ()
+    return bool(fns) and all(id(getattr(f, "variable", None)) in own for f, _ in fns)
+
+
+def _flow_of(group: Any, names: Mapping[nn.Module, str]) -> tuple[FlowNode, ...]:
+    nodes: list[Any] = []
+    for node in (n for dep, _ in group for n in (dep.source, dep.target)):
+        if all(node is not seen for seen in nodes):
+            nodes.append(node)
+    keys = {id(n): names.get(n.module, f"#{i}") if n.type not in _STRUCTURAL else f"#{i}" for i, n in enumerate(nodes)}
+    flow = []
+    for node in nodes:
+        inputs: list[str | None] = [keys.get(id(i)) for i in node.inputs]
+        op = "module"
+        if node.type in _STRUCTURAL:
+            fn = node.grad_fn
+            inputs += [None] * max(0, len(fn.next_functions if fn is not None else ()) - len(inputs))  # no node
+            op = _STRUCTURAL_NAMES.get(node.type) or (fn.name().split("Backward")[0].lower() if fn else "") or "?"
+        else:
+            inputs = [k for i, k in zip(node.inputs, inputs, strict=True) if not _own_parameter(i, node.module)]
+        flow.append(FlowNode(keys[id(node)], op, tuple(inputs)))
+    return tuple(flow)
+
+
+def channel_flows(model: nn.Module, example_input: Any) -> list[tuple[ChannelGroup, tuple[FlowNode, ...]]]:
+    """The groups of :func:`channel_groups` (nothing protected), each with the data flow its channels take.
+
+    The flow lists every coupled module and parameter-free op once, with the nodes feeding it in operand order,
+    so a caller can follow a channel from its producers to its consumers (e.g. to prove it constant).
+    """
+    graph, calls = _build_graph(model, example_input)
+    names = {m: n for n, m in model.named_modules() if n}
+    found: dict[frozenset[tuple[str, str]], tuple[ChannelGroup, tuple[FlowNode, ...]]] = {}
+    for group in graph.get_all_groups(root_module_types=_ROOTS):
+        read = _read_group(graph, group, names, calls, set())
+        if read is not None and frozenset(read.members) not in found:
+            found[frozenset(read.members)] = (read, _flow_of(group, names))
+    order = {n: i for i, n in enumerate(names.values())}
+    return sorted(found.values(), key=lambda item: order[item[0].root])
