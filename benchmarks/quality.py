@@ -407,7 +407,12 @@ def results_file(plan: Plan, paths: Paths, args: argparse.Namespace) -> dict[str
         if curve_path.is_file():
             notes.append(dense_training.describe(json.loads(curve_path.read_text()), s))
     used = {"steps": args.steps, "lr": args.lr, "threads": args.threads, "device": args.device}
-    settings = {**FROZEN, **used} if args.split == "test" and not args.tag else {"status": "dev: tuning", **used}
+    if args.split == "test" and not args.tag:
+        settings = {**FROZEN, **used}
+    elif args.split == "test":  # an extra test table (its rows and settings are fixed on its command line)
+        settings = {"status": f"test split, extra table {args.tag!r}: settings as on its command line", **used}
+    else:
+        settings = {"status": "dev: tuning", **used}
     out: dict[str, Any] = {
         "frozen_settings": settings,
         "benchmarks": [
