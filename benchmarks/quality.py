@@ -448,7 +448,8 @@ def write_results(plan: Plan, paths: Paths, args: argparse.Namespace) -> None:
         if old:
             keys = {r["key"] for r in results["runs"]}
             results["runs"] = [r for r in old["runs"] if r["key"] not in keys] + results["runs"]
-            results.pop("partial", None)
+            if args.split == "dev":  # a dev file has no plan to be complete against; a tagged test table does
+                results.pop("partial", None)
     write_json(stem.with_suffix(".json"), results)
     title = "Quality benchmark (test split)" if args.split == "test" else "Quality benchmark: dev split (tuning)"
     stem.with_suffix(".md").write_text(render_markdown(results, title=title))
