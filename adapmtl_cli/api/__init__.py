@@ -21,7 +21,6 @@ evaluation, the run folder, resume and distributed training around it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -241,6 +240,7 @@ def _settings(
     target: str | None,
     sparsity: float,
     steps: int,
+    threshold_lr: float,
 ) -> PruningSettings:
     """What ``prepare`` resolves each option to (the method's own defaults where not given)."""
     kind = structure_name(method, structure)
@@ -251,7 +251,7 @@ def _settings(
         allocation_name(method, allocation),
         sparsity,
         steps,
-        DEFAULTS.threshold_lr,
+        threshold_lr,
         kind,
         (target or "channels") if kind == "channel" else None,
     )
@@ -332,6 +332,7 @@ def prepare(
             example_input=example_input,
         ),
     )
-    settings = _settings(method, weighting, layer_scale, allocation, structure, target, float(sparsity), steps)
-    settings = dataclasses.replace(settings, threshold_lr=threshold_lr)
+    settings = _settings(
+        method, weighting, layer_scale, allocation, structure, target, float(sparsity), steps, threshold_lr
+    )
     return Pruning(pruner, found, make_weighting(settings.weighting, names, steps), settings)

@@ -331,12 +331,7 @@ def _shrink_fields(job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest
     if report.removed:
         written, parity = job.write(TaskOutputs(shrunk, manifest.output_paths).eval(), target / "model.shrunk.onnx")
         fields["onnx_batch_sizes"] = list(parity.batch_sizes)
-        shrink_fields = {
-            "onnx": str(written.path),
-            "onnx_bytes": written.bytes,
-            "onnx_max_abs_diff": parity.max_abs_diff,
-            "onnx_parity": parity.per_output,
-        }
+        shrink_fields = _onnx_entry(written, parity)
     fields["shrink"] = ShrinkManifest(
         status="shrunk" if report.removed else "nothing removed" if report.possible else "not possible",
         reason=report.reason,
@@ -380,13 +375,18 @@ def _channel_fields(
     )
     if onnx:
         written, parity = job.write(TaskOutputs(smaller, manifest.output_paths).eval(), target / ONNX_FILE)
-        fields |= {
-            "onnx": str(written.path),
-            "onnx_bytes": written.bytes,
-            "onnx_max_abs_diff": parity.max_abs_diff,
-            "onnx_parity": parity.per_output,
-        }
+        fields |= _onnx_entry(written, parity)
     return {"channels": ChannelExport(**fields)}
+
+
+def _onnx_entry(written: OnnxExport, parity: OnnxParity) -> dict[str, Any]:
+    """The ONNX fields a derived model's manifest entry (``shrink``, ``channels``) records for its file."""
+    return {
+        "onnx": str(written.path),
+        "onnx_bytes": written.bytes,
+        "onnx_max_abs_diff": parity.max_abs_diff,
+        "onnx_parity": parity.per_output,
+    }
 
 
 def _check_options(
