@@ -65,6 +65,7 @@ class PruneConfig(_File):
         "str_global",
         "str_layer",
         "tp_magnitude",
+        "tp_taylor",
         "uniform_magnitude",
     ] = "adapmtl"
     sparsity: float = Field(0.9, gt=0.0, lt=1.0, allow_inf_nan=False)
@@ -81,7 +82,8 @@ class PruneConfig(_File):
     """How threshold methods move the split between components (None: the method's own; adam)."""
     structure: Literal["weight", "channel"] | None = None
     """What is pruned: single weights or whole output channels (None: the method's own; weight but for
-    tp_magnitude). A channel run's ``sparsity`` is the fraction of channels (or FLOPs, ``target``) removed."""
+    tp_magnitude and tp_taylor). A channel run's ``sparsity`` is the fraction of channels (or FLOPs,
+    ``target``) removed."""
     target: Literal["channels", "flops"] | None = None
     """What a channel run's ``sparsity`` counts (None: channels); weight runs leave it unset."""
     component_sparsity: dict[str, tuple[float, float]] = Field(default_factory=dict)

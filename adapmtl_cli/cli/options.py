@@ -257,7 +257,7 @@ STRUCTURE = typer.Option(
     DEFAULTS.structure,
     "--structure",
     help=f"What is pruned: {one_of(choices('structure'), STRUCTURE_NOTES)} "
-    "(channel: --method adapmtl or tp_magnitude).",
+    "(channel: --method adapmtl, tp_magnitude or tp_taylor).",
 )
 TARGET = typer.Option(
     DEFAULTS.target,

@@ -18,6 +18,7 @@ from adapmtl_cli.methods import (  # noqa: F401  (registration side effects, in 
     str_global,
     str_layer,
     tp_magnitude,
+    tp_taylor,
     uniform_magnitude,
 )
 from adapmtl_cli.methods.base import MethodContext, Pruner

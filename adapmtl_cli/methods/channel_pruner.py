@@ -228,7 +228,8 @@ class ChannelMaskPruner(_ChannelBase):
         raise NotImplementedError
 
     def apply_(self, fraction: float) -> None:
-        scores = self.scores() * self.cm.keep_mask  # removed channels stay removed
+        # removed channels stay removed: below every kept channel, even one whose score is 0
+        scores = torch.where(self.cm.keep_mask > 0, self.scores(), -1.0)
         parts = [scores[g.offset : g.offset + g.group.channels] for g in self.cm.gated]
         with torch.no_grad():
             self.cm.keep_mask.copy_(torch.cat(uniform_keep(parts, fraction)))

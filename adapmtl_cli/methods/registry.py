@@ -77,7 +77,8 @@ def weighting_name(method: str, weighting: str | None) -> str:
 
 
 def structure_name(method: str, structure: str | None) -> str:
-    """``structure`` if given, else what the method prunes by default (``weight`` for all but ``tp_magnitude``)."""
+    """``structure`` if given, else what the method prunes by default (``weight``; ``channel`` for the ``tp_*``
+    baselines)."""
     check_method(method)
     return structure or STRUCTURES[method][0]
 

@@ -255,6 +255,33 @@ def raw_weight_squares(cm: ChannelGatedModel, *, biases: bool = True) -> torch.T
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+@torch.no_grad()
+def raw_weight_taylor(cm: ChannelGatedModel) -> torch.Tensor:
+    """Per flat channel, the first-order Taylor score of its coupled conv/linear slices: the sum of |w · ∂L/∂w|.
+
+    The order of ``tp.importance.GroupTaylorImportance()`` within each group (defaults: no biases, and, as
+    Torch-Pruning 1.6 computes it, no BatchNorm or depthwise slice). Reads the gradients the last backward left
+    on the raw weights (zero where there is none).
+    """
+    parts = []
+    for g in cm.gated:
+        total = torch.zeros(g.group.channels, dtype=torch.float32, device=cm.inv_norm.device)
+        for s in g.group.slices:
+            if s.kind not in ("out_channels", "in_channels"):
+                continue
+            weight = _raw(cm.model.get_submodule(s.module))
+            if weight.grad is None:
+                continue
+            score = (weight.detach().float() * weight.grad.float()).abs()
+            if s.kind == "in_channels":
+                score = score.transpose(0, 1)
+            idx = torch.tensor(s.channels, dtype=torch.long, device=total.device)
+            roots = torch.tensor(s.root_channels, dtype=torch.long, device=total.device)
+            total.index_add_(0, roots, score.index_select(0, idx).reshape(len(s.channels), -1).sum(1))
+        parts.append(total)
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
 def _consumers(groups: Sequence[GatedGroup]) -> dict[str, tuple[list[int], list[int]]]:
     """Per consumer layer, its gated input features and the flat channel each reads."""
     out: dict[str, tuple[list[int], list[int]]] = {}

@@ -89,8 +89,9 @@ def test_channel_options_that_do_not_combine_fail_before_any_run_folder(
     out = tmp_path / "never"
     common = ("--factory", FACTORY, "--data-dir", scenes, "--out", out, "--steps", "2")
     result = invoke("prune", checkpoint, *common, "--structure", "channel", "--method", "gmp")
-    assert "--method gmp prunes weights; --structure channel works with --method adapmtl, tp_magnitude" in user_error(
-        result
+    assert (
+        "--method gmp prunes weights; --structure channel works with --method adapmtl, tp_magnitude, tp_taylor"
+        in user_error(result)
     )
     result = invoke("prune", checkpoint, *common, "--target", "flops")
     assert "--target chooses what a channel run counts; it needs --structure channel" in user_error(result)

@@ -103,7 +103,7 @@ CHANNEL_METHODS = sorted(m for m, s in STRUCTURES.items() if "channel" in s)
 def test_every_method_prunes_weights_or_channels() -> None:
     assert set(STRUCTURES) == set(METHODS)
     assert all(s and set(s) <= {"weight", "channel"} for s in STRUCTURES.values())
-    assert CHANNEL_METHODS == ["adapmtl", "tp_magnitude"]
+    assert CHANNEL_METHODS == ["adapmtl", "tp_magnitude", "tp_taylor"]
 
 
 @pytest.mark.parametrize("name", CHANNEL_METHODS)

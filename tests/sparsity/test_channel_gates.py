@@ -59,7 +59,7 @@ def _train(pruning: adapmtl.Pruning, steps: int) -> float:
     return got
 
 
-@pytest.mark.parametrize("method", ["adapmtl", "tp_magnitude"])
+@pytest.mark.parametrize("method", ["adapmtl", "tp_magnitude", "tp_taylor"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_channel_run_is_exact_from_gates_to_the_smaller_model(case: str, method: str) -> None:
     """Gated model == baked model (bit for bit in eval); baked == physically smaller model to 1e-5; the
@@ -162,7 +162,7 @@ def test_flops_target_lands_on_the_fraction_of_flops_and_the_cost_model_is_exact
     [
         (
             {"method": "gmp"},
-            "--method gmp prunes weights; --structure channel works with --method adapmtl, tp_magnitude",
+            "--method gmp prunes weights; --structure channel works with --method adapmtl, tp_magnitude, tp_taylor",
         ),
         ({"layer_scale": "saliency"}, "--layer-scale scales weight thresholds"),
         ({"component_sparsity": {"backbone": (0.1, 0.5)}}, "does not apply to --structure channel"),
