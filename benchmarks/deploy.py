@@ -1,10 +1,13 @@
 """What a pruned model costs to run (issue #14): onnxruntime latency, parameters, FLOPs and quality.
 
-For the head-heavy reference model of the quality benchmark (``mobilenet_aspp_tiny``, its dense checkpoint and
-generated scenes, ``benchmarks/quality.py``), at 30 / 50 / 70% channel sparsity:
+For the reference models of the quality benchmark (``--bench``: ``aspp`` = ``mobilenet_aspp_tiny``, the
+head-heavy default; ``resnet`` = ``deeplab_resnet_tiny``, residual; ``mobilenet`` = ``mobilenet_v2_tiny``,
+depthwise and inverted residuals; each with its dense checkpoint of seed 0 and generated scenes,
+``benchmarks/quality.py``), at 30 / 50 / 70% channel sparsity:
 
 - ``adapmtl --structure channel`` (the product: one learned threshold per component on channel norms),
 - ``tp_magnitude`` (Torch-Pruning's group-magnitude channel pruning, the same fraction of every group),
+- ``tp_taylor`` (Torch-Pruning's group-Taylor importance, same recipe),
 - ``adapmtl`` unstructured at the same fraction of *weights*, then ``export --shrink`` (what a user of the
   weight mode gets: zeros, and whatever channels died).
 
@@ -13,11 +16,14 @@ split, exports with ``--onnx`` (and ``--shrink`` for the weight rows) and times 
 dense model in one interleaved onnxruntime loop (``export/latency.py``: batch 1 and 8, one thread, median of
 20 after warm-up). The ratio reported is dense time / file time (> 1 = faster), from the file a deployment
 would ship: ``model.channels.onnx`` for channel runs, ``model.shrunk.onnx`` (else ``model.onnx``) for weight
-runs. Cells are cached by their settings (``benchmarks/.cache/deploy``), so the run resumes; latency is measured
-where the cell runs, so a loaded machine makes the absolute times noisy (the ratios are side by side).
+runs. Cells are cached by their settings (``benchmarks/.cache/deploy``), and a fresh checkout takes the cells of
+the committed ``deploy.json`` whose dense checkpoint has the same fingerprint (``committed.dense_fingerprint``),
+so the run resumes; latency is measured where the cell runs, so a loaded machine makes the absolute times noisy
+(the ratios are side by side).
 
-    python benchmarks/deploy.py            # run / resume -> benchmarks/results/deploy.{json,md}
-    python benchmarks/deploy.py --render   # rewrite deploy.md from deploy.json
+    python benchmarks/deploy.py                          # run / resume -> benchmarks/results/deploy.{json,md}
+    python benchmarks/deploy.py --bench resnet --sparsities 0.5
+    python benchmarks/deploy.py --render                 # rewrite deploy.md from deploy.json
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, str(HERE))
 ROWS: dict[str, dict[str, Any]] = {
     "adapmtl --structure channel": {"method": "adapmtl", "structure": "channel"},
     "tp_magnitude": {"method": "tp_magnitude"},
+    "tp_taylor": {"method": "tp_taylor"},
     "adapmtl (weights) + --shrink": {"method": "adapmtl"},
 }
 SPARSITIES = (0.3, 0.5, 0.7)
@@ -46,26 +53,37 @@ SEEDS = (0, 1)
 STEPS, LR, THREADS, VERSION = 200, 5e-4, 1, 1
 
 
-def _key(row: str, sparsity: float, seed: int) -> str:
-    blob = json.dumps([VERSION, ROWS[row], sparsity, seed, STEPS, LR], sort_keys=True)
+DEFAULT_BENCH = "mobilenet_aspp_tiny"
+
+
+def _key(row: str, sparsity: float, seed: int, bench: str = DEFAULT_BENCH) -> str:
+    settings: list[Any] = [VERSION, ROWS[row], sparsity, seed, STEPS, LR]
+    if bench != DEFAULT_BENCH:  # the first benchmark's keys predate the option and stay as they were
+        settings.append(bench)
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cell(row: str, sparsity: float, seed: int, scenes: Path, dense: Path, work: Path) -> dict[str, Any]:
+def _bench_of(record: dict[str, Any]) -> str:
+    return str(record.get("benchmark", DEFAULT_BENCH))
+
+
+def _cell(row: str, sparsity: float, seed: int, bench: str, scenes: Path, dense: Path, work: Path) -> dict[str, Any]:
     import torch
 
     from adapmtl_cli.config import make_prune_config
     from adapmtl_cli.jobs.export import export_run
     from adapmtl_cli.jobs.prune import run_prune
+    from adapmtl_cli.methods import structure_name
 
     torch.set_num_threads(THREADS)
     options = dict(ROWS[row])
-    weight_row = options.get("structure") is None and options["method"] != "tp_magnitude"
-    out = work / _key(row, sparsity, seed)
+    weight_row = structure_name(options["method"], options.get("structure")) == "weight"
+    out = work / _key(row, sparsity, seed, bench)
     shutil.rmtree(out, ignore_errors=True)
     cfg = make_prune_config(
         checkpoint=str(dense / "model.pt"),
-        factory="adapmtl_cli.models:mobilenet_aspp_tiny",
+        factory=f"adapmtl_cli.models:{bench}",
         data="synthetic",
         data_dir=str(scenes),
         sparsity=sparsity,
@@ -98,7 +116,12 @@ def _cell(row: str, sparsity: float, seed: int, scenes: Path, dense: Path, work:
         shipped, params, flops = "model.onnx", manifest.shrink.params_before, manifest.shrink.flops_before
         params0, flops0 = params, flops
     bounded = report.scores.get("delta_t_bounded")
+    from committed import dense_fingerprint
+
     return {
+        "benchmark": bench,
+        "key": _key(row, sparsity, seed, bench),
+        "dense_fingerprint": dense_fingerprint(dense / "model.pt"),
         "row": row,
         "sparsity": sparsity,
         "seed": seed,
@@ -118,11 +141,11 @@ def _cell(row: str, sparsity: float, seed: int, scenes: Path, dense: Path, work:
     }
 
 
-def _work(item: tuple[str, float, int, str, str, str, str]) -> dict[str, Any]:
-    row, sparsity, seed, scenes, dense, work, cache = item
+def _work(item: tuple[str, float, int, str, str, str, str, str]) -> dict[str, Any]:
+    row, sparsity, seed, bench, scenes, dense, work, cache = item
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-    result = _cell(row, sparsity, seed, Path(scenes), Path(dense), Path(work))
-    path = Path(cache) / f"{_key(row, sparsity, seed)}.json"
+    result = _cell(row, sparsity, seed, bench, Path(scenes), Path(dense), Path(work))
+    path = Path(cache) / f"{_key(row, sparsity, seed, bench)}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -139,16 +162,8 @@ def _mean_ci(values: list[float]) -> str:
     return f"{mean:.2f} [{ci.low:.2f}, {ci.high:.2f}]"
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def _table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "# Deployment benchmark (issue #14)",
-        "",
-        "Generated by `python benchmarks/deploy.py` from `deploy.json`. Model: `mobilenet_aspp_tiny` (the quality",
-        f"benchmark's dense checkpoint, seed 0, 48×64 input), {STEPS} fine-tune steps at lr {LR}, test split,",
-        f"seeds {', '.join(map(str, SEEDS))}. Speed-up = dense ms / shipped file ms in onnxruntime (CPU, 1 thread,",
-        "interleaved, median of 20); > 1 is faster. The sparsity column is the fraction of channels for the channel",
-        "rows and of weights for the weight row. Mean over seeds with a 95% Student-t interval where 2+ seeds ran.",
-        "",
         "| row | sparsity | file | Δ_T | bounded | params after / before | FLOPs after / before | speed-up b1 "
         "| speed-up b8 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -167,65 +182,117 @@ def render(results: list[dict[str, Any]]) -> str:
                 f"{statistics.fmean(c['flops_after'] / c['flops_before'] for c in cells):.1%} | "
                 f"{_mean_ci([c['speedup_b1'] for c in cells])}× | {_mean_ci([c['speedup_b8'] for c in cells])}× |"
             )
-    done = len(results)
-    total = len(ROWS) * len(SPARSITIES) * len(SEEDS)
-    if done < total:
-        lines += ["", f"**Partial**: {done} of {total} cells; `python benchmarks/deploy.py` resumes."]
+    return lines
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Deployment benchmark (issue #14)",
+        "",
+        "Generated by `python benchmarks/deploy.py` from `deploy.json`. Each model: the quality benchmark's dense",
+        f"checkpoint (seed 0, 48×64 input), {STEPS} fine-tune steps at lr {LR}, test split, seeds",
+        f"{', '.join(map(str, SEEDS))}. Speed-up = dense ms / shipped file ms in onnxruntime (CPU, 1 thread,",
+        "interleaved, median of 20); > 1 is faster. The sparsity column is the fraction of channels for the channel",
+        "rows and of weights for the weight row. Mean over seeds with a 95% Student-t interval where 2+ seeds ran.",
+    ]
+    benches = sorted({_bench_of(r) for r in results}, key=lambda b: (b != DEFAULT_BENCH, b)) or [DEFAULT_BENCH]
+    total = 0
+    for bench in benches:
+        mine = [r for r in results if _bench_of(r) == bench]
+        lines += ["", f"## `{bench}`", "", *_table(mine)]
+        total += len(ROWS) * len(SPARSITIES) * len(SEEDS)
+    if len(results) < total:
+        lines += ["", f"**Partial**: {len(results)} of {total} cells; `python benchmarks/deploy.py` resumes."]
     return "\n".join(lines) + "\n"
 
 
+def committed_cells(results_json: Path, bench: str, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Key → record of the committed ``deploy.json`` for ``bench`` whose dense checkpoint is the local one."""
+    if not results_json.is_file():
+        return {}
+    out = {}
+    for r in json.loads(results_json.read_text()).get("runs", []):
+        if _bench_of(r) == bench and r.get("dense_fingerprint") == fingerprint:
+            out[r.get("key") or _key(r["row"], r["sparsity"], r["seed"], bench)] = r
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    import quality
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--render", action="store_true", help="rewrite deploy.md from deploy.json and stop")
+    ap.add_argument("--bench", choices=tuple(quality.BENCHES), default="aspp", help="reference model")
     ap.add_argument("--jobs", type=int, default=1, help="cells in parallel (latency is then measured under load)")
     ap.add_argument("--seeds", help="comma-separated seeds (default 0,1)")
+    ap.add_argument("--sparsities", help="comma-separated channel sparsities (default 0.3,0.5,0.7)")
+    ap.add_argument("--rows", help=f"comma-separated rows (default all: {', '.join(ROWS)})")
     args = ap.parse_args(argv)
     results_json = HERE / "results" / "deploy.json"
     if args.render:
         results = json.loads(results_json.read_text())["runs"]
         (HERE / "results" / "deploy.md").write_text(render(results))
         return 0
-    import quality
+    from committed import dense_fingerprint
 
     paths = quality.Paths(HERE / ".cache" / "quality", HERE / "results")
-    bench = quality.BENCHES["aspp"]
+    bench = quality.BENCHES[args.bench]
     scenes = quality.ensure_data(bench, paths)
     dense = quality.ensure_dense(bench, 0, paths)
     cache = HERE / ".cache" / "deploy"
     work = cache / "runs"
     work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS)
-    todo, results = [], []
+    sparsities = [float(s) for s in args.sparsities.split(",")] if args.sparsities else list(SPARSITIES)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not set(sparsities) <= set(SPARSITIES):
+        raise SystemExit(f"rows must be among {', '.join(ROWS)}; sparsities among {SPARSITIES}")
+    fingerprint = dense_fingerprint(dense / "model.pt")
+    committed = committed_cells(results_json, bench.name, fingerprint)
+    saved = json.loads(results_json.read_text())["runs"] if results_json.is_file() else []
+    stale = [r for r in saved if _bench_of(r) == bench.name and r.get("dense_fingerprint") != fingerprint]
+    if stale:
+        raise SystemExit(
+            f"{results_json} has {len(stale)} {bench.name} cells of another dense checkpoint (fingerprint "
+            f"{stale[0].get('dense_fingerprint')} here {fingerprint}); move it away to start this benchmark over"
+        )
+    others = [r for r in saved if _bench_of(r) != bench.name]
+    todo, results = [], list(committed.values())
     # The acceptance's 50% first, every row before the next seed: a partial run compares like with like.
-    order = sorted(SPARSITIES, key=lambda sp: (sp != 0.5, sp))
+    order = sorted(sparsities, key=lambda sp: (sp != 0.5, sp))
     for seed in seeds:
         for sp in order:
-            for row in ROWS:
-                path = cache / f"{_key(row, sp, seed)}.json"
+            for row in rows:
+                key = _key(row, sp, seed, bench.name)
+                path = cache / f"{key}.json"
+                if key in committed:
+                    continue
                 if path.is_file():
                     results.append(json.loads(path.read_text()))
                 else:
-                    todo.append((row, sp, seed, str(scenes), str(dense), str(work), str(cache)))
-    print(f"{len(results)} cells cached, {len(todo)} to run", flush=True)
+                    todo.append((row, sp, seed, bench.name, str(scenes), str(dense), str(work), str(cache)))
+    print(f"{len(results)} cells cached or committed, {len(todo)} to run", flush=True)
 
     def save() -> None:
-        results_json.write_text(json.dumps({"version": VERSION, "runs": results}, indent=1) + "\n")
-        (HERE / "results" / "deploy.md").write_text(render(results))
+        everything = others + results
+        results_json.write_text(json.dumps({"version": VERSION, "runs": everything}, indent=1) + "\n")
+        (HERE / "results" / "deploy.md").write_text(render(everything))
+
+    def show(r: dict[str, Any]) -> None:
+        results.append(r)
+        print(f"{r['row']} {r['sparsity']} seed {r['seed']}: Δ_T {r['delta_t']:.2f}, b1 {r['speedup_b1']:.2f}×")
+        save()
 
     if args.jobs > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             for r in pool.imap_unordered(_work, todo):
-                results.append(r)
-                print(f"{r['row']} {r['sparsity']} seed {r['seed']}: Δ_T {r['delta_t']:.2f}, b1 {r['speedup_b1']:.2f}×")
-                save()
+                show(r)
     else:
         for item in todo:
-            r = _work(item)
-            results.append(r)
-            print(f"{r['row']} {r['sparsity']} seed {r['seed']}: Δ_T {r['delta_t']:.2f}, b1 {r['speedup_b1']:.2f}×")
-            save()
+            show(_work(item))
     save()
     return 0
 

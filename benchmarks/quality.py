@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_dense(BENCHES[args.bench], dense_seed, paths)
         return 0
     run_plan(plan, paths, args)
-    if plan.done:
+    if plan.done and not args.plan:  # --plan prints the cost and writes nothing
         write_results(plan, paths, args)
     return 0
 

@@ -23,6 +23,7 @@ quality benchmark's dev split over ``adam`` and ``frozen`` (docs/architecture.md
     component_bounds=True,
     allocation=ALLOCATION,
     structures=("weight", "channel"),
+    channel_targets=("channels", "flops"),
 )
 def build(ctx: MethodContext) -> Pruner:
     if ctx.structure == "channel":

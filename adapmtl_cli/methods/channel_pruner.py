@@ -34,8 +34,6 @@ from adapmtl_cli.sparsity.channel_gates import (
 from adapmtl_cli.sparsity.schedule import cubic_target
 from adapmtl_cli.sparsity.thresholds import LayerZeros
 
-TARGETS = ("channels", "flops")
-
 
 def gated_model(ctx: MethodContext, *, mask: bool) -> ChannelGatedModel:
     """Find the channel groups of ``ctx.model`` and put gates on them; ConfigError when it cannot be done."""
@@ -69,12 +67,8 @@ class _ChannelBase:
     module: nn.Module
 
     def _setup(self, name: str, ctx: MethodContext, *, mask: bool) -> None:
-        self.name, self.ctx = name, ctx
-        if ctx.bounds:
-            raise ConfigError("--component-sparsity bounds weight sparsity; it does not apply to --structure channel")
+        self.name, self.ctx = name, ctx  # the option rules were checked by the registry (build_pruner)
         self.target_unit = ctx.target or "channels"
-        if self.target_unit not in TARGETS:
-            raise ConfigError(f"--target {self.target_unit!r} is not one of {', '.join(TARGETS)}")
         self.cm = gated_model(ctx, mask=mask)
         self.module = self.cm
         self.flops: LayerFlops | None = None
@@ -216,11 +210,6 @@ class ChannelMaskPruner(_ChannelBase):
 
     def __init__(self, name: str, ctx: MethodContext, *, update_every: int | None = None) -> None:
         self._setup(name, ctx, mask=True)
-        if self.flops is not None:
-            raise ConfigError(
-                f"--method {name} removes the same fraction of every group; --target flops needs "
-                "learned thresholds (--method adapmtl)"
-            )
         self.update_every = update_every or max(1, ctx.steps // 50)
 
     def scores(self) -> torch.Tensor:

@@ -23,6 +23,8 @@ DEFAULT_ALLOCATION: dict[str, str] = {}
 """How each threshold method moves its split between groups unless ``--allocation`` says otherwise."""
 STRUCTURES: dict[str, tuple[str, ...]] = {}
 """What each method can prune (``--structure``), its default first: ``weight`` and/or ``channel``."""
+CHANNEL_TARGETS: dict[str, tuple[str, ...]] = {}
+"""What a channel method's level can count (``--target``): ``channels``, and ``flops`` for learned thresholds."""
 
 
 def register_method(
@@ -34,6 +36,7 @@ def register_method(
     component_bounds: bool = False,
     allocation: str = "adam",
     structures: tuple[str, ...] = ("weight",),
+    channel_targets: tuple[str, ...] = ("channels",),
 ) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
     """Register a method factory under ``name``; registering a name twice is a bug.
 
@@ -44,6 +47,7 @@ def register_method(
         component_bounds: the method has one learned threshold per component (``--component-sparsity``).
         allocation: a threshold method's default ``--allocation`` (the factory must build it with this one).
         structures: what the method prunes (``--structure`` values), its default first.
+        channel_targets: what a channel run's level can count (``--target`` values).
     """
 
     def wrap(factory: Callable[[MethodContext], Pruner]) -> Callable[[MethodContext], Pruner]:
@@ -53,6 +57,8 @@ def register_method(
         DEFAULT_WEIGHTING[name] = weighting
         DEFAULT_LAYER_SCALE[name] = layer_scale
         STRUCTURES[name] = structures
+        if "channel" in structures:
+            CHANNEL_TARGETS[name] = channel_targets
         if layer_scale is not None:
             DEFAULT_ALLOCATION[name] = allocation
         if calibrates:
@@ -122,7 +128,7 @@ def check_method_options(
     ``--layer-scale`` and ``--allocation`` need a threshold method; ``--component-sparsity`` needs one learned
     threshold per component, bounds on known components and a split that can meet the target;
     ``--structure`` must be one the method prunes, and ``--structure channel`` takes no layer scale and no bounds;
-    ``--target`` needs a channel run.
+    ``--target`` needs a channel run, and ``flops`` a method that registered it (learned thresholds).
 
     Args:
         sizes: per component, its prunable weights (components without any are left out).
@@ -172,6 +178,11 @@ def _check_structure(
         raise ConfigError(f"--target {target!r} is not one of {', '.join(TARGET_VALUES)}")
     if chosen == "weight" and target is not None:
         raise ConfigError("--target chooses what a channel run counts; it needs --structure channel")
+    if chosen == "channel" and target is not None and target not in CHANNEL_TARGETS[method]:
+        able = ", ".join(m for m, t in CHANNEL_TARGETS.items() if target in t)
+        raise ConfigError(
+            f"--method {method} removes channels by count; --target {target} needs learned thresholds (--method {able})"
+        )
     if chosen == "channel" and layer_scale is not None:
         raise ConfigError(
             "--layer-scale scales weight thresholds; --structure channel normalises each channel "

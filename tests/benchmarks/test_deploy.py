@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def test_keys_differ_by_row_sparsity_and_seed_and_are_stable() -> None:
     keys = {deploy._key(r, s, seed) for r in rows for s in deploy.SPARSITIES for seed in deploy.SEEDS}
     assert len(keys) == len(rows) * len(deploy.SPARSITIES) * len(deploy.SEEDS)
     assert deploy._key(rows[0], 0.5, 0) == deploy._key(rows[0], 0.5, 0)
+    # another reference model gets its own keys; the first model's keys are what they were before the option
+    assert deploy._key(rows[0], 0.5, 0, "deeplab_resnet_tiny") != deploy._key(rows[0], 0.5, 0)
+    assert deploy._key(rows[0], 0.5, 0, deploy.DEFAULT_BENCH) == deploy._key(rows[0], 0.5, 0)
 
 
 def test_the_table_shows_means_intervals_ratios_and_marks_a_partial_run() -> None:
@@ -40,4 +44,30 @@ def test_the_table_shows_means_intervals_ratios_and_marks_a_partial_run() -> Non
     line = next(x for x in text.splitlines() if x.startswith(f"| {row} | 50%"))
     assert "-15.00 [" in line and "| 40.0% | 25.0% |" in line and "2.50 [" in line and "3.50 [" in line
     assert "| tp_magnitude | 30% | (not run)" in text
-    assert "**Partial**: 2 of 18 cells" in text
+    total = len(deploy.ROWS) * len(deploy.SPARSITIES) * len(deploy.SEEDS)
+    assert f"**Partial**: 2 of {total} cells" in text
+
+
+def test_each_reference_model_gets_its_own_table() -> None:
+    other = {**_cell("tp_taylor", 0.5, 0, -5.0, 1.5), "benchmark": "deeplab_resnet_tiny"}
+    text = deploy.render([_cell("tp_magnitude", 0.5, 0, -10.0, 2.0), other])
+    first, second = text.index("## `mobilenet_aspp_tiny`"), text.index("## `deeplab_resnet_tiny`")
+    assert first < second
+    assert "| tp_taylor | 50% | `model.channels.onnx` | -5.00 |" in text[second:]
+    assert "| tp_taylor | 50% | (not run)" in text[first:second]
+
+
+def test_committed_cells_are_taken_only_for_the_same_model_and_dense_checkpoint(tmp_path: Path) -> None:
+    runs = [
+        {**_cell("tp_magnitude", 0.5, 0, -1.0, 2.0), "dense_fingerprint": "fp"},
+        {**_cell("tp_magnitude", 0.5, 1, -2.0, 2.0), "dense_fingerprint": "old"},
+        {**_cell("tp_magnitude", 0.5, 0, -3.0, 2.0), "dense_fingerprint": "fp", "benchmark": "deeplab_resnet_tiny"},
+    ]
+    path = tmp_path / "deploy.json"
+    path.write_text(json.dumps({"version": deploy.VERSION, "runs": runs}))
+    found = deploy.committed_cells(path, deploy.DEFAULT_BENCH, "fp")
+    assert (
+        list(found) == [deploy._key("tp_magnitude", 0.5, 0)]
+        and found[deploy._key("tp_magnitude", 0.5, 0)]["delta_t"] == -1.0
+    )
+    assert deploy.committed_cells(tmp_path / "missing.json", deploy.DEFAULT_BENCH, "fp") == {}

@@ -18,6 +18,7 @@ from adapmtl_cli.methods import (
     MethodContext,
     allocation_name,
     build_pruner,
+    check_method_options,
 )
 from adapmtl_cli.methods.base import Pruner
 from adapmtl_cli.model.discover import discover_components
@@ -104,6 +105,21 @@ def test_every_method_prunes_weights_or_channels() -> None:
     assert set(STRUCTURES) == set(METHODS)
     assert all(s and set(s) <= {"weight", "channel"} for s in STRUCTURES.values())
     assert CHANNEL_METHODS == ["adapmtl", "tp_magnitude", "tp_taylor"]
+
+
+@pytest.mark.parametrize("name", CHANNEL_METHODS)
+def test_the_registry_refuses_a_target_the_channel_method_cannot_count_before_any_model_is_built(name: str) -> None:
+    from adapmtl_cli.errors import ConfigError
+    from adapmtl_cli.methods.registry import CHANNEL_TARGETS
+
+    assert set(CHANNEL_TARGETS) == set(CHANNEL_METHODS) and all("channels" in t for t in CHANNEL_TARGETS.values())
+    options = {"layer_scale": None, "bounds": None, "sizes": {"backbone": 10}, "sparsity": 0.5}
+    for target in ("channels", "flops"):
+        if target in CHANNEL_TARGETS[name]:
+            check_method_options(name, structure="channel", target=target, **options)  # type: ignore[arg-type]
+        else:
+            with pytest.raises(ConfigError, match=f"--target {target} needs learned thresholds"):
+                check_method_options(name, structure="channel", target=target, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", CHANNEL_METHODS)
