@@ -25,7 +25,7 @@ from adapmtl_cli.errors import CheckpointError, ConfigError, ExportError
 from adapmtl_cli.export.dense import save_dense
 from adapmtl_cli.files.atomic import write_model
 from adapmtl_cli.files.reading import read_model, read_safetensors
-from adapmtl_cli.model.channels import count_params_flops, remove_channels
+from adapmtl_cli.model.channels import count_params_flops, remove_channels, tensor_leaves
 from adapmtl_cli.model.loading import load_state_into
 
 PLAN_FILE = "channel_plan.json"
@@ -45,22 +45,12 @@ def smaller_model(model: nn.Module, keep: Mapping[str, Sequence[int]], input_sha
     return remove_channels(model, _zeros(input_shape), {k: list(v) for k, v in keep.items()}).eval()
 
 
-def _leaves(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _leaves(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _leaves(v)]
-    return []
-
-
 @torch.no_grad()
 def max_output_diff(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
     """The largest absolute difference between the two models' output tensors on ``inputs`` (eval mode)."""
     worst = 0.0
     for x in inputs:
-        for u, v in zip(_leaves(a(x)), _leaves(b(x)), strict=True):
+        for u, v in zip(tensor_leaves(a(x)), tensor_leaves(b(x)), strict=True):
             worst = max(worst, float((u.float() - v.float()).abs().max()))
     return worst
 

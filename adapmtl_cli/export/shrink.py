@@ -37,7 +37,14 @@ from typing import cast
 import torch
 from torch import Tensor, fx, nn
 
-from adapmtl_cli.model.channels import ChannelGroup, CoupledSlice, FlowNode, channel_flows, remove_channels
+from adapmtl_cli.model.channels import (
+    ChannelGroup,
+    CoupledSlice,
+    FlowNode,
+    channel_flows,
+    remove_channels,
+    tensor_leaves,
+)
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -441,7 +448,7 @@ def _max_output_diff(original: nn.Module, shrunk: nn.Module, inputs: Sequence[Te
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
-            want, got = _leaves(original(x)), _leaves(shrunk(x))
+            want, got = tensor_leaves(original(x)), tensor_leaves(shrunk(x))
             if len(want) != len(got):
                 return math.inf
             for a, b in zip(want, got, strict=True):
@@ -452,16 +459,6 @@ def _max_output_diff(original: nn.Module, shrunk: nn.Module, inputs: Sequence[Te
                     same = (a == b) | (a.isnan() & b.isnan())
                     worst = max(worst, float(torch.where(same, 0.0, diff).nan_to_num(nan=math.inf).max()))
     return worst
-
-
-def _leaves(output: object) -> list[Tensor]:
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, Mapping):
-        return [leaf for key in output for leaf in _leaves(output[key])]
-    if isinstance(output, (list, tuple)):
-        return [leaf for item in output for leaf in _leaves(item)]
-    return []
 
 
 def _first_line(exc: BaseException) -> str:

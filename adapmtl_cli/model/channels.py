@@ -93,7 +93,8 @@ class ChannelGroup:
 # --------------------------------------------------------------------------------------------------- tracing
 
 
-def _call(model: nn.Module, example_input: Any) -> Any:
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """``model(example_input)``; a mapping is passed as keyword arguments, a tuple or list as positional ones."""
     if isinstance(example_input, Mapping):
         return model(**example_input)
     if isinstance(example_input, (tuple, list)):
@@ -101,13 +102,14 @@ def _call(model: nn.Module, example_input: Any) -> Any:
     return model(example_input)
 
 
-def _tensor_leaves(out: Any) -> list[torch.Tensor]:
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model output (a tensor, or mappings, tuples and lists of them), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _tensor_leaves(v)]
+        return [t for v in out.values() for t in tensor_leaves(v)]
     if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _tensor_leaves(v)]
+        return [t for v in out for t in tensor_leaves(v)]
     return []
 
 
@@ -138,13 +140,13 @@ def _build_graph(model: nn.Module, example_input: Any) -> tuple[tp.DependencyGra
     def forward(m: nn.Module, inputs: Any) -> Any:
         hooks = [sub.register_forward_hook(record) for sub in m.modules()]
         try:
-            return _call(m, inputs)
+            return call_model(m, inputs)
         finally:
             for h in hooks:
                 h.remove()
 
     def leaves(out: Any) -> list[torch.Tensor]:
-        found = [t for t in _tensor_leaves(out) if t.grad_fn is not None]
+        found = [t for t in tensor_leaves(out) if t.grad_fn is not None]
         if not found:
             raise ExportError("channel groups: the model's outputs carry no autograd graph; nothing can be traced")
         # Torch-Pruning marks an output only when its tensor is not also produced by a module or used inside the
@@ -296,18 +298,29 @@ def channel_groups(
 # ----------------------------------------------------------------------------------------------------- norms
 
 
-def _squares(module: nn.Module, kind: str, channels: torch.Tensor) -> torch.Tensor:
-    """Per listed channel, the sum of squares of this module's slice (weights and biases)."""
-    weight = cast(torch.Tensor, module.weight)
-    bias = cast("torch.Tensor | None", getattr(module, "bias", None))
+def slice_rows(tensor: torch.Tensor, kind: str, channels: torch.Tensor) -> torch.Tensor:
+    """One row per listed channel: its entries of a weight-shaped ``tensor`` in a slice of ``kind``.
+
+    An ``in_channels`` slice is the channel's input column of a conv/linear weight; every other kind is the
+    channel's output row (a filter, a BatchNorm or PReLU entry, a depthwise filter).
+    """
     if kind == "in_channels":
-        if isinstance(module, nn.Linear):
-            return weight.index_select(1, channels).pow(2).sum(0)
-        return weight.index_select(1, channels).pow(2).transpose(0, 1).reshape(len(channels), -1).sum(1)
-    total = weight.index_select(0, channels).pow(2).reshape(len(channels), -1).sum(1)
-    if bias is not None:
+        return tensor.index_select(1, channels).transpose(0, 1).reshape(len(channels), -1)
+    return tensor.index_select(0, channels).reshape(len(channels), -1)
+
+
+def slice_squares(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, channels: torch.Tensor) -> torch.Tensor:
+    """Per listed channel, the sum of squares of its slice of ``weight`` (and of ``bias``, an output slice's)."""
+    total = slice_rows(weight, kind, channels).pow(2).sum(1)
+    if bias is not None and kind != "in_channels":
         total = total + bias.index_select(0, channels).pow(2)
     return total
+
+
+def _squares(module: nn.Module, kind: str, channels: torch.Tensor) -> torch.Tensor:
+    """Per listed channel, the sum of squares of this module's slice (weights and biases)."""
+    bias = cast("torch.Tensor | None", getattr(module, "bias", None))
+    return slice_squares(cast(torch.Tensor, module.weight), bias, kind, channels)
 
 
 def group_norms(model: nn.Module, groups: Iterable[ChannelGroup]) -> dict[str, torch.Tensor]:
@@ -413,13 +426,13 @@ def remove_channels(
     with _tracing_state(pruned):
         pruned.eval()  # shape checks must not move BatchNorm statistics; modes are restored on exit
         with torch.no_grad():
-            before = _shapes(_call(pruned, example_input)) if plan else None
+            before = _shapes(call_model(pruned, example_input)) if plan else None
         for module, drop in plan:
             pruner = graph.get_pruner_of_module(module)
             graph.get_pruning_group(module, pruner.prune_out_channels, drop).prune()
         if plan:
             with torch.no_grad():
-                after = _shapes(_call(pruned, example_input))
+                after = _shapes(call_model(pruned, example_input))
             if after != before:
                 raise ExportError(f"channel removal changed the model's output shapes ({before} -> {after})")
     for name, p in pruned.named_parameters():  # pruned parameters are new tensors: carry the frozen flags over

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapmtl_cli.model.channels import call_model
 from adapmtl_cli.sparsity.channel_gates import GatedGroup
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -89,12 +90,7 @@ def layer_flops(model: nn.Module, example_input: Any, groups: Sequence[GatedGrou
     model.eval()
     try:
         with torch.no_grad():
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            call_model(model, example_input)
     finally:
         model.train(was)
         for h in hooks:

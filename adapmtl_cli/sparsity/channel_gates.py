@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from adapmtl_cli.model.channels import ChannelGroup
+from adapmtl_cli.model.channels import ChannelGroup, slice_rows, slice_squares
 from adapmtl_cli.sparsity.thresholds import LayerZeros, ParametrizedLayers, ThresholdBank, parameter_order
 
 SCALE_RMS = 4.0
@@ -60,15 +60,9 @@ def _raw(module: nn.Module) -> torch.Tensor:
 
 def _slice_squares(module: nn.Module, kind: str, channels: torch.Tensor, biases: bool = True) -> torch.Tensor:
     """Per listed channel, the sum of squares of this module's raw slice (weights, and biases unless told)."""
-    weight = _raw(module).detach().float()
-    if kind == "in_channels":
-        picked = weight.index_select(1, channels).pow(2)
-        return picked.transpose(0, 1).reshape(len(channels), -1).sum(1)
-    total = weight.index_select(0, channels).pow(2).reshape(len(channels), -1).sum(1)
     bias = getattr(module, "bias", None)
-    if biases and isinstance(bias, torch.Tensor):
-        total = total + bias.detach().float().index_select(0, channels).pow(2)
-    return total
+    kept = bias.detach().float() if biases and isinstance(bias, torch.Tensor) else None
+    return slice_squares(_raw(module).detach().float(), kept, kind, channels)
 
 
 class InputGate(nn.Module):
@@ -272,12 +266,10 @@ def raw_weight_taylor(cm: ChannelGatedModel) -> torch.Tensor:
             weight = _raw(cm.model.get_submodule(s.module))
             if weight.grad is None:
                 continue
-            score = (weight.detach().float() * weight.grad.float()).abs()
-            if s.kind == "in_channels":
-                score = score.transpose(0, 1)
             idx = torch.tensor(s.channels, dtype=torch.long, device=total.device)
             roots = torch.tensor(s.root_channels, dtype=torch.long, device=total.device)
-            total.index_add_(0, roots, score.index_select(0, idx).reshape(len(s.channels), -1).sum(1))
+            w, dw = (slice_rows(t.detach().float(), s.kind, idx) for t in (weight, weight.grad))
+            total.index_add_(0, roots, (w * dw).abs().sum(1))
         parts.append(total)
     return torch.cat(parts) if parts else torch.zeros(0)
 
