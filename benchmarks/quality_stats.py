@@ -92,6 +92,18 @@ def paired(
     return out
 
 
+def wins(runs: Iterable[Mapping[str, Any]], a: str, b: str, bench: str, sparsity: float) -> tuple[int, int]:
+    """(pairs where ``a`` has the higher Δ_T, pairs both have) at (``bench``, ``sparsity``): a count that one
+    collapsed cell cannot dominate, unlike the mean."""
+    cells: dict[str, dict[tuple[int, int], float]] = {}
+    for r in runs:
+        if r["benchmark"] == bench and r["sparsity"] == sparsity and r["method"] in (a, b):
+            cells.setdefault(r["method"], {})[(r["seed"], r["dense_seed"])] = r["delta_t"]
+    mine, theirs = cells.get(a, {}), cells.get(b, {})
+    pairs = set(mine) & set(theirs)
+    return sum(mine[p] > theirs[p] for p in pairs), len(pairs)
+
+
 def same_as_default(runs: Iterable[Mapping[str, Any]], row: str, bench: str, sparsity: float) -> bool:
     """Whether every cell of ``row`` equals the default's cell of the same pair in every reported number.
 
@@ -169,25 +181,31 @@ def _sparsity_section(runs: list[Mapping[str, Any]], bench: str, sparsity: float
     lines = [f"## {bench} at {sparsity:.0%}", ""]
     comp_names = next((list(c[0]["components"]) for c in rows.values() if c[0]["components"]), [])
     lines += [
-        f"| row | cells | Δ_T mean [95% CI] | bounded | paired vs default (Δ_T) | collapsed | "
-        f"{' / '.join(comp_names)} |",
-        "|---|---|---|---|---|---|---|",
+        f"| row | cells | Δ_T mean [95% CI] | bounded | paired vs default (Δ_T) | paired (bounded) | default wins "
+        f"| collapsed | {' / '.join(comp_names)} |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows, key=lambda m: -statistics.fmean(r["delta_t"] for r in rows[m]))
     for method in order:
         cells = rows[method]
         dt = interval([c["delta_t"] for c in cells])
         bounded = interval([c["score_bounded"] for c in cells])
-        diff = ""
+        diff, diff_bounded, won = "", "", ""
         if method != DEFAULT_ROW:
             pair = paired(runs, DEFAULT_ROW, method).get((bench, sparsity))
+            pair_b = paired(runs, DEFAULT_ROW, method, metric="score_bounded").get((bench, sparsity))
             if same_as_default(runs, method, bench, sparsity):
                 diff = "= the default (identical cells)"
-            elif pair is not None:
-                diff = f"**{pair.text()}**" if pair.excludes_zero else pair.text()
+            elif pair is not None and pair_b is not None:
+                diff, diff_bounded = (f"**{p.text()}**" if p.excludes_zero else p.text() for p in (pair, pair_b))
+                k, n = wins(runs, DEFAULT_ROW, method, bench, sparsity)
+                won = f"{k}/{n}"
         collapsed = sum(1 for c in cells if any(c["collapsed"].values()))
         comps = _components(cells) if cells[0]["components"] else "-"
-        lines.append(f"| {method} | {len(cells)} | {dt.text()} | {bounded.text()} | {diff} | {collapsed} | {comps} |")
+        lines.append(
+            f"| {method} | {len(cells)} | {dt.text()} | {bounded.text()} | {diff} | {diff_bounded} | {won} "
+            f"| {collapsed} | {comps} |"
+        )
     lines.append("")
     verdict = verdict_lines(runs, bench, sparsity)
     if verdict:
@@ -214,9 +232,14 @@ def verdict_lines(runs: list[Mapping[str, Any]], bench: str, sparsity: float) ->
     ]
     frozen = paired(runs, DEFAULT_ROW, "adapmtl-frozen").get((bench, sparsity))
     if frozen is not None:
+        frozen_b = paired(runs, DEFAULT_ROW, "adapmtl-frozen", metric="score_bounded")[bench, sparsity]
+        k, n = wins(runs, DEFAULT_ROW, "adapmtl-frozen", bench, sparsity)
         out.append(
             f"Against adapmtl-frozen: {frozen.text()}; the interval "
-            + ("excludes 0." if frozen.excludes_zero else "does **not** exclude 0.")
+            + ("excludes 0" if frozen.excludes_zero else "does **not** exclude 0")
+            + f" (bounded score: {frozen_b.text()}, "
+            + ("excludes 0" if frozen_b.excludes_zero else "does not exclude 0")
+            + f"; the default is ahead in {k} of {n} pairs)."
         )
     ref = paired(runs, DEFAULT_ROW, "dense+finetune").get((bench, sparsity))
     if ref is not None:

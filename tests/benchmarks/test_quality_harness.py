@@ -105,10 +105,20 @@ def test_the_report_marks_partial_results_and_reads_every_row_from_the_json() ->
     )
     assert "PARTIAL" in text and "3 of 12 cells done" in text
     assert "| adapmtl-frozen | 3 |" in text and "| dense+finetune | 3 |" in text
-    assert "Against adapmtl-frozen:" in text and "excludes 0." in text
+    assert "Against adapmtl-frozen:" in text and "excludes 0 (bounded score:" in text
+    assert "the default is ahead in 3 of 3 pairs" in text
+    assert "| adapmtl-frozen | 3 | +0.20 [" in text and "| 3/3 | 0 |" in text
     assert "Cost of pruning" in text
     complete = qs.render_markdown({"runs": runs, "notes": ["rows ran on two code versions"]})
     assert "PARTIAL" not in complete and "- rows ran on two code versions" in complete
+
+
+def test_wins_count_the_pairs_and_resist_one_collapsed_cell() -> None:
+    runs = [_run("adapmtl", s, 1.0) for s in range(5)]
+    runs += [_run("adapmtl-frozen", s, 0.5) for s in range(4)] + [_run("adapmtl-frozen", 4, 900.0)]
+    assert qs.wins(runs, "adapmtl", "adapmtl-frozen", "b", 0.9) == (4, 5)
+    assert qs.paired(runs, "adapmtl", "adapmtl-frozen")[("b", 0.9)].mean < 0  # the mean follows the outlier
+    assert qs.wins(runs, "adapmtl", "gmp", "b", 0.9) == (0, 0)
 
 
 def test_a_row_spec_takes_options_and_keeps_commas_inside_brackets() -> None:
