@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from adapmtl_cli.model.channels import ChannelGroup, slice_rows, slice_squares
+from adapmtl_cli.model.channels import ChannelGroup
 from adapmtl_cli.sparsity.thresholds import LayerZeros, ParametrizedLayers, ThresholdBank, parameter_order
 
 SCALE_RMS = 4.0
@@ -56,13 +56,6 @@ def _raw(module: nn.Module) -> torch.Tensor:
     if parametrize.is_parametrized(module, "weight"):
         return cast(Any, module).parametrizations.weight.original
     return cast(torch.Tensor, module.weight)
-
-
-def _slice_squares(module: nn.Module, kind: str, channels: torch.Tensor, biases: bool = True) -> torch.Tensor:
-    """Per listed channel, the sum of squares of this module's raw slice (weights, and biases unless told)."""
-    bias = getattr(module, "bias", None)
-    kept = bias.detach().float() if biases and isinstance(bias, torch.Tensor) else None
-    return slice_squares(_raw(module).detach().float(), kept, kind, channels)
 
 
 class InputGate(nn.Module):
@@ -126,6 +119,22 @@ class ChannelGatedModel(ParametrizedLayers):
                 rms = float(part.pow(2).mean().sqrt()) if part.numel() else 0.0
                 self.scale[i] = SCALE_RMS * rms if rms > 0 else 1.0
         self.refresh_()
+
+    def slice_index(self) -> list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]:
+        """Every coupled slice as (module, kind, its channels in the module, their flat channels), built once
+        per device (the per-step norms would otherwise rebuild ~2 index tensors per slice every step)."""
+        device = self.inv_norm.device
+        cached = getattr(self, "_slice_cache", None)
+        if cached is None or cached[0] != device:
+            rows = []
+            for g in self.gated:
+                for s in g.group.slices:
+                    idx = torch.tensor(s.channels, dtype=torch.long, device=device)
+                    flat = torch.tensor([g.offset + r for r in s.root_channels], dtype=torch.long, device=device)
+                    rows.append((self.model.get_submodule(s.module), s.kind, idx, flat))
+            cached = (device, rows)
+            object.__setattr__(self, "_slice_cache", cached)  # not state: rebuilt from the groups
+        return cached[1]
 
     # ------------------------------------------------------------------------------------------ per channel
 
@@ -237,16 +246,43 @@ class ChannelGatedModel(ParametrizedLayers):
 @torch.no_grad()
 def raw_weight_squares(cm: ChannelGatedModel, *, biases: bool = True) -> torch.Tensor:
     """Per flat channel, the sum of squares of its raw coupled slices (fp32; ``biases``: biases and beta too)."""
-    parts = []
-    for g in cm.gated:
-        total = torch.zeros(g.group.channels, dtype=torch.float32, device=cm.inv_norm.device)
-        for s in g.group.slices:
-            module = cm.model.get_submodule(s.module)
-            idx = torch.tensor(s.channels, dtype=torch.long, device=total.device)
-            roots = torch.tensor(s.root_channels, dtype=torch.long, device=total.device)
-            total.index_add_(0, roots, _slice_squares(module, s.kind, idx, biases))
-        parts.append(total)
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return _per_channel(cm, lambda w, _module: w.detach().float().pow(2), biases=biases)
+
+
+def _per_channel(
+    cm: ChannelGatedModel,
+    values: Callable[[torch.Tensor, nn.Module], torch.Tensor | None],
+    *,
+    biases: bool,
+    kinds: tuple[str, ...] | None = None,
+) -> torch.Tensor:
+    """Per flat channel, the sum over its coupled slices of ``values(raw weight, module)`` (elementwise).
+
+    Each module's values are computed and reduced once per side (one sum per output channel, one per input
+    channel), then each slice picks its channels: no copy of a weight per slice, whatever the model's size.
+    ``biases``: add the squared bias (and BatchNorm beta) of output slices; ``kinds``: only these slice kinds.
+    """
+    total = torch.zeros(cm.inv_norm.numel(), dtype=torch.float32, device=cm.inv_norm.device)
+    sums: dict[tuple[int, bool], torch.Tensor | None] = {}
+    for module, kind, idx, flat in cm.slice_index():
+        if kinds is not None and kind not in kinds:
+            continue
+        side = kind == "in_channels"
+        key = (id(module), side)
+        if key not in sums:
+            v = values(_raw(module), module)
+            if v is not None and v.dim() > 1:
+                v = v.sum(dim=tuple(d for d in range(v.dim()) if d != int(side)))
+            sums[key] = v
+        per = sums[key]
+        if per is None:
+            continue
+        picked = per.index_select(0, idx)
+        bias = getattr(module, "bias", None)
+        if biases and not side and isinstance(bias, torch.Tensor):
+            picked = picked + bias.detach().float().index_select(0, idx).pow(2)
+        total.index_add_(0, flat, picked)
+    return total
 
 
 @torch.no_grad()
@@ -257,21 +293,13 @@ def raw_weight_taylor(cm: ChannelGatedModel) -> torch.Tensor:
     Torch-Pruning 1.6 computes it, no BatchNorm or depthwise slice). Reads the gradients the last backward left
     on the raw weights (zero where there is none).
     """
-    parts = []
-    for g in cm.gated:
-        total = torch.zeros(g.group.channels, dtype=torch.float32, device=cm.inv_norm.device)
-        for s in g.group.slices:
-            if s.kind not in ("out_channels", "in_channels"):
-                continue
-            weight = _raw(cm.model.get_submodule(s.module))
-            if weight.grad is None:
-                continue
-            idx = torch.tensor(s.channels, dtype=torch.long, device=total.device)
-            roots = torch.tensor(s.root_channels, dtype=torch.long, device=total.device)
-            w, dw = (slice_rows(t.detach().float(), s.kind, idx) for t in (weight, weight.grad))
-            total.index_add_(0, roots, (w * dw).abs().sum(1))
-        parts.append(total)
-    return torch.cat(parts) if parts else torch.zeros(0)
+
+    def taylor(weight: torch.Tensor, _module: nn.Module) -> torch.Tensor | None:
+        if weight.grad is None:
+            return None
+        return (weight.detach().float() * weight.grad.float()).abs()
+
+    return _per_channel(cm, taylor, biases=False, kinds=("out_channels", "in_channels"))
 
 
 def _consumers(groups: Sequence[GatedGroup]) -> dict[str, tuple[list[int], list[int]]]:
@@ -330,9 +358,16 @@ class ChannelFit:
         return self.removed / self.total if self.total else 0.0
 
 
-def removed_amount(cm: ChannelGatedModel, delta: float, cost: Callable[[torch.Tensor], float] | None) -> float:
-    """The removed channels (or ``cost(removed mask)``) if every logit were shifted by ``delta``."""
-    logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
+def removed_amount(
+    cm: ChannelGatedModel,
+    delta: float,
+    cost: Callable[[torch.Tensor], float] | None,
+    logits: torch.Tensor | None = None,
+) -> float:
+    """The removed channels (or ``cost(removed mask)``) if every logit were shifted by ``delta``
+    (``logits``: the bank's logits, stacked once by a caller that asks many times)."""
+    if logits is None:
+        logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
     t = torch.sigmoid(logits + delta).index_select(0, cm.component_index)
     mask = torch.relu(1.0 - t * cm.inv_norm) == 0  # the gates' own expression: counts agree exactly
     return float(mask.sum()) if cost is None else cost(mask)
@@ -361,13 +396,14 @@ def fit_channel_level_(
             total = cost(torch.ones(n, dtype=torch.bool, device=cm.inv_norm.device))
         want = fraction * total
     lo, hi = -40.0, 40.0
+    logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if removed_amount(cm, mid, cost) < want:
+        if removed_amount(cm, mid, cost, logits) < want:
             lo = mid
         else:
             hi = mid
-    a_lo, a_hi = removed_amount(cm, lo, cost), removed_amount(cm, hi, cost)
+    a_lo, a_hi = removed_amount(cm, lo, cost, logits), removed_amount(cm, hi, cost, logits)
     delta, got = (lo, a_lo) if abs(a_lo - want) < abs(a_hi - want) else (hi, a_hi)
     for c in cm.bank.groups:
         cm.bank.logit(c).add_(delta)
