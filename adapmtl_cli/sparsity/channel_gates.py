@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from adapmtl_cli.model.channels import ChannelGroup
+from adapmtl_cli.model.channels import ChannelGroup, CoupledSlice
 from adapmtl_cli.sparsity.thresholds import LayerZeros, ParametrizedLayers, ThresholdBank, parameter_order
 
 SCALE_RMS = 4.0
@@ -212,14 +212,20 @@ class ChannelGatedModel(ParametrizedLayers):
             if parametrize.is_parametrized(module, "weight"):
                 w = cast(Any, module).parametrizations.weight[0](w)
             out[fqn] = w.clone()
+        for s, rows in self._removed_rows(removed):
+            if s.module in out and s.kind in ("out_channels", "depthwise"):
+                out[s.module][rows] = 0
+        return out
+
+    def _removed_rows(self, removed: torch.Tensor) -> list[tuple[CoupledSlice, list[int]]]:
+        """Per coupled slice of a group with removed channels, the module's indices of those channels."""
+        out = []
         for g in self.gated:
             drop = set(removed[g.offset : g.offset + g.group.channels].nonzero().flatten().tolist())
             if not drop:
                 continue
             for s in g.group.slices:
-                if s.module in out and s.kind in ("out_channels", "depthwise"):
-                    rows = [c for r, c in zip(s.root_channels, s.channels, strict=True) if r in drop]
-                    out[s.module][rows] = 0
+                out.append((s, [c for r, c in zip(s.root_channels, s.channels, strict=True) if r in drop]))
         return out
 
     @torch.no_grad()
@@ -227,19 +233,14 @@ class ChannelGatedModel(ParametrizedLayers):
         """The user's model computing exactly what the gated model computes, removed channels zeroed throughout."""
         removed = self.gates().detach() == 0
         model = self.unparametrize_()  # consumers: weight = raw * gate
-        for g in self.gated:
-            drop = set(removed[g.offset : g.offset + g.group.channels].nonzero().flatten().tolist())
-            if not drop:
-                continue
-            for s in g.group.slices:
-                if s.kind == "in_channels":
-                    continue  # already zero: their gate is 0
-                module = model.get_submodule(s.module)
-                rows = [c for r, c in zip(s.root_channels, s.channels, strict=True) if r in drop]
-                for name in ("weight", "bias"):
-                    p = getattr(module, name, None)
-                    if isinstance(p, torch.Tensor):
-                        p[rows] = 0
+        for s, rows in self._removed_rows(removed):
+            if s.kind == "in_channels":
+                continue  # already zero: their gate is 0
+            module = model.get_submodule(s.module)
+            for name in ("weight", "bias"):
+                p = getattr(module, name, None)
+                if isinstance(p, torch.Tensor):
+                    p[rows] = 0
         return model
 
 
