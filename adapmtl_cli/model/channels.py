@@ -298,29 +298,14 @@ def channel_groups(
 # ----------------------------------------------------------------------------------------------------- norms
 
 
-def slice_rows(tensor: torch.Tensor, kind: str, channels: torch.Tensor) -> torch.Tensor:
-    """One row per listed channel: its entries of a weight-shaped ``tensor`` in a slice of ``kind``.
-
-    An ``in_channels`` slice is the channel's input column of a conv/linear weight; every other kind is the
-    channel's output row (a filter, a BatchNorm or PReLU entry, a depthwise filter).
-    """
-    if kind == "in_channels":
-        return tensor.index_select(1, channels).transpose(0, 1).reshape(len(channels), -1)
-    return tensor.index_select(0, channels).reshape(len(channels), -1)
-
-
-def slice_squares(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, channels: torch.Tensor) -> torch.Tensor:
-    """Per listed channel, the sum of squares of its slice of ``weight`` (and of ``bias``, an output slice's)."""
-    total = slice_rows(weight, kind, channels).pow(2).sum(1)
-    if bias is not None and kind != "in_channels":
-        total = total + bias.index_select(0, channels).pow(2)
-    return total
-
-
 def _squares(module: nn.Module, kind: str, channels: torch.Tensor) -> torch.Tensor:
-    """Per listed channel, the sum of squares of this module's slice (weights and biases)."""
+    """Per listed channel, the sum of squares of this module's slice (weights, and an output slice's biases)."""
+    weight = cast(torch.Tensor, module.weight)
+    if kind == "in_channels":
+        return weight.index_select(1, channels).transpose(0, 1).reshape(len(channels), -1).pow(2).sum(1)
+    total = weight.index_select(0, channels).reshape(len(channels), -1).pow(2).sum(1)
     bias = cast("torch.Tensor | None", getattr(module, "bias", None))
-    return slice_squares(cast(torch.Tensor, module.weight), bias, kind, channels)
+    return total if bias is None else total + bias.index_select(0, channels).pow(2)
 
 
 def group_norms(model: nn.Module, groups: Iterable[ChannelGroup]) -> dict[str, torch.Tensor]:
