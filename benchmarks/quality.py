@@ -570,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cell:
         return run_one(args, paths)
+    custom = [f"--{k.replace('_', '-')}" for k in ("rows", "sparsities", "seeds", "dense_seeds") if getattr(args, k)]
+    custom += [f"--{k}" for k in ("bench", "steps", "lr", "threads") if getattr(args, k) != FROZEN[k]]
+    if args.split == "test" and not args.tag and custom and not (args.plan or args.dense):
+        raise SystemExit(
+            f"quality.json holds the frozen test plan only; a test run with {', '.join(custom)} needs "
+            "--tag NAME (it writes quality-NAME.json)"
+        )
     plan = build_plan(args, paths)
     if args.dense:
         _worker_init(args.threads)

@@ -93,3 +93,16 @@ def test_a_fresh_checkout_resumes_from_the_committed_results_of_the_same_dense_c
     out = quality.results_file(plan, paths, _args(tmp_path))
     assert out["benchmarks"][0]["dense_fingerprints"] == {"0": fingerprint}
     assert out["runs"][0]["delta_t"] == 7.5 and "partial" in out
+
+
+def test_a_test_run_off_the_frozen_plan_cannot_overwrite_the_frozen_table(tmp_path: Path) -> None:
+    import pytest
+
+    args = ["--cache", str(tmp_path / "c"), "--results", str(tmp_path / "r")]
+    with pytest.raises(SystemExit, match="needs --tag NAME"):
+        quality.main([*args, "--rows", "adapmtl"])
+    with pytest.raises(SystemExit, match="--steps"):
+        quality.main([*args, "--steps", "100"])
+    with pytest.raises(SystemExit, match="--bench"):
+        quality.main([*args, "--bench", "resnet"])
+    assert not (tmp_path / "r").exists()  # refused before anything was written
