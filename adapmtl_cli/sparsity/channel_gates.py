@@ -167,12 +167,15 @@ class ChannelGatedModel(ParametrizedLayers):
             inv[top] = min(float(inv[top]), 1.0)
         self.inv_norm.copy_(inv)
 
+    def logits(self) -> torch.Tensor:
+        """The components' threshold logits, one per component in ``component_index`` order (fp32)."""
+        return torch.stack([self.bank.logit(c) for c in self.bank.groups]).float()
+
     def gates(self) -> torch.Tensor:
         """Per flat channel its gate (differentiable in the threshold logits)."""
         if self.mask_mode:
             return self.keep_mask
-        logits = torch.stack([self.bank.logit(c) for c in self.bank.groups]).float()
-        t = torch.sigmoid(logits).index_select(0, self.component_index)
+        t = torch.sigmoid(self.logits()).index_select(0, self.component_index)
         return torch.relu(1.0 - t * self.inv_norm)
 
     @torch.no_grad()
@@ -247,17 +250,17 @@ class ChannelGatedModel(ParametrizedLayers):
 @torch.no_grad()
 def raw_weight_squares(cm: ChannelGatedModel, *, biases: bool = True) -> torch.Tensor:
     """Per flat channel, the sum of squares of its raw coupled slices (fp32; ``biases``: biases and beta too)."""
-    return _per_channel(cm, lambda w, _module: w.detach().float().pow(2), biases=biases)
+    return _per_channel(cm, lambda w: w.detach().float().pow(2), biases=biases)
 
 
 def _per_channel(
     cm: ChannelGatedModel,
-    values: Callable[[torch.Tensor, nn.Module], torch.Tensor | None],
+    values: Callable[[torch.Tensor], torch.Tensor | None],
     *,
     biases: bool,
     kinds: tuple[str, ...] | None = None,
 ) -> torch.Tensor:
-    """Per flat channel, the sum over its coupled slices of ``values(raw weight, module)`` (elementwise).
+    """Per flat channel, the sum over its coupled slices of ``values(raw weight)`` (elementwise).
 
     Each module's values are computed and reduced once per side (one sum per output channel, one per input
     channel), then each slice picks its channels: no copy of a weight per slice, whatever the model's size.
@@ -271,7 +274,7 @@ def _per_channel(
         side = kind == "in_channels"
         key = (id(module), side)
         if key not in sums:
-            v = values(_raw(module), module)
+            v = values(_raw(module))
             if v is not None and v.dim() > 1:
                 v = v.sum(dim=tuple(d for d in range(v.dim()) if d != int(side)))
             sums[key] = v
@@ -295,7 +298,7 @@ def raw_weight_taylor(cm: ChannelGatedModel) -> torch.Tensor:
     on the raw weights (zero where there is none).
     """
 
-    def taylor(weight: torch.Tensor, _module: nn.Module) -> torch.Tensor | None:
+    def taylor(weight: torch.Tensor) -> torch.Tensor | None:
         if weight.grad is None:
             return None
         return (weight.detach().float() * weight.grad.float()).abs()
@@ -360,15 +363,10 @@ class ChannelFit:
 
 
 def removed_amount(
-    cm: ChannelGatedModel,
-    delta: float,
-    cost: Callable[[torch.Tensor], float] | None,
-    logits: torch.Tensor | None = None,
+    cm: ChannelGatedModel, logits: torch.Tensor, delta: float, cost: Callable[[torch.Tensor], float] | None
 ) -> float:
-    """The removed channels (or ``cost(removed mask)``) if every logit were shifted by ``delta``
-    (``logits``: the bank's logits, stacked once by a caller that asks many times)."""
-    if logits is None:
-        logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
+    """The removed channels (or ``cost(removed mask)``) if every one of ``logits`` (``cm.logits()``, taken once
+    by the caller that asks many times) were shifted by ``delta``."""
     t = torch.sigmoid(logits + delta).index_select(0, cm.component_index)
     mask = torch.relu(1.0 - t * cm.inv_norm) == 0  # the gates' own expression: counts agree exactly
     return float(mask.sum()) if cost is None else cost(mask)
@@ -397,14 +395,14 @@ def fit_channel_level_(
             total = cost(torch.ones(n, dtype=torch.bool, device=cm.inv_norm.device))
         want = fraction * total
     lo, hi = -40.0, 40.0
-    logits = torch.stack([cm.bank.logit(c).detach() for c in cm.bank.groups]).float()
+    logits = cm.logits().detach()
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if removed_amount(cm, mid, cost, logits) < want:
+        if removed_amount(cm, logits, mid, cost) < want:
             lo = mid
         else:
             hi = mid
-    a_lo, a_hi = removed_amount(cm, lo, cost, logits), removed_amount(cm, hi, cost, logits)
+    a_lo, a_hi = removed_amount(cm, logits, lo, cost), removed_amount(cm, logits, hi, cost)
     delta, got = (lo, a_lo) if abs(a_lo - want) < abs(a_hi - want) else (hi, a_hi)
     for c in cm.bank.groups:
         cm.bank.logit(c).add_(delta)

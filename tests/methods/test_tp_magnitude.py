@@ -8,6 +8,7 @@ import torch
 import torch_pruning as tp  # type: ignore[import-untyped]
 from channel_models import Concat, Depthwise, Multitask, Residual
 from torch import nn
+from tp_reference import assert_same_order_as_torch_pruning
 
 import adapmtl_cli as adapmtl
 from adapmtl_cli.methods.channel_pruner import uniform_keep
@@ -33,23 +34,7 @@ def test_ranking_within_each_group_is_torch_prunings_group_magnitude(factory: ty
     pruning = adapmtl.prepare(model, X, tasks=tasks, outputs=tasks, method="tp_magnitude", sparsity=0.5, steps=4)
     cm = pruning.pruner.cm  # type: ignore[attr-defined]
     ours = raw_weight_squares(cm, biases=False)
-    graph = tp.DependencyGraph().build_dependency(
-        model, X, output_transform=lambda o: list(o.values()) if isinstance(o, dict) else o
-    )
-    importance = tp.importance.GroupMagnitudeImportance(p=2)
-    compared = 0
-    for g in cm.gated:
-        root = model.get_submodule(g.group.root)
-        group = graph.get_pruning_group(
-            root,
-            tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels,
-            idxs=list(range(g.group.channels)),
-        )
-        theirs = importance(group)
-        mine = ours[g.offset : g.offset + g.group.channels]
-        assert torch.equal(torch.argsort(mine, stable=True), torch.argsort(theirs.float(), stable=True)), g.group.root
-        compared += 1
-    assert compared == len(cm.gated) > 0
+    assert_same_order_as_torch_pruning(model, X, cm, ours, tp.importance.GroupMagnitudeImportance(p=2))
 
 
 def test_uniform_keep_removes_the_same_fraction_everywhere_and_exactly_in_total() -> None:

@@ -10,6 +10,7 @@ import torch
 import torch_pruning as tp  # type: ignore[import-untyped]
 from channel_models import Concat, Depthwise, Multitask, Residual
 from torch import nn
+from tp_reference import assert_same_order_as_torch_pruning
 
 import adapmtl_cli as adapmtl
 from adapmtl_cli.sparsity.channel_gates import raw_weight_taylor
@@ -38,24 +39,7 @@ def test_ranking_within_each_group_is_torch_prunings_group_taylor(factory: type[
     _loss(pruning.model(X)).backward()  # every gate is 1: the raw weights get the plain model's gradients
     ours = raw_weight_taylor(cm)
     _loss(reference(X)).backward()
-    graph = tp.DependencyGraph().build_dependency(
-        reference, X, output_transform=lambda o: list(o.values()) if isinstance(o, dict) else o
-    )
-    importance = tp.importance.GroupTaylorImportance()
-    compared = 0
-    for g in cm.gated:
-        root = reference.get_submodule(g.group.root)
-        group = graph.get_pruning_group(
-            root,
-            tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels,
-            idxs=list(range(g.group.channels)),
-        )
-        theirs = importance(group)
-        mine = ours[g.offset : g.offset + g.group.channels]
-        assert mine.abs().sum() > 0, g.group.root
-        assert torch.equal(torch.argsort(mine, stable=True), torch.argsort(theirs.float(), stable=True)), g.group.root
-        compared += 1
-    assert compared == len(cm.gated) > 0
+    assert_same_order_as_torch_pruning(reference, X, cm, ours, tp.importance.GroupTaylorImportance(), nonzero=True)
 
 
 def test_the_score_sums_the_steps_since_the_last_update_and_is_part_of_the_state() -> None:
