@@ -7,6 +7,13 @@ the plan when its key is the cell's and its dense checkpoint is provably the one
 ``dense_fingerprint`` (a hash of the checkpoint's tensors) equals the local checkpoint's, or, for records written
 before fingerprints existed, its results file's dense-training line for that seed (start and end dev loss, the
 plateau change, to the printed digits) equals the local one. Anything else is left to run.
+
+Dense training is deterministic on one machine but not across machines (session 9: a fresh machine retrained
+``mobilenet_aspp_tiny`` seed 0 to dev loss 1.640 where the committed records' checkpoint had reached 1.759, so none
+of the 146 committed 400-step cells could be adopted). So the dense checkpoints the committed tables use are
+committed too (``benchmarks/dense/``, :func:`store_dense`, a few MB each): a fresh checkout on any machine restores
+them (:func:`restore_dense`) instead of retraining, after checking that the scenes it generated are the ones the
+checkpoint was trained on (:func:`data_fingerprint`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,57 @@ def dense_fingerprint(model_pt: Path) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+DENSE_FILES = ("model.pt", "curve.json")
+
+
+def data_fingerprint(scenes: Path) -> str:
+    """A hash of every generated file under ``scenes`` (relative names and bytes, in sorted order)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in scenes.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(scenes)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def store_dense(folder: Path, stored: Path, scenes: Path) -> None:
+    """Copy the dense checkpoint in ``folder`` to ``stored`` (committed), with its data's fingerprint."""
+    import shutil
+
+    stored.mkdir(parents=True, exist_ok=True)
+    for name in DENSE_FILES:
+        shutil.copyfile(folder / name, stored / name)
+    identity = {
+        "dense_fingerprint": dense_fingerprint(folder / "model.pt"),
+        "data_fingerprint": data_fingerprint(scenes),
+    }
+    (stored / "identity.json").write_text(json.dumps(identity, indent=1) + "\n")
+
+
+def restore_dense(stored: Path, folder: Path, scenes: Path) -> bool:
+    """Copy the committed dense checkpoint ``stored`` into the cache ``folder``; False when none is committed.
+
+    Raises SystemExit when the scenes generated here differ from those it was trained on, or the files from
+    their recorded fingerprint (the committed cells would not be this machine's computation).
+    """
+    import shutil
+
+    if not (stored / "identity.json").is_file():
+        return False
+    identity = json.loads((stored / "identity.json").read_text())
+    here = data_fingerprint(scenes)
+    if identity.get("data_fingerprint") != here:
+        raise SystemExit(
+            f"the scenes generated here (fingerprint {here}) differ from those the committed dense checkpoint "
+            f"{stored} was trained on ({identity.get('data_fingerprint')}); move that folder away to retrain"
+        )
+    if dense_fingerprint(stored / "model.pt") != identity.get("dense_fingerprint"):
+        raise SystemExit(f"{stored / 'model.pt'} does not match its recorded fingerprint; restore it from git")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DENSE_FILES:
+        shutil.copyfile(stored / name, folder / name)
+    return True
 
 
 def _dense_lines(results: dict[str, Any], bench_name: str) -> dict[int, str]:
@@ -77,4 +135,4 @@ def adoptable(
     return found
 
 
-__all__ = ["adoptable", "dense_fingerprint"]
+__all__ = ["adoptable", "data_fingerprint", "dense_fingerprint", "restore_dense", "store_dense"]

@@ -39,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from committed import adoptable, dense_fingerprint  # noqa: E402
+from committed import adoptable, dense_fingerprint, restore_dense, store_dense  # noqa: E402
 from quality_stats import DEFAULT_ROW, cell_key, render_markdown  # noqa: E402
 
 
@@ -244,12 +244,17 @@ def split_rows(text: str) -> list[str]:
 class Paths:
     cache: Path
     results: Path
+    store: Path = HERE / "dense"
+    """The committed dense checkpoints (``committed.store_dense``), laid out as the cache's."""
 
     def bench_dir(self, bench: Bench) -> Path:
         return self.cache / bench.name / f"data{bench.data_seed}-{bench.size[0]}x{bench.size[1]}"
 
     def dense(self, bench: Bench, seed: int) -> Path:
         return self.bench_dir(bench) / f"dense{seed}-{bench.dense_steps}"
+
+    def stored_dense(self, bench: Bench, seed: int) -> Path:
+        return self.store / self.dense(bench, seed).relative_to(self.cache)
 
     def cell(self, key: str) -> Path:
         return self.cache / "cells" / f"{key}.json"
@@ -277,12 +282,16 @@ def ensure_data(bench: Bench, paths: Paths) -> Path:
 
 
 def ensure_dense(bench: Bench, seed: int, paths: Paths) -> Path:
-    """Train (once) the dense checkpoint for ``seed`` to a plateau; returns its folder (model.pt, curve.json)."""
+    """Train (once) the dense checkpoint for ``seed`` to a plateau, or restore the committed one (``committed.py``);
+    returns its folder (model.pt, curve.json)."""
     import dense_training
 
     folder = paths.dense(bench, seed)
     if not (folder / "curve.json").is_file():
         scenes = ensure_data(bench, paths)
+        if restore_dense(paths.stored_dense(bench, seed), folder, scenes):
+            print(f"[{bench.name}] dense seed {seed}: the committed checkpoint ({paths.stored_dense(bench, seed)})")
+            return folder
         print(f"[{bench.name}] training dense seed {seed} ({bench.dense_steps} steps)", flush=True)
         curve = dense_training.train(bench, scenes, seed, folder / "model.pt")
         write_json(folder / "curve.json", curve)
@@ -328,8 +337,23 @@ def run_cell(cell: Cell, paths: Paths) -> dict[str, Any]:
         code=code_version(),
         command=cell.command(_bench_flag(cell.bench)),
         dense_fingerprint=dense_fingerprint(paths.dense(cell.bench, cell.dense_seed) / "model.pt"),
+        machine=machine(),
     )
     return record
+
+
+def machine() -> str:
+    """What computed a cell: CPU model, the kernels torch picked and its version (results differ across CPUs)."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
 
 
 def local_dense(bench: Bench, seeds: set[int], paths: Paths) -> dict[int, tuple[str, str]]:
@@ -551,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="cells in parallel")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dense", action="store_true", help="train the plan's dense checkpoints (if needed) and stop")
+    ap.add_argument(
+        "--store-dense", action="store_true", help="--dense, then copy them to benchmarks/dense/ (to commit)"
+    )
     ap.add_argument("--plan", action="store_true", help="print the cells and their estimated cost; run nothing")
     ap.add_argument("--cell", help="ROW:SPARSITY:SEED:DENSE_SEED: run this one cell from scratch, print Δ_T")
     ap.add_argument("--render", action="store_true", help="rewrite the .md from the .json and stop")
@@ -572,16 +599,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_one(args, paths)
     custom = [f"--{k.replace('_', '-')}" for k in ("rows", "sparsities", "seeds", "dense_seeds") if getattr(args, k)]
     custom += [f"--{k}" for k in ("bench", "steps", "lr", "threads") if getattr(args, k) != FROZEN[k]]
-    if args.split == "test" and not args.tag and custom and not (args.plan or args.dense):
+    if args.split == "test" and not args.tag and custom and not (args.plan or args.dense or args.store_dense):
         raise SystemExit(
             f"quality.json holds the frozen test plan only; a test run with {', '.join(custom)} needs "
             "--tag NAME (it writes quality-NAME.json)"
         )
     plan = build_plan(args, paths)
-    if args.dense:
+    if args.dense or args.store_dense:
         _worker_init(args.threads)
+        bench = BENCHES[args.bench]
         for dense_seed in sorted({c.dense_seed for c in plan.cells}):
-            ensure_dense(BENCHES[args.bench], dense_seed, paths)
+            folder = ensure_dense(bench, dense_seed, paths)
+            if args.store_dense:
+                store_dense(folder, paths.stored_dense(bench, dense_seed), ensure_data(bench, paths))
+                print(f"stored {paths.stored_dense(bench, dense_seed)}")
         return 0
     run_plan(plan, paths, args)
     if plan.done and not args.plan:  # --plan prints the cost and writes nothing

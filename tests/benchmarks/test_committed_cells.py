@@ -106,3 +106,48 @@ def test_a_test_run_off_the_frozen_plan_cannot_overwrite_the_frozen_table(tmp_pa
     with pytest.raises(SystemExit, match="--bench"):
         quality.main([*args, "--bench", "resnet"])
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def _scenes(root: Path, content: bytes) -> Path:
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "train" / "0.npy").write_bytes(content)
+    return root
+
+
+def test_a_committed_dense_checkpoint_is_restored_only_onto_the_scenes_it_was_trained_on(tmp_path: Path) -> None:
+    import pytest
+
+    scenes = _scenes(tmp_path / "scenes", b"abc")
+    trained = tmp_path / "trained"
+    _save(trained / "model.pt", 1.0)
+    (trained / "curve.json").write_text("{}")
+    stored = tmp_path / "store" / "dense0"
+    committed.store_dense(trained, stored, scenes)
+    assert not committed.restore_dense(tmp_path / "nothing", tmp_path / "c0", scenes)  # nothing committed
+    assert committed.restore_dense(stored, tmp_path / "c1", scenes)
+    assert committed.dense_fingerprint(tmp_path / "c1" / "model.pt") == committed.dense_fingerprint(
+        trained / "model.pt"
+    )
+    _scenes(scenes, b"abd")  # this machine generated other scenes: the committed cells are not its computation
+    with pytest.raises(SystemExit, match="differ from those the committed dense checkpoint"):
+        committed.restore_dense(stored, tmp_path / "c2", scenes)
+    assert not (tmp_path / "c2").exists()
+    _scenes(scenes, b"abc")
+    _save(stored / "model.pt", 2.0)  # a damaged committed file
+    with pytest.raises(SystemExit, match="does not match its recorded fingerprint"):
+        committed.restore_dense(stored, tmp_path / "c3", scenes)
+
+
+def test_ensure_dense_takes_the_committed_checkpoint_instead_of_training(tmp_path: Path) -> None:
+    paths = quality.Paths(tmp_path / "cache", tmp_path / "results", tmp_path / "store")
+    bench = quality.BENCHES["aspp"]
+    scenes = _scenes(paths.bench_dir(bench) / "scenes", b"scene")
+    (paths.bench_dir(bench) / "data-ready").write_text("ok\n")  # generated already
+    trained = tmp_path / "elsewhere"
+    _save(trained / "model.pt", 1.0)
+    (trained / "curve.json").write_text(json.dumps({"seed": 0}))
+    committed.store_dense(trained, paths.stored_dense(bench, 0), scenes)
+    folder = quality.ensure_dense(bench, 0, paths)  # would train for minutes without the committed copy
+    assert folder == paths.dense(bench, 0)
+    assert committed.dense_fingerprint(folder / "model.pt") == committed.dense_fingerprint(trained / "model.pt")
+    assert json.loads((folder / "curve.json").read_text()) == {"seed": 0}
