@@ -50,7 +50,9 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 SPARSITIES = (0.3, 0.5, 0.7)
 SEEDS = (0, 1)
-STEPS, LR, THREADS, VERSION = 200, 5e-4, 1, 1
+STEPS, LR, THREADS, VERSION = 200, 5e-4, 1, 2
+"""VERSION 2 (session 9): channel runs compare thresholds with rank scores (``channel_gates.RANK_SCORES``); the
+version-1 cells (another machine's dense checkpoints) are kept in ``results/deploy-s8.{json,md}``."""
 
 
 DEFAULT_BENCH = "mobilenet_aspp_tiny"

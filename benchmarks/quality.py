@@ -125,6 +125,9 @@ FROZEN: dict[str, Any] = {
 """The test plan's settings, decided on dev and frozen before the test run; written into quality.json."""
 
 
+CHANNEL_CONSTANTS = ("RANK_SCORES", "MIN_KEEP", "GATE_POWER", "SCALE_RMS")
+
+
 def product_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """The product's defaults that decide what a row computes unless its options set them (part of the key).
 
@@ -144,6 +147,10 @@ def product_defaults(options: dict[str, Any]) -> dict[str, Any]:
     out["allocation"] = rule
     if rule == "marginal":
         out["marginal"] = {k: getattr(allocation, k) for k in ("RUN_RATE", "MAX_STEP", "BAND", "SMOOTHING")}
+    if options.get("structure") == "channel":  # the channel rule's constants (weight rows' keys are unchanged)
+        from adapmtl_cli.sparsity import channel_gates
+
+        out["channel"] = {k: getattr(channel_gates, k) for k in CHANNEL_CONSTANTS}
     return out
 
 

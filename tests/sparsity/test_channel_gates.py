@@ -17,7 +17,7 @@ import adapmtl_cli as adapmtl
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.model.channels import remove_channels
 from adapmtl_cli.sparsity.channel_flops import layer_flops
-from adapmtl_cli.sparsity.channel_gates import SCALE_RMS
+from adapmtl_cli.sparsity.channel_gates import GATE_POWER, SCALE_RMS, gate_values, rank_scores
 
 CASES: dict[str, Callable[[], nn.Module]] = {
     "residual": Residual,
@@ -113,20 +113,26 @@ def test_a_removed_channel_is_read_by_nobody_and_its_slices_are_zero() -> None:
             assert not part.any(), (s.module, s.kind)
 
 
-def test_thresholds_start_at_each_components_quantile_and_gates_follow_the_norms() -> None:
+def test_thresholds_start_at_each_components_quantile_and_gates_follow_the_scores() -> None:
     pruning = _prepare("multitask", 0.5, 10)
     cm = pruning.pruner.cm  # type: ignore[attr-defined]
-    r = cm.normalised_norms()
+    norms = cm.normalised_norms()
     for i, g in enumerate(cm.gated):  # every group's norms sit around 1 / SCALE_RMS
-        part = r[g.offset : g.offset + g.group.channels]
+        part = norms[g.offset : g.offset + g.group.channels]
         assert abs(float(part.pow(2).mean().sqrt()) - 1 / SCALE_RMS) < 1e-5, i
-    gates = cm.gates()
-    t = torch.sigmoid(torch.stack([cm.bank.logit(c) for c in cm.bank.groups])).detach()[cm.component_index]
+    r = cm.channel_scores()  # the rank scores of those norms (RANK_SCORES)
+    assert torch.equal(r, rank_scores(norms, cm.gated))
+    t = torch.sigmoid(torch.stack([cm.bank.logit(c) for c in cm.bank.groups])).detach()
+    for i, c in enumerate(cm.bank.groups):  # each component starts with the target's share of its channels removed
+        mine = cm.component_index == i
+        assert abs(float((r[mine] <= t[i]).float().mean()) - 0.5) <= 1 / int(mine.sum()), c
+    t = t[cm.component_index]
     r_eff = r.clone()
     for g in cm.gated:  # a group's strongest channel counts as at least 1: no threshold removes it
         top = g.offset + int(torch.argmax(r[g.offset : g.offset + g.group.channels]))
         r_eff[top] = max(float(r[top]), 1.0)
-    expected = torch.relu(1 - t / r_eff)
+    gates = cm.gates()
+    expected = gate_values(t / r_eff)
     assert (
         expected[[g.offset + int(torch.argmax(r[g.offset : g.offset + g.group.channels])) for g in cm.gated]] > 0
     ).all()
@@ -135,6 +141,12 @@ def test_thresholds_start_at_each_components_quantile_and_gates_follow_the_norms
     gates.sum().backward()
     grads = [float(cm.bank.logit(c).grad) for c in cm.bank.groups]
     assert all(g < 0 for g in grads)
+
+
+def test_the_gate_shrinks_kept_channels_by_the_power_of_their_threshold_ratio() -> None:
+    ratio = torch.tensor([0.0, 0.5, 0.99, 1.0, 2.0, float("inf")])
+    p = GATE_POWER
+    assert torch.allclose(gate_values(ratio), torch.tensor([1.0, 1 - 0.5**p, 1 - 0.99**p, 0.0, 0.0, 0.0]))
 
 
 def test_flops_target_lands_on_the_fraction_of_flops_and_the_cost_model_is_exact() -> None:
@@ -200,3 +212,20 @@ def test_resume_state_round_trips_a_channel_run() -> None:
     ca, cb = a.pruner.cm, b.pruner.cm  # type: ignore[attr-defined]
     assert torch.equal(ca.inv_norm, cb.inv_norm) and torch.equal(ca.gates(), cb.gates())
     assert b.step_count == 3
+
+
+def test_rank_scores_let_one_threshold_remove_the_same_fraction_of_every_group() -> None:
+    from adapmtl_cli.model.channels import ChannelGroup
+    from adapmtl_cli.sparsity.channel_gates import GatedGroup
+
+    groups = [GatedGroup(ChannelGroup(f"g{i}", n, ()), "c", off) for i, (n, off) in enumerate([(4, 0), (8, 4)])]
+    r = torch.tensor([0.3, 0.1, 0.0, 0.2, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25])
+    q = rank_scores(r, groups)
+    assert float(q[2]) == 0.0  # a zero channel scores 0: removed by any threshold
+    for g in groups:  # increasing with the norm inside a group, at most 1 (no threshold in (0, 1) removes the top)
+        part, norms = q[g.offset : g.offset + g.group.channels], r[g.offset : g.offset + g.group.channels]
+        assert torch.equal(torch.argsort(part), torch.argsort(norms)) and float(part.max()) <= 1.0
+    for t in (0.25, 0.5, 0.75):  # a threshold t removes the fraction t of both groups (4 and 8 channels)
+        assert [int((q[g.offset : g.offset + g.group.channels] <= t).sum()) for g in groups] == [4 * t, 8 * t]
+    # equal ranks of different groups are ordered by their relative norms, so every count is reachable
+    assert len(set(q.tolist())) == len(q)
