@@ -50,8 +50,8 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 SPARSITIES = (0.3, 0.5, 0.7)
 SEEDS = (0, 1)
-STEPS, LR, THREADS, VERSION = 200, 5e-4, 1, 2
-"""VERSION 2 (session 9): channel runs compare thresholds with rank scores (``channel_gates.RANK_SCORES``); the
+STEPS, LR, THREADS, VERSION = 200, 5e-4, 1, 3
+"""VERSION 3 (session 9): channel runs compare thresholds with rank scores in chunks of ``KEEP_MULTIPLE``; the
 version-1 cells (another machine's dense checkpoints) are kept in ``results/deploy-s8.{json,md}``."""
 
 

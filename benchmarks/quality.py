@@ -125,7 +125,7 @@ FROZEN: dict[str, Any] = {
 """The test plan's settings, decided on dev and frozen before the test run; written into quality.json."""
 
 
-CHANNEL_CONSTANTS = ("RANK_SCORES", "MIN_KEEP", "GATE_POWER", "SCALE_RMS")
+CHANNEL_CONSTANTS = ("RANK_SCORES", "MIN_KEEP", "KEEP_MULTIPLE", "GATE_POWER", "SCALE_RMS")
 
 
 def product_defaults(options: dict[str, Any]) -> dict[str, Any]:

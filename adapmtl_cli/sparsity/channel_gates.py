@@ -55,6 +55,12 @@ threshold emptied the early groups of the backbone-heavy models (Δ_T −300.4 o
 MIN_KEEP = 0.0
 """Every group keeps at least ``ceil(MIN_KEEP * channels)`` (and 1) of its strongest channels. A dev experiment
 that lost (0.25 with normalised norms: −140.3 / −174.4 / −54.7), kept at 0 so the dev records re-run."""
+KEEP_MULTIPLE = 4
+"""With ``RANK_SCORES``, every group of at least ``2 * KEEP_MULTIPLE`` channels keeps a multiple of this many (or
+all): onnxruntime's CPU convolutions are fast on such counts and slow on others (``benchmarks/channel_counts.py``
+on ``deeplab_resnet_tiny``: kept 4/8/16/32 of 8/16/32/64 channels runs 2.8× faster than dense at batch 8, odd
+counts of about 45% of the channels *slower* than dense, 0.9×). Narrower groups are pruned channel by channel;
+the level then lands on the closest count those steps reach (``fit_channel_level_``)."""
 GATE_POWER = 8.0
 """The gate is ``relu(1 - (t/r)^p)``: with ``p > 1`` a kept channel well above the threshold keeps nearly all of
 its contribution (at twice the threshold ``1 - 2^-p`` instead of a half) and only channels near the threshold are
@@ -190,9 +196,10 @@ class ChannelGatedModel(ParametrizedLayers):
         inv = 1.0 / r
         for g in self.gated:
             n = g.group.channels
-            kept = max(1, math.ceil(MIN_KEEP * n))
-            top = g.offset + torch.topk(r[g.offset : g.offset + n], kept).indices
-            inv[top] = inv[top].clamp_max(1.0)
+            part = r[g.offset : g.offset + n]
+            top = torch.topk(part, max(1, math.ceil(MIN_KEEP * n))).indices
+            top = torch.cat([top, (part == part.max()).nonzero().flatten()])  # a whole top chunk (KEEP_MULTIPLE)
+            inv[g.offset + top] = inv[g.offset + top].clamp_max(1.0)
         self.inv_norm.copy_(inv)
 
     def logits(self) -> torch.Tensor:
@@ -283,22 +290,35 @@ def gate_values(ratio: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rank_scores(r: torch.Tensor, groups: Sequence[GatedGroup]) -> torch.Tensor:
+def rank_scores(r: torch.Tensor, groups: Sequence[GatedGroup], multiple: int | None = None) -> torch.Tensor:
     """Per flat channel its rank score in its group: ``(rank + 1/2 + min(r, 1)/2) / n`` for the channel of
     ``rank`` (0 = smallest ``r``) among the group's ``n`` channels, 0 where ``r`` is 0.
 
     A threshold ``t`` then removes about the fraction ``t`` of every group; the ``r`` term orders equal ranks of
     different groups by their relative norms (so the level can land on any channel count) and keeps the score
     increasing with the rank within a group.
+
+    ``multiple`` (default ``KEEP_MULTIPLE``): in a group of at least twice that many channels, the channels are
+    taken in chunks by rank so that the group always keeps a multiple of ``multiple`` (or all of its channels):
+    every channel of a chunk gets the score of the chunk's strongest, so a threshold removes whole chunks. The
+    strongest chunk scores highest and ``refresh_`` protects it, so such a group keeps at least ``multiple``.
     """
+    m = KEEP_MULTIPLE if multiple is None else multiple
     out = torch.zeros_like(r)
     for g in groups:
         n = g.group.channels
         part = r[g.offset : g.offset + n]
+        order = torch.argsort(part, stable=True)
         rank = torch.empty(n, dtype=r.dtype, device=r.device)
-        rank[torch.argsort(part, stable=True)] = torch.arange(n, dtype=r.dtype, device=r.device)
+        rank[order] = torch.arange(n, dtype=r.dtype, device=r.device)
         score = (rank + 0.5 + 0.5 * part.clamp(0, 1)) / n
-        out[g.offset : g.offset + n] = torch.where(part > 0, score, torch.zeros_like(score))
+        if m > 1 and n >= 2 * m:
+            ends = torch.arange(n - m * ((n - 1) // m), n + 1, m, device=r.device)  # chunk ends (exclusive)
+            last = ends[torch.bucketize(rank.long(), ends, right=True)] - 1  # the rank of each chunk's strongest
+            score = score[order][last]
+            out[g.offset : g.offset + n] = score
+        else:
+            out[g.offset : g.offset + n] = torch.where(part > 0, score, torch.zeros_like(score))
     return out
 
 

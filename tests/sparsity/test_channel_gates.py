@@ -220,7 +220,7 @@ def test_rank_scores_let_one_threshold_remove_the_same_fraction_of_every_group()
 
     groups = [GatedGroup(ChannelGroup(f"g{i}", n, ()), "c", off) for i, (n, off) in enumerate([(4, 0), (8, 4)])]
     r = torch.tensor([0.3, 0.1, 0.0, 0.2, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25])
-    q = rank_scores(r, groups)
+    q = rank_scores(r, groups, multiple=1)  # channel by channel
     assert float(q[2]) == 0.0  # a zero channel scores 0: removed by any threshold
     for g in groups:  # increasing with the norm inside a group, at most 1 (no threshold in (0, 1) removes the top)
         part, norms = q[g.offset : g.offset + g.group.channels], r[g.offset : g.offset + g.group.channels]
@@ -229,3 +229,47 @@ def test_rank_scores_let_one_threshold_remove_the_same_fraction_of_every_group()
         assert [int((q[g.offset : g.offset + g.group.channels] <= t).sum()) for g in groups] == [4 * t, 8 * t]
     # equal ranks of different groups are ordered by their relative norms, so every count is reachable
     assert len(set(q.tolist())) == len(q)
+
+
+def test_rank_scores_of_wide_groups_remove_whole_chunks_so_kept_counts_are_multiples() -> None:
+    from adapmtl_cli.model.channels import ChannelGroup
+    from adapmtl_cli.sparsity.channel_gates import GatedGroup
+
+    sizes = [16, 10, 7]  # 7 < 2 * 4: pruned channel by channel
+    groups, offset = [], 0
+    for i, n in enumerate(sizes):
+        groups.append(GatedGroup(ChannelGroup(f"g{i}", n, ()), "c", offset))
+        offset += n
+    r = torch.rand(offset, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.01
+    q = rank_scores(r, groups, multiple=4)
+    seen: dict[int, set[int]] = {n: set() for n in sizes}
+    for t in torch.linspace(0.0, 0.999, 400).tolist():
+        for g, n in zip(groups, sizes, strict=True):
+            part = q[g.offset : g.offset + n]
+            seen[n].add(int((part > t).sum()))
+    # (0 only past the top chunk's score, which refresh_ lifts to 1 so that no threshold reaches it)
+    assert seen[16] == {16, 12, 8, 4, 0} and seen[10] == {10, 8, 4, 0}
+    assert seen[7] == set(range(8))
+    for g, n in zip(groups[:2], sizes[:2], strict=True):  # chunks follow the norms: weaker chunks go first
+        part, norms = q[g.offset : g.offset + n], r[g.offset : g.offset + n]
+        weaker = norms[:, None] < norms[None, :]
+        assert bool((part[:, None] <= part[None, :])[weaker].all())
+
+
+def test_a_channel_run_keeps_multiples_of_four_in_wide_groups_and_stays_exact_in_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 2, 1),
+    )  # fmt: skip
+    pruning = adapmtl.prepare(model, X, tasks=["out"], outputs=["out"], sparsity=0.5, steps=6, structure="channel")
+    _train(pruning, 6)
+    summary = pruning.channels()
+    assert summary is not None
+    kept = {root: len(k) for root, k in summary["keep"].items()}
+    assert all(v % 4 == 0 for v in kept.values()), kept
+    assert abs(summary["achieved"] - 0.5) <= 2 / 28  # the closest count whole chunks reach
+    baked = pruning.finalize().eval()
+    smaller = remove_channels(baked, X, summary["keep"]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(smaller(X), baked(X), rtol=0, atol=1e-5)
