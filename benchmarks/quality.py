@@ -297,7 +297,8 @@ def ensure_dense(bench: Bench, seed: int, paths: Paths) -> Path:
     if not (folder / "curve.json").is_file():
         scenes = ensure_data(bench, paths)
         if restore_dense(paths.stored_dense(bench, seed), folder, scenes):
-            print(f"[{bench.name}] dense seed {seed}: the committed checkpoint ({paths.stored_dense(bench, seed)})")
+            print(f"[{bench.name}] dense seed {seed}: the committed checkpoint ({paths.stored_dense(bench, seed)})",
+                  flush=True)  # fmt: skip
             return folder
         print(f"[{bench.name}] training dense seed {seed} ({bench.dense_steps} steps)", flush=True)
         curve = dense_training.train(bench, scenes, seed, folder / "model.pt")

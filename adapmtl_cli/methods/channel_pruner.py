@@ -1,6 +1,6 @@
 """The channel family (``--structure channel``): whole output channels, landed exactly on a channel fraction.
 
-* ``ChannelThresholdPruner`` — one learnable threshold per component on the channels' normalised group norms
+* ``ChannelThresholdPruner`` — one learnable threshold per component on the channels' rank scores in their groups
   (``sparsity/channel_gates.py``), its split moved by ``--allocation`` as for weights, the level set after
   every step by one common logit offset so the removed fraction follows the cubic schedule exactly.
 * ``ChannelMaskPruner`` — 0/1 channel masks from a score on the same schedule (``tp_magnitude``).

@@ -171,7 +171,7 @@ class ChannelGatedModel(ParametrizedLayers):
 
     @torch.no_grad()
     def normalised_norms(self) -> torch.Tensor:
-        """``r_j = n_j / m_g``: what each channel's threshold is compared with."""
+        """``n_j / m_g``: each channel's norm relative to its group's starting scale (``channel_scores`` ranks it)."""
         return self.norms() / self._scale_per_channel()
 
     @torch.no_grad()
@@ -186,11 +186,11 @@ class ChannelGatedModel(ParametrizedLayers):
 
     @torch.no_grad()
     def refresh_(self) -> None:
-        """Recompute ``1 / r_j`` from the current weights (after every optimizer step).
+        """Recompute ``1 / r_j`` (``r_j``: ``channel_scores``) from the current weights (after every optimizer step).
 
-        A zero norm gives ``inf``: the channel is always removed. Each group's strongest channel counts as if its
-        normalised norm were at least 1, so no threshold in ``(0, 1)`` removes it: a group never loses all of its
-        channels (that would cut the model).
+        A zero score gives ``inf``: the channel is always removed. Each group's strongest channel (with
+        ``KEEP_MULTIPLE``, its strongest chunk, which shares one score) counts as if its score were at least 1, so
+        no threshold in ``(0, 1)`` removes it: a group never loses all of its channels (that would cut the model).
         """
         r = self.channel_scores()
         inv = 1.0 / r
@@ -292,7 +292,8 @@ def gate_values(ratio: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def rank_scores(r: torch.Tensor, groups: Sequence[GatedGroup], multiple: int | None = None) -> torch.Tensor:
     """Per flat channel its rank score in its group: ``(rank + 1/2 + min(r, 1)/2) / n`` for the channel of
-    ``rank`` (0 = smallest ``r``) among the group's ``n`` channels, 0 where ``r`` is 0.
+    ``rank`` (0 = smallest ``r``) among the group's ``n`` channels, 0 where ``r`` is 0 (channel by channel only:
+    in a chunked group such a channel takes its chunk's score).
 
     A threshold ``t`` then removes about the fraction ``t`` of every group; the ``r`` term orders equal ranks of
     different groups by their relative norms (so the level can land on any channel count) and keeps the score
@@ -414,7 +415,7 @@ def gated_groups(groups: Sequence[ChannelGroup], component_of: Mapping[str, str]
 
 @torch.no_grad()
 def init_channel_thresholds_(cm: ChannelGatedModel, fraction: float) -> None:
-    """Each component's threshold at the ``fraction`` quantile of its channels' normalised norms."""
+    """Each component's threshold at the ``fraction`` quantile of its channels' scores (``channel_scores``)."""
     r = cm.channel_scores()
     q = min(max(fraction, 1e-4), 1 - 1e-4)
     for i, c in enumerate(cm.bank.groups):
