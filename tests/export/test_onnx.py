@@ -154,3 +154,48 @@ def test_missing_onnxruntime_is_an_export_error(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ExportError, match=r"^onnxruntime is not installed; pip install onnxruntime$"):
         check_onnx_parity(HardShared(), tmp_path / "m.onnx", [images(1)], TASKS)
+
+
+def test_parity_allowance_scales_with_the_output_magnitude() -> None:
+    parity = OnnxParity(
+        max_abs_diff=2e-3,
+        per_output={"small": 5e-5, "big": 2e-3, "wide": 9e-4},
+        batch_sizes=(1,),
+        scale={"small": 0.5, "big": 10.0, "wide": 20.0},
+    )
+    assert parity.allowed("small", 1e-4) == 1e-4 and parity.allowed("big", 1e-4) == pytest.approx(1e-3)
+    assert parity.failing(1e-4) == ["big"] and not parity.passes(1e-4)
+    assert parity.passes(2e-4)
+    unscaled = OnnxParity(max_abs_diff=2e-4, per_output={"a": 2e-4}, batch_sizes=(1,))
+    assert unscaled.allowed("a", 1e-4) == 1e-4 and unscaled.failing(1e-4) == ["a"]
+
+
+class _Amplified(nn.Module):
+    """Outputs of magnitude ~1000, where float32 rounding alone differs by more than an absolute 1e-4."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(1000.0 * y for y in self.inner(x))
+
+
+@pytest.mark.onnx
+def test_parity_is_relative_for_large_outputs(exported: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    wrapper, _ = exported
+    amplified = _Amplified(wrapper)
+    path = tmp_path / "amplified.onnx"
+    export_onnx(amplified, images(1), path, TASKS, exporter="legacy")
+    nudged = _Amplified(_TupleOutputs(pruned_model(), TASKS))
+    nudged.load_state_dict(amplified.state_dict())
+    with torch.no_grad():
+        nudged.inner.model.heads["depth"][2].bias.add_(2e-6)  # 2e-3 at the output, far under 1e-4 x ~1000
+    parity = check_onnx_parity(nudged, path, [images(2)], TASKS)
+    assert parity.per_output["depth"] > 1e-3 and parity.scale["depth"] > 100
+    with torch.no_grad():
+        nudged.inner.model.heads["depth"][2].bias.add_(1e-2)  # 10 at the output: beyond any rounding
+    with pytest.raises(
+        ExportError, match=r"ONNX output 'depth' differs from PyTorch by .*allowed .*largest \|output\|"
+    ):
+        check_onnx_parity(nudged, path, [images(2)], TASKS)
