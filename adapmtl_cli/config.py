@@ -337,6 +337,9 @@ class LatencyManifest(_File):
     dense_ms: float = Field(gt=0, allow_inf_nan=False)
     files: dict[str, float] = Field(default_factory=dict)
     batch1: LatencyAtBatch
+    input_shape: list[int] | None = None
+    """One input (no batch) the files were timed at when it is not the run's (``--latency-input``): each model
+    was then re-exported at that shape to a temporary folder and timed there; None: the files as written."""
 
 
 class ChannelPlan(_File):

@@ -16,6 +16,7 @@ REPORT_EPILOG = (
 EXPORT_EPILOG = (
     "Examples: adapmtl export runs/a --onnx  |  adapmtl export runs/a --onnx --shrink --sparse-initializers  |  "
     "adapmtl export runs/a --onnx --latency-batch 16 --latency-threads 4  |  "
+    "adapmtl export runs/a --onnx --latency-input 3x288x384  |  "
     "adapmtl export --densify runs/a/export/model.sparse.safetensors dense.safetensors"
 )
 
@@ -101,6 +102,12 @@ def export(
     latency_threads: int | None = typer.Option(
         None, "--latency-threads", help=f"onnxruntime intra-op threads for the latency (default {LATENCY_THREADS})."
     ),
+    latency_input: str | None = typer.Option(
+        None,
+        "--latency-input",
+        help="Time at this input size instead of the run's, e.g. 3x288x384 (your deployment resolution): "
+        "each model is re-exported at it for the timing only.",
+    ),
 ) -> None:
     """Write model.safetensors (dense, exact zeros, your state_dict keys), model.sparse.safetensors and ONNX."""
     from adapmtl_cli.cli import ui
@@ -121,6 +128,12 @@ def export(
         raise ConfigError(f"unexpected second path {str(dest)!r}; only `export --densify` takes two paths")
     check_run_folders([run])  # before torch loads
     from adapmtl_cli.jobs.export import export_run
+    from adapmtl_cli.jobs.export_latency import parse_input_shape
+
+    try:
+        timed_input = None if latency_input is None else parse_input_shape(latency_input)
+    except ValueError as exc:
+        raise ConfigError(f"--latency-input {exc}") from exc
 
     manifest = export_run(
         run,
@@ -133,6 +146,7 @@ def export(
         latency=latency,
         latency_batch=latency_batch,
         latency_threads=latency_threads,
+        latency_input=timed_input,
         phase=ui.spinner,
     )
     show_export(manifest)

@@ -13,10 +13,9 @@ a complete export.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from adapmtl_cli.config import (
     ChannelExport,
     ComponentsManifest,
     ExportManifest,
-    LatencyAtBatch,
     LatencyManifest,
     PruneConfig,
     RunReport,
@@ -39,7 +37,6 @@ from adapmtl_cli.config import (
 from adapmtl_cli.errors import ConfigError, ExportError
 from adapmtl_cli.export.channel_model import ONNX_FILE, write_channel_model
 from adapmtl_cli.export.dense import retie_state, save_dense
-from adapmtl_cli.export.latency import measure_latency
 from adapmtl_cli.export.onnx import EXPORTERS, OnnxExport, OnnxParity, export_verified_onnx
 from adapmtl_cli.export.shrink import shrink_model, zero_filters
 from adapmtl_cli.export.sparse_codec import check_sparse_roundtrip, load_sparse, save_sparse
@@ -47,6 +44,7 @@ from adapmtl_cli.export.sparse_tensor import VALUES_DTYPES
 from adapmtl_cli.files.atomic import write_model
 from adapmtl_cli.files.reading import read_model, read_safetensors
 from adapmtl_cli.files.rundir import RunDir, run_lock
+from adapmtl_cli.jobs.export_latency import time_export
 from adapmtl_cli.jobs.run_inputs import check_checkpoint_identity
 from adapmtl_cli.model.loading import load_model, load_state_into
 from adapmtl_cli.model.outputs import OutputMapping
@@ -54,8 +52,6 @@ from adapmtl_cli.model.outputs import OutputMapping
 # Batch sizes every ONNX file is checked at (the export itself traces batch 2, so all differ from it).
 PARITY_BATCH_SIZES = (1, 3, 5)
 PARITY_ATOL = 1e-4
-DENSE_LABEL = "dense"
-"""The dense reference's label in the latency measurement (the files are labelled by their names)."""
 
 Phase = Callable[[str], AbstractContextManager[object]]
 """Wraps each stage of the export, given what it does (``cli.ui.spinner`` shows it)."""
@@ -68,6 +64,8 @@ class LatencyRequest:
     batch: int = LATENCY_BATCH
     threads: int = LATENCY_THREADS
     repeats: int = LATENCY_REPEATS
+    input_shape: tuple[int, ...] | None = None
+    """One input (no batch) to time at; None: the run's (``components.json``'s ``input_shape``)."""
 
 
 class TaskOutputs(nn.Module):
@@ -121,6 +119,7 @@ def export_run(
     latency_batch: int | None = None,
     latency_threads: int | None = None,
     latency_repeats: int | None = None,
+    latency_input: Sequence[int] | None = None,
     phase: Phase | None = None,
 ) -> ExportManifest:
     """Write and verify the export files of ``run``; returns (and saves) the export manifest.
@@ -135,13 +134,20 @@ def export_run(
             the medians as the manifest's ``latency``.
         latency_batch, latency_threads, latency_repeats: the batch timed besides 1, the intra-op threads and
             the timed runs (default ``config.LATENCY_BATCH``, ``LATENCY_THREADS``, ``LATENCY_REPEATS``).
+        latency_input: one input without the batch dimension to time at instead of the run's (a deployment
+            resolution, say ``(3, 288, 384)``): every model is re-exported at it for the timing only
+            (``jobs/export_latency.py``); the files written keep the run's shape.
         phase: wraps each stage (``"exporting"``, then the measurement), given what it does.
     """
     timing = (latency_batch, latency_threads, latency_repeats)
     narrow = _check_options(
         exporter, values_dtype, sparse_initializers and not (onnx or shrink), timing, latency, onnx or shrink
     )
-    given = {name: v for name, v in zip(("batch", "threads", "repeats"), timing, strict=True) if v is not None}
+    given: dict[str, Any] = {
+        name: v for name, v in zip(("batch", "threads", "repeats"), timing, strict=True) if v is not None
+    }
+    if latency_input is not None:
+        given["input_shape"] = _checked_input(latency_input, latency, onnx or shrink)
     if not RunDir(run).root.is_dir():
         raise ConfigError(f"run folder {str(run)!r} does not exist")
     with run_lock(Path(run)):
@@ -172,15 +178,19 @@ def _export_locked(
     """``export_run``'s work, with the run folder locked."""
     with phase("exporting"):
         model, cfg, manifest = load_pruned_model(run)
+        if latency is not None and latency.input_shape is not None:
+            _check_rank(latency.input_shape, manifest.input_shape)
         target = Path(out_dir) if out_dir is not None else RunDir(run).export_dir
         target.mkdir(parents=True, exist_ok=True)
         fields = _safetensors_files(model, target, narrow)
         job = _OnnxJob.of(model, manifest, exporter, sparse_initializers)
+        modules: dict[str, nn.Module] = {}  # file name -> the model it holds (for timing at another shape)
         if onnx:
             fields |= _onnx_fields(job, target)
+            modules["model.onnx"] = job.reference
         if shrink:
-            fields |= _shrink_fields(job, model, manifest, target)
-        fields |= _channel_fields(run, job, model, cfg, manifest, target, onnx)
+            fields |= _shrink_fields(job, model, manifest, target, modules)
+        fields |= _channel_fields(run, job, model, cfg, manifest, target, onnx, modules)
         result = ExportManifest(sparse_roundtrip="bit-exact", **fields)
         write_model(target / "manifest.json", result)
     files = _onnx_files(result)
@@ -188,8 +198,9 @@ def _export_locked(
         return result
     sizes = "batch 1" + (f" and {latency.batch}" if latency.batch != 1 else "")
     threads = f"{latency.threads} thread{'s' if latency.threads != 1 else ''}"
-    with phase(f"timing onnxruntime latency against the dense model ({sizes}, {threads})"):
-        measured = _measure_latency(job, cfg, manifest, files, latency)
+    at = "" if latency.input_shape is None else f", re-exported at {'x'.join(map(str, latency.input_shape))}"
+    with phase(f"timing onnxruntime latency against the dense model ({sizes}, {threads}{at})"):
+        measured = _measure_latency(job, cfg, manifest, files, modules, latency)
     result = result.model_copy(update={"latency": measured})
     write_model(target / "manifest.json", result)
     return result
@@ -210,48 +221,59 @@ def _onnx_files(result: ExportManifest) -> dict[str, Path]:
 
 
 def _measure_latency(
-    job: _OnnxJob, cfg: PruneConfig, manifest: ComponentsManifest, files: dict[str, Path], request: LatencyRequest
+    job: _OnnxJob,
+    cfg: PruneConfig,
+    manifest: ComponentsManifest,
+    files: dict[str, Path],
+    modules: dict[str, nn.Module],
+    request: LatencyRequest,
 ) -> LatencyManifest:
-    """Time ``files`` against the run's dense checkpoint, exported like them to a temporary file, in one loop.
+    """Time ``files`` against the run's dense checkpoint (``jobs/export_latency.py``).
 
     Raises:
         ExportError: the dense export or the measurement failed (the export's files are written already).
     """
     dense = load_model(Path(cfg.checkpoint), factory=cfg.factory, trust_pickle=cfg.trust_pickle).model.eval()
-    reference = TaskOutputs(dense, manifest.output_paths).eval()
     try:
-        with tempfile.TemporaryDirectory(prefix="adapmtl-dense-onnx-") as tmp:  # never in the export folder
-            dense_onnx = Path(tmp) / "dense.onnx"
-            replace(job, reference=reference).write(reference, dense_onnx)
-            measured = measure_latency(
-                {DENSE_LABEL: dense_onnx, **files},
-                manifest.input_shape,
-                batch=request.batch,
-                threads=request.threads,
-                repeats=request.repeats,
-            )
+        return time_export(
+            TaskOutputs(dense, manifest.output_paths).eval(),
+            files,
+            modules,
+            job.names,
+            manifest.input_shape,
+            input_shape=request.input_shape,
+            batch=request.batch,
+            threads=request.threads,
+            repeats=request.repeats,
+            exporter=job.exporter,
+            sparse_initializers=job.sparse_initializers,
+        )
     except ExportError as exc:
         raise ExportError(
             f"timing the ONNX files failed ({exc}); the export files and manifest.json are written, without "
             "latency: pass --no-latency to skip the measurement"
         ) from exc
 
-    def at(batch: int) -> LatencyAtBatch:
-        medians = measured.at(batch)
-        dense_ms = medians.pop(DENSE_LABEL)
-        return LatencyAtBatch(dense_ms=dense_ms, files=medians)
 
-    main = at(request.batch)
-    return LatencyManifest(
-        batch=request.batch,
-        threads=measured.threads,
-        repeats=measured.repeats,
-        warmup=measured.warmup,
-        onnxruntime=measured.onnxruntime,
-        dense_ms=main.dense_ms,
-        files=main.files,
-        batch1=at(1),
-    )
+def _checked_input(shape: Sequence[int], latency: bool, writes_onnx: bool) -> tuple[int, ...]:
+    """``--latency-input`` as a tuple, once it is positive integers and a latency is measured at all."""
+    if isinstance(shape, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise ConfigError(f"--latency-input {shape!r} must be positive whole numbers without the batch, e.g. 3x288x384")
+    if not writes_onnx:
+        raise ConfigError("--latency-input applies to the latency of ONNX files; add --onnx or --shrink")
+    if not latency:
+        raise ConfigError("--latency-input applies to the latency measurement, which --no-latency turns off")
+    return tuple(shape)
+
+
+def _check_rank(shape: Sequence[int], run_shape: Sequence[int]) -> None:
+    """The timed input must have the run's rank and channels: only its spatial size may differ."""
+    if len(shape) != len(run_shape) or shape[0] != run_shape[0]:
+        want = "x".join(map(str, run_shape))
+        raise ConfigError(
+            f"--latency-input {'x'.join(map(str, shape))} does not fit this run's inputs ({want}): keep the "
+            f"channels ({run_shape[0]}) and give every spatial size"
+        )
 
 
 def _safetensors_files(model: nn.Module, target: Path, narrow: torch.dtype | None) -> dict[str, Any]:
@@ -322,14 +344,19 @@ def _onnx_fields(job: _OnnxJob, target: Path) -> dict[str, Any]:
     }
 
 
-def _shrink_fields(job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest, target: Path) -> dict[str, Any]:
-    """Shrink the model and, when channels went, write and check ``model.shrunk.onnx``; its manifest fields."""
+def _shrink_fields(
+    job: _OnnxJob, model: nn.Module, manifest: ComponentsManifest, target: Path, modules: dict[str, nn.Module]
+) -> dict[str, Any]:
+    """Shrink the model and, when channels went, write and check ``model.shrunk.onnx``; its manifest fields.
+
+    The shrunk model is recorded in ``modules`` under its file name."""
     layers = {layer.name: layer.component for layer in manifest.layers}
     shrunk, report = shrink_model(model, job.inputs, components=layers)
     fields: dict[str, Any] = {}
     shrink_fields: dict[str, Any] = {}
     if report.removed:
-        written, parity = job.write(TaskOutputs(shrunk, manifest.output_paths).eval(), target / "model.shrunk.onnx")
+        modules["model.shrunk.onnx"] = TaskOutputs(shrunk, manifest.output_paths).eval()
+        written, parity = job.write(modules["model.shrunk.onnx"], target / "model.shrunk.onnx")
         fields["onnx_batch_sizes"] = list(parity.batch_sizes)
         shrink_fields = _onnx_entry(written, parity)
     fields["shrink"] = ShrinkManifest(
@@ -354,8 +381,11 @@ def _channel_fields(
     manifest: ComponentsManifest,
     target: Path,
     onnx: bool,
+    modules: dict[str, nn.Module],
 ) -> dict[str, Any]:
-    """A channel run: write the physically smaller model (weights, plan, with ``onnx`` its ONNX); else nothing."""
+    """A channel run: write the physically smaller model (weights, plan, with ``onnx`` its ONNX); else nothing.
+
+    The smaller model is recorded in ``modules`` under its ONNX file's name."""
     rd = RunDir(run)
     if not rd.report.is_file():
         return {}
@@ -374,7 +404,8 @@ def _channel_fields(
         factory=cfg.factory,
     )
     if onnx:
-        written, parity = job.write(TaskOutputs(smaller, manifest.output_paths).eval(), target / ONNX_FILE)
+        modules[ONNX_FILE] = TaskOutputs(smaller, manifest.output_paths).eval()
+        written, parity = job.write(modules[ONNX_FILE], target / ONNX_FILE)
         fields |= _onnx_entry(written, parity)
     return {"channels": ChannelExport(**fields)}
 

@@ -210,6 +210,8 @@ def latency_lines(latency: LatencyManifest) -> list[str]:
     """``latency model.onnx: 3.21 ms vs dense 3.18 ms (1.01× dense; batch 8, 1 thread, median of 20)``: one line
     per file at the measured batch, then at batch 1 (as ``export`` prints them and every report shows them)."""
     threads = f"{latency.threads} thread{'' if latency.threads == 1 else 's'}"
+    if latency.input_shape is not None:
+        threads += f", input {'x'.join(map(str, latency.input_shape))}"
     sizes = [(latency.batch, latency.dense_ms, latency.files)]
     if latency.batch != 1:
         sizes.append((1, latency.batch1.dense_ms, latency.batch1.files))

@@ -26,7 +26,9 @@ from adapmtl_cli.export.latency import Latency, measure_latency, session_options
 from adapmtl_cli.export.onnx import export_onnx
 from adapmtl_cli.files.atomic import read_model, write_model
 from adapmtl_cli.jobs import export as export_job
+from adapmtl_cli.jobs import export_latency
 from adapmtl_cli.jobs.export import export_run
+from adapmtl_cli.jobs.export_latency import parse_input_shape
 from adapmtl_cli.report.views import latency_lines
 
 pytest.register_assert_rewrite("fixtures_e2e")
@@ -230,7 +232,7 @@ def test_export_times_model_onnx_against_a_temporary_dense_file(
         assert paths["dense"].is_file()  # exists while it is timed
         return measure_latency(paths, *args, **kwargs)
 
-    monkeypatch.setattr(export_job, "measure_latency", recording)
+    monkeypatch.setattr(export_latency, "measure_latency", recording)
     out = tmp_path / "out"
     phases: list[str] = []
 
@@ -264,6 +266,62 @@ def test_export_times_model_onnx_against_a_temporary_dense_file(
     assert lat.dense_ms > 0 and lat.batch1.dense_ms > 0 and all(v > 0 for v in lat.files.values())
     assert read_model(out / "manifest.json", ExportManifest) == manifest
     assert phases[0] == "exporting" and phases[1].startswith("timing onnxruntime latency") and len(phases) == 2
+
+
+def _spatial(path: Path) -> list[int]:
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims[2:]]
+
+
+@pytest.mark.onnx
+def test_latency_input_re_exports_every_model_at_that_shape_for_the_timing_only(
+    pruned_run: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[dict[str, list[int]], list[int]]] = []
+
+    def recording(paths: dict[str, Path], shape: Any, *args: Any, **kwargs: Any) -> Latency:
+        seen.append(({label: _spatial(path) for label, path in paths.items()}, list(shape)))
+        return measure_latency(paths, shape, *args, **kwargs)
+
+    monkeypatch.setattr(export_latency, "measure_latency", recording)
+    out = tmp_path / "out"
+    manifest = export_run(
+        pruned_run.path,
+        out_dir=out,
+        onnx=True,
+        exporter="legacy",
+        latency=True,
+        latency_batch=2,
+        latency_repeats=2,
+        latency_input=(3, 64, 96),
+    )
+    [(spatial, shape)] = seen
+    assert shape == [3, 64, 96] and spatial == {"dense": [64, 96], "model.onnx": [64, 96]}
+    assert _spatial(out / "model.onnx") == SHAPE[1:]  # the shipped file keeps the run's shape
+    lat = manifest.latency
+    assert lat is not None and lat.input_shape == [3, 64, 96] and list(lat.files) == ["model.onnx"]
+    assert all("input 3x64x96" in line for line in latency_lines(lat))
+    assert read_model(out / "manifest.json", ExportManifest) == manifest
+    same = export_run(
+        pruned_run.path,
+        out_dir=tmp_path / "same",
+        onnx=True,
+        exporter="legacy",
+        latency=True,
+        latency_repeats=2,
+        latency_input=tuple(SHAPE),
+    )
+    assert same.latency is not None and same.latency.input_shape is None  # the run's own shape: files as written
+    assert seen[-1][0]["model.onnx"] == SHAPE[1:]
+
+
+def test_input_shapes_parse_from_x_or_commas() -> None:
+    assert parse_input_shape("3x288x384") == (3, 288, 384) == parse_input_shape("3,288,384")
+    for bad in ("3x", "3x0x4", "a,b", "3x-2x4", ""):
+        with pytest.raises(ValueError, match="is not an input shape like 3x288x384"):
+            parse_input_shape(bad)
 
 
 def test_export_without_onnx_measures_nothing(pruned_run: CliRun, tmp_path: Path) -> None:
@@ -307,6 +365,19 @@ def test_cli_no_latency_leaves_it_out(pruned_run: CliRun, tmp_path: Path) -> Non
         (
             ("--onnx", "--no-latency", "--latency-threads", "2"),
             "--latency-threads applies to the latency measurement, which --no-latency turns off",
+        ),
+        (
+            ("--onnx", "--latency-input", "3x"),
+            "--latency-input '3x' is not an input shape like 3x288x384 (positive whole numbers, no batch)",
+        ),
+        (
+            ("--onnx", "--latency-input", "1x64x96"),
+            "--latency-input 1x64x96 does not fit this run's inputs (3x32x48): keep the channels (3) and give every "
+            "spatial size",
+        ),
+        (
+            ("--latency-input", "3x64x96"),
+            "--latency-input applies to the latency of ONNX files; add --onnx or --shrink",
         ),
     ],
 )
