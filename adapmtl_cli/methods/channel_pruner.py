@@ -3,7 +3,9 @@
 * ``ChannelThresholdPruner`` — one learnable threshold per component on the channels' rank scores in their groups
   (``sparsity/channel_gates.py``), its split moved by ``--allocation`` as for weights, the level set after
   every step by one common logit offset so the removed fraction follows the cubic schedule exactly.
-* ``ChannelMaskPruner`` — 0/1 channel masks from a score on the same schedule (``tp_magnitude``).
+* ``ChannelMaskPruner`` — 0/1 channel masks from a score on the same schedule (``tp_magnitude``), the same
+  fraction of every group, groups of 8+ channels keeping multiples of ``KEEP_MULTIPLE`` like the threshold rule
+  (Torch-Pruning's ``round_to``: onnxruntime runs uneven counts no faster than dense).
 
 Both prune the channel groups of ``model/channels.py`` (Torch-Pruning's dependency graph): a group is rooted at
 a prunable conv/linear layer and belongs to that layer's component; groups reaching a model output (the task
@@ -25,6 +27,7 @@ from adapmtl_cli.model.discover import ComponentMap
 from adapmtl_cli.sparsity.allocation import ALLOCATIONS, MarginalAllocator
 from adapmtl_cli.sparsity.channel_flops import LayerFlops, layer_flops
 from adapmtl_cli.sparsity.channel_gates import (
+    KEEP_MULTIPLE,
     ChannelGatedModel,
     channel_zeros,
     fit_channel_level_,
@@ -180,14 +183,42 @@ class ChannelThresholdPruner(_ChannelBase):
         return self.cm.bank.values()
 
 
-def uniform_keep(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
-    """Per group a keep mask removing the same fraction of each group's lowest-scored channels.
+def _removable(n: int, multiple: int) -> list[int]:
+    """The channel counts a group of ``n`` may lose: any that keeps one, or (``n >= 2 * multiple``) those that keep
+    a multiple of ``multiple`` or all ``n``, as ``KEEP_MULTIPLE`` does for the threshold rule."""
+    if multiple <= 1 or n < 2 * multiple:
+        return list(range(n))
+    return sorted({0, *(n - kept for kept in range(multiple, n + 1, multiple))})
 
-    The counts are rounded so that the total removed is ``round(fraction * all channels)`` exactly (the largest
-    remainders get the extra channel) and every group keeps at least one channel.
+
+def uniform_keep(
+    scores: list[torch.Tensor], fraction: float, multiple: int = 1, at_least: list[int] | None = None
+) -> list[torch.Tensor]:
+    """Per group a keep mask removing about the same fraction of each group's lowest-scored channels.
+
+    With ``multiple`` 1 the counts are rounded so that the total removed is ``round(fraction * all channels)``
+    exactly (the largest remainders get the extra channel) and every group keeps at least one channel. With a
+    larger ``multiple``, groups of at least twice that many keep a multiple of it (or everything): each group
+    starts at its allowed count closest to ``fraction`` of it, then single steps (narrow groups first, as they
+    move by one) bring the total to the reachable count closest to ``round(fraction * all channels)``;
+    ``at_least`` (per group, the channels removed already) keeps a group's count from going back.
     """
     sizes = [s.numel() for s in scores]
     want = round(fraction * sum(sizes))
+    if multiple <= 1:
+        counts = _exact_counts(sizes, fraction, want)
+    else:
+        counts = _rounded_counts(sizes, fraction, want, multiple, at_least or [0] * len(sizes))
+    masks = []
+    for s, k in zip(scores, counts, strict=True):
+        keep = torch.ones(s.numel(), dtype=torch.float32, device=s.device)
+        if k:
+            keep[torch.argsort(s, stable=True)[:k]] = 0.0
+        masks.append(keep)
+    return masks
+
+
+def _exact_counts(sizes: list[int], fraction: float, want: int) -> list[int]:
     exact = [fraction * n for n in sizes]
     counts = [min(math.floor(x), n - 1) for x, n in zip(exact, sizes, strict=True)]
     order = sorted(range(len(sizes)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
@@ -196,13 +227,36 @@ def uniform_keep(scores: list[torch.Tensor], fraction: float) -> list[torch.Tens
             break
         if counts[i] < sizes[i] - 1:
             counts[i] += 1
-    masks = []
-    for s, k in zip(scores, counts, strict=True):
-        keep = torch.ones(s.numel(), dtype=torch.float32, device=s.device)
-        if k:
-            keep[torch.argsort(s, stable=True)[:k]] = 0.0
-        masks.append(keep)
-    return masks
+    return counts
+
+
+def _closest(options: list[int], x: float) -> int:
+    """The option nearest ``x`` (the smaller one on a tie)."""
+    return min(options, key=lambda k: (abs(k - x), k))
+
+
+def _rounded_counts(sizes: list[int], fraction: float, want: int, multiple: int, floor: list[int]) -> list[int]:
+    options = []
+    for n, done in zip(sizes, floor, strict=True):
+        allowed = _removable(n, multiple)
+        options.append([k for k in allowed if k >= done] or [max(allowed)])
+    counts = [_closest(opts, fraction * n) for opts, n in zip(options, sizes, strict=True)]
+    while True:
+        gap = want - sum(counts)
+        best: tuple[int, int, int] | None = None  # (new |gap|, step size, group)
+        for i, opts in enumerate(options):
+            at = opts.index(counts[i])
+            step = opts[at + 1] if gap > 0 and at + 1 < len(opts) else opts[at - 1] if gap < 0 and at > 0 else None
+            if step is None:
+                continue
+            candidate = (abs(gap - (step - counts[i])), abs(step - counts[i]), i)
+            if candidate[0] < abs(gap) and (best is None or candidate < best):
+                best = candidate
+        if best is None:
+            return counts
+        i = best[2]
+        at = options[i].index(counts[i])
+        counts[i] = options[i][at + 1] if gap > 0 else options[i][at - 1]
 
 
 class ChannelMaskPruner(_ChannelBase):
@@ -220,8 +274,9 @@ class ChannelMaskPruner(_ChannelBase):
         # removed channels stay removed: below every kept channel, even one whose score is 0
         scores = torch.where(self.cm.keep_mask > 0, self.scores(), -1.0)
         parts = [scores[g.offset : g.offset + g.group.channels] for g in self.cm.gated]
+        removed = [int((self.cm.keep_mask[g.offset : g.offset + g.group.channels] == 0).sum()) for g in self.cm.gated]
         with torch.no_grad():
-            self.cm.keep_mask.copy_(torch.cat(uniform_keep(parts, fraction)))
+            self.cm.keep_mask.copy_(torch.cat(uniform_keep(parts, fraction, KEEP_MULTIPLE, removed)))
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
         del threshold_lr

@@ -46,3 +46,25 @@ def test_uniform_keep_removes_the_same_fraction_everywhere_and_exactly_in_total(
     for m in masks:  # the lowest scores go first
         assert bool((m[: int((m == 0).sum())] == 0).all())
     assert all(int(m.sum()) >= 1 for m in uniform_keep(scores, 0.99))
+
+
+def test_uniform_keep_with_a_multiple_keeps_multiples_in_wide_groups_and_the_closest_total() -> None:
+    sizes = (3, 8, 5, 16, 64, 32)
+    scores = [torch.arange(n, dtype=torch.float32) for n in sizes]
+    for fraction in (0.3, 0.5, 0.7):
+        masks = uniform_keep(scores, fraction, 4)
+        kept = [int(m.sum()) for m in masks]
+        assert all(k % 4 == 0 or k == n for k, n in zip(kept, sizes, strict=True) if n >= 8)
+        assert all(k >= 1 for k in kept) and sum(sizes) - sum(kept) == round(fraction * sum(sizes))
+        assert all(abs((n - k) - fraction * n) <= 4 for k, n in zip(kept, sizes, strict=True))
+        for m in masks:  # the lowest scores go first
+            assert bool((m[: int((m == 0).sum())] == 0).all())
+    # no group may go below one chunk: the closest reachable total, not the exact one
+    kept = [int(m.sum()) for m in uniform_keep(scores, 0.99, 4)]
+    assert kept == [1, 4, 1, 4, 4, 4]
+    wide = [torch.arange(16, dtype=torch.float32)] * 2  # only multiples of 4: 30% of 32 -> 8 or 12 removed, not 10
+    assert sum(16 - int(m.sum()) for m in uniform_keep(wide, 0.3, 4)) in (8, 12)
+    # channels removed already stay removed even where the closest count for the fraction is smaller
+    floor = [0, 4, 0, 12, 0, 0]
+    kept = [int(m.sum()) for m in uniform_keep(scores, 0.3, 4, floor)]
+    assert all(n - k >= f for k, n, f in zip(kept, sizes, floor, strict=True)) and kept[3] == 4
