@@ -61,6 +61,10 @@ all): onnxruntime's CPU convolutions are fast on such counts and slow on others 
 on ``deeplab_resnet_tiny``: kept 4/8/16/32 of 8/16/32/64 channels runs 2.8× faster than dense at batch 8, odd
 counts of about 45% of the channels *slower* than dense, 0.9×). Narrower groups are pruned channel by channel;
 the level then lands on the closest count those steps reach (``fit_channel_level_``)."""
+MAX_THRESHOLD = 1.0 - 2.0**-20
+"""The largest threshold a gate sees: fp32's ``sigmoid`` is exactly 1 above a logit of about 16.6, which would
+remove even a group's protected strongest chunk (ratio ``t / 1 = 1``); below 1 it keeps a sliver (a gate of about
+``8 · 2^-20``) and the group stays connected."""
 GATE_POWER = 8.0
 """The gate is ``relu(1 - (t/r)^p)``: with ``p > 1`` a kept channel well above the threshold keeps nearly all of
 its contribution (at twice the threshold ``1 - 2^-p`` instead of a half) and only channels near the threshold are
@@ -210,7 +214,7 @@ class ChannelGatedModel(ParametrizedLayers):
         """Per flat channel its gate (differentiable in the threshold logits)."""
         if self.mask_mode:
             return self.keep_mask
-        t = torch.sigmoid(self.logits()).index_select(0, self.component_index)
+        t = torch.sigmoid(self.logits()).clamp_max(MAX_THRESHOLD).index_select(0, self.component_index)
         return gate_values(t * self.inv_norm)
 
     @torch.no_grad()
