@@ -241,22 +241,18 @@ def _rounded_counts(sizes: list[int], fraction: float, want: int, multiple: int,
         allowed = _removable(n, multiple)
         options.append([k for k in allowed if k >= done] or [max(allowed)])
     counts = [_closest(opts, fraction * n) for opts, n in zip(options, sizes, strict=True)]
-    while True:
+    while True:  # one group's next allowed count toward ``want`` per pass: the smallest |gap|, then the smallest move
         gap = want - sum(counts)
-        best: tuple[int, int, int] | None = None  # (new |gap|, step size, group)
+        moves = []  # (new |gap|, size of the move, group, its new count)
         for i, opts in enumerate(options):
-            at = opts.index(counts[i])
-            step = opts[at + 1] if gap > 0 and at + 1 < len(opts) else opts[at - 1] if gap < 0 and at > 0 else None
-            if step is None:
-                continue
-            candidate = (abs(gap - (step - counts[i])), abs(step - counts[i]), i)
-            if candidate[0] < abs(gap) and (best is None or candidate < best):
-                best = candidate
-        if best is None:
+            at = opts.index(counts[i]) + (1 if gap > 0 else -1)
+            if gap and 0 <= at < len(opts):
+                moved = opts[at] - counts[i]
+                moves.append((abs(gap - moved), abs(moved), i, opts[at]))
+        best = min(moves, default=None)
+        if best is None or best[0] >= abs(gap):
             return counts
-        i = best[2]
-        at = options[i].index(counts[i])
-        counts[i] = options[i][at + 1] if gap > 0 else options[i][at - 1]
+        counts[best[2]] = best[3]
 
 
 class ChannelMaskPruner(_ChannelBase):
