@@ -241,18 +241,19 @@ def _rounded_counts(sizes: list[int], fraction: float, want: int, multiple: int,
         allowed = _removable(n, multiple)
         options.append([k for k in allowed if k >= done] or [max(allowed)])
     counts = [_closest(opts, fraction * n) for opts, n in zip(options, sizes, strict=True)]
-    while True:  # one group's next allowed count toward ``want`` per pass: the smallest |gap|, then the smallest move
+    while True:  # one group's next allowed count toward ``want`` per pass: the smallest |gap|, the smallest move,
+        # then the group that ends nearest its own share (ties spread over the groups instead of piling on one)
         gap = want - sum(counts)
-        moves = []  # (new |gap|, size of the move, group, its new count)
-        for i, opts in enumerate(options):
+        moves = []  # (new |gap|, size of the move, distance from its share, group, its new count)
+        for i, (opts, n) in enumerate(zip(options, sizes, strict=True)):
             at = opts.index(counts[i]) + (1 if gap > 0 else -1)
             if gap and 0 <= at < len(opts):
                 moved = opts[at] - counts[i]
-                moves.append((abs(gap - moved), abs(moved), i, opts[at]))
+                moves.append((abs(gap - moved), abs(moved), abs(opts[at] - fraction * n) / n, i, opts[at]))
         best = min(moves, default=None)
         if best is None or best[0] >= abs(gap):
             return counts
-        counts[best[2]] = best[3]
+        counts[best[3]] = best[4]
 
 
 class ChannelMaskPruner(_ChannelBase):

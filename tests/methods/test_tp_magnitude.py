@@ -68,3 +68,18 @@ def test_uniform_keep_with_a_multiple_keeps_multiples_in_wide_groups_and_the_clo
     floor = [0, 4, 0, 12, 0, 0]
     kept = [int(m.sum()) for m in uniform_keep(scores, 0.3, 4, floor)]
     assert all(n - k >= f for k, n, f in zip(kept, sizes, floor, strict=True)) and kept[3] == 4
+
+
+def test_uniform_keep_with_a_multiple_spreads_the_rounding_over_the_groups_along_the_ramp() -> None:
+    # The ASPP reference model's channel groups: with 24 equal groups the rounding moves used to pile onto the
+    # first groups (a 48-channel group lost 44 at 50% while the others lost half), and the floors kept it there.
+    sizes = (16, 8, 48, 8, 48, 16, 96, 24, 144, 32, 192, 56, 336, 112, 64, *(128,) * 24)
+    removed = [0] * len(sizes)
+    for fraction in (0.05, 0.175, 0.3, 0.39, 0.45, 0.48, 0.5):  # a cubic ramp's steps
+        scores = [torch.rand(n) for n in sizes]
+        masks = uniform_keep(scores, fraction, 4, removed)
+        removed = [int((m == 0).sum()) for m in masks]
+        assert abs(sum(removed) - round(fraction * sum(sizes))) <= 2  # every count moves by 4: the closest total
+        # every group near its own share: within one move of 4 channels, or 5% of a wide group
+        assert all(abs(r - fraction * n) <= max(4, 0.05 * n) for r, n in zip(removed, sizes, strict=True)), removed
+    assert removed == [n // 2 for n in sizes]  # the same counts at the end as without rounding
