@@ -33,9 +33,21 @@ from adapmtl_cli.sparsity.channel_gates import (
     fit_channel_level_,
     gated_groups,
     init_channel_thresholds_,
+    raw_weight_taylor,
 )
 from adapmtl_cli.sparsity.schedule import cubic_target
 from adapmtl_cli.sparsity.thresholds import LayerZeros
+
+RANK_BY = "norm"
+"""What orders the channels of a group for ``adapmtl --structure channel``'s rank scores: ``norm`` (the
+normalised norm) or ``taylor`` (a dev-split experiment, issue #14: the moving average of each channel's Taylor
+score ``Σ |w · ∂L/∂w|`` over its coupled conv/linear slices, divided by its gate, i.e. what the channel would
+weigh at full strength; ``tp_taylor``'s importance, which beat ``tp_magnitude``'s norm on all three models), or
+``norm*taylor`` (their product)."""
+TAYLOR_SMOOTHING = 0.9
+"""EMA factor of the Taylor key (one batch's gradient is noisy)."""
+TAYLOR_MIN_GATE = 1e-3
+"""Gates below this count as this much when the Taylor key is divided by the gate."""
 
 
 def gated_model(ctx: MethodContext, *, mask: bool) -> ChannelGatedModel:
@@ -157,6 +169,22 @@ class ChannelThresholdPruner(_ChannelBase):
             raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
         if self.allocation == "marginal":
             self.cm.allocator = MarginalAllocator(len(self.cm.bank.groups))
+        if RANK_BY in ("taylor", "norm*taylor"):
+            self.cm.register_buffer("taylor_key", torch.zeros_like(self.cm.inv_norm))  # saved: resume continues
+
+    def _rank_key_(self) -> torch.Tensor | None:
+        """With ``RANK_BY = "taylor"``: fold this step's gradients into the Taylor key; the key (None: by norm)."""
+        if RANK_BY not in ("taylor", "norm*taylor"):
+            return None
+        key = self.cm.get_buffer("taylor_key")
+        taylor = raw_weight_taylor(self.cm)  # the gradients of the forward that used the current gates
+        if bool(taylor.any()):
+            gates = self.cm.gates().detach()
+            full = torch.where(gates > 0, taylor / gates.clamp_min(TAYLOR_MIN_GATE), torch.zeros_like(taylor))
+            key.mul_(TAYLOR_SMOOTHING).add_(full, alpha=1 - TAYLOR_SMOOTHING)
+        if not bool(key.any()):
+            return None
+        return key * self.cm.normalised_norms() if RANK_BY == "norm*taylor" else key
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
         bank = {id(p) for p in self.cm.bank.parameters()}
@@ -168,7 +196,7 @@ class ChannelThresholdPruner(_ChannelBase):
         ]
 
     def after_step_(self, step: int) -> float:
-        self.cm.refresh_()
+        self.cm.refresh_(self._rank_key_())
         allocator = getattr(self.cm, "allocator", None)
         if isinstance(allocator, MarginalAllocator):
             r = 1.0 / self.cm.inv_norm

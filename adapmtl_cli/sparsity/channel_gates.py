@@ -179,24 +179,25 @@ class ChannelGatedModel(ParametrizedLayers):
         return self.norms() / self._scale_per_channel()
 
     @torch.no_grad()
-    def channel_scores(self) -> torch.Tensor:
-        """Per flat channel, what its component's threshold is compared with (``r_j``, or its rank score)."""
+    def channel_scores(self, order: torch.Tensor | None = None) -> torch.Tensor:
+        """Per flat channel, what its component's threshold is compared with (``r_j``, or its rank score;
+        ``order``: rank by this per-channel key instead of ``r_j``)."""
         r = self.normalised_norms()
-        return rank_scores(r, self.gated) if RANK_SCORES else r
+        return rank_scores(r, self.gated, order=order) if RANK_SCORES else r
 
     def _scale_per_channel(self) -> torch.Tensor:
         sizes = torch.tensor([g.group.channels for g in self.gated], device=self.scale.device)
         return torch.repeat_interleave(self.scale, sizes)
 
     @torch.no_grad()
-    def refresh_(self) -> None:
+    def refresh_(self, order: torch.Tensor | None = None) -> None:
         """Recompute ``1 / r_j`` (``r_j``: ``channel_scores``) from the current weights (after every optimizer step).
 
         A zero score gives ``inf``: the channel is always removed. Each group's strongest channel (with
         ``KEEP_MULTIPLE``, its strongest chunk, which shares one score) counts as if its score were at least 1, so
         no threshold in ``(0, 1)`` removes it: a group never loses all of its channels (that would cut the model).
         """
-        r = self.channel_scores()
+        r = self.channel_scores(order)
         inv = 1.0 / r
         for g in self.gated:
             n = g.group.channels
@@ -294,7 +295,9 @@ def gate_values(ratio: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rank_scores(r: torch.Tensor, groups: Sequence[GatedGroup], multiple: int | None = None) -> torch.Tensor:
+def rank_scores(
+    r: torch.Tensor, groups: Sequence[GatedGroup], multiple: int | None = None, order: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per flat channel its rank score in its group: ``(rank + 1/2 + min(r, 1)/2) / n`` for the channel of
     ``rank`` (0 = smallest ``r``) among the group's ``n`` channels, 0 where ``r`` is 0 (channel by channel only:
     in a chunked group such a channel takes its chunk's score).
@@ -307,20 +310,22 @@ def rank_scores(r: torch.Tensor, groups: Sequence[GatedGroup], multiple: int | N
     taken in chunks by rank so that the group always keeps a multiple of ``multiple`` (or all of its channels):
     every channel of a chunk gets the score of the chunk's strongest, so a threshold removes whole chunks. The
     strongest chunk scores highest and ``refresh_`` protects it, so such a group keeps at least ``multiple``.
+    ``order``: per flat channel, the key the ranks come from (default ``r``; ``r`` still breaks ties between
+    groups).
     """
     m = KEEP_MULTIPLE if multiple is None else multiple
     out = torch.zeros_like(r)
     for g in groups:
         n = g.group.channels
         part = r[g.offset : g.offset + n]
-        order = torch.argsort(part, stable=True)
+        by = torch.argsort(part if order is None else order[g.offset : g.offset + n], stable=True)
         rank = torch.empty(n, dtype=r.dtype, device=r.device)
-        rank[order] = torch.arange(n, dtype=r.dtype, device=r.device)
+        rank[by] = torch.arange(n, dtype=r.dtype, device=r.device)
         score = (rank + 0.5 + 0.5 * part.clamp(0, 1)) / n
         if m > 1 and n >= 2 * m:
             ends = torch.arange(n - m * ((n - 1) // m), n + 1, m, device=r.device)  # chunk ends (exclusive)
             last = ends[torch.bucketize(rank.long(), ends, right=True)] - 1  # the rank of each chunk's strongest
-            score = score[order][last]
+            score = score[by][last]
             out[g.offset : g.offset + n] = score
         else:
             out[g.offset : g.offset + n] = torch.where(part > 0, score, torch.zeros_like(score))

@@ -273,3 +273,41 @@ def test_a_channel_run_keeps_multiples_of_four_in_wide_groups_and_stays_exact_in
     smaller = remove_channels(baked, X, summary["keep"]).eval()
     with torch.no_grad():
         torch.testing.assert_close(smaller(X), baked(X), rtol=0, atol=1e-5)
+
+
+def test_rank_scores_rank_by_the_order_key_when_one_is_given() -> None:
+    from adapmtl_cli.model.channels import ChannelGroup
+    from adapmtl_cli.sparsity.channel_gates import GatedGroup
+
+    groups = [GatedGroup(ChannelGroup(f"g{i}", n, ()), "c", off) for i, (n, off) in enumerate([(4, 0), (8, 4)])]
+    r = torch.tensor([0.3, 0.1, 0.05, 0.2, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25])
+    key = torch.arange(12, dtype=torch.float32)  # the opposite order of the norms in the second group
+    q = rank_scores(r, groups, multiple=1, order=key)
+    for g in groups:
+        part = q[g.offset : g.offset + g.group.channels]
+        assert torch.equal(torch.argsort(part), torch.arange(g.group.channels))  # by the key, not by r
+    for t in (0.25, 0.5, 0.75):  # still the same fraction of every group per threshold
+        assert [int((q[g.offset : g.offset + g.group.channels] <= t).sum()) for g in groups] == [4 * t, 8 * t]
+
+
+def test_the_taylor_rank_key_is_each_channels_taylor_score_at_full_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapmtl_cli.methods import channel_pruner
+    from adapmtl_cli.sparsity.channel_gates import raw_weight_taylor
+
+    monkeypatch.setattr(channel_pruner, "RANK_BY", "taylor")
+    pruning = _prepare("multitask", 0.5, 8)
+    cm = pruning.pruner.cm  # type: ignore[attr-defined]
+    opt = torch.optim.Adam(pruning.param_groups(lr=1e-2))
+    for step in range(4):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + step))
+        loss = pruning.weigh({t: v.pow(2).mean() for t, v in _outputs(pruning.model(x)).items()})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before, gates = cm.get_buffer("taylor_key").clone(), cm.gates().detach()
+        taylor = raw_weight_taylor(cm)
+        pruning.step()
+        beta = channel_pruner.TAYLOR_SMOOTHING
+        full = torch.where(gates > 0, taylor / gates.clamp_min(channel_pruner.TAYLOR_MIN_GATE), 0.0)
+        assert torch.allclose(cm.get_buffer("taylor_key"), beta * before + (1 - beta) * full)
+        assert bool(taylor.any()) and bool((cm.get_buffer("taylor_key")[gates == 0] <= before[gates == 0]).all())
