@@ -64,13 +64,15 @@ DEFAULT_BENCH = "mobilenet_aspp_tiny"
 
 
 ROW_REVISIONS: dict[str, dict[str, Any]] = {
+    "adapmtl --structure channel": {"rank_by": "norm*taylor"},
     "tp_magnitude": {"keep_multiple": 4, "rounding": "spread"},
     "tp_taylor": {"keep_multiple": 4, "rounding": "spread"},
 }
 """Code changes that re-run one row's cells only: since session 11 the Torch-Pruning rows keep multiples of
 ``KEEP_MULTIPLE`` channels in groups of 8+ as ours do (Torch-Pruning's ``round_to``; their uneven counts at 30%
 ran slower than dense, 0.60×); since session 12 the rounding moves spread over the groups (they used to pile onto
-the first groups of equal moves, a 48-channel group losing 44 at 50%, and the no-going-back floors kept them)."""
+the first groups of equal moves, a 48-channel group losing 44 at 50%, and the no-going-back floors kept them);
+``adapmtl --structure channel`` ranks channels by norm × Taylor score since session 12 (``channel_pruner.RANK_BY``)."""
 
 
 def _key(row: str, sparsity: float, seed: int, bench: str = DEFAULT_BENCH) -> str:

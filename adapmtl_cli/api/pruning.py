@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from adapmtl_cli.config import ComponentSparsity, LayerSparsity
-from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.errors import CheckpointError, ConfigError
 from adapmtl_cli.methods import Pruner
 from adapmtl_cli.methods.weighting import Weighting
 from adapmtl_cli.sparsity.thresholds import LayerZeros
@@ -225,7 +225,14 @@ class Pruning:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._check_open()
-        self.pruner.module.load_state_dict(state["model"])
+        try:
+            self.pruner.module.load_state_dict(state["model"])
+        except RuntimeError as exc:  # missing or unexpected entries: another version's or another method's state
+            first = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise CheckpointError(
+                f"the saved state does not fit this {self.pruner.name} run ({first}); it was written by another "
+                "adapmtl version or with other options: start the run again (prune --overwrite)"
+            ) from exc
         self.weighting.load_state_dict(state["weighting"])
         self.step_count = int(state["step"])
 

@@ -38,12 +38,16 @@ from adapmtl_cli.sparsity.channel_gates import (
 from adapmtl_cli.sparsity.schedule import cubic_target
 from adapmtl_cli.sparsity.thresholds import LayerZeros
 
-RANK_BY = "norm"
-"""What orders the channels of a group for ``adapmtl --structure channel``'s rank scores: ``norm`` (the
-normalised norm) or ``taylor`` (a dev-split experiment, issue #14: the moving average of each channel's Taylor
-score ``Σ |w · ∂L/∂w|`` over its coupled conv/linear slices, divided by its gate, i.e. what the channel would
-weigh at full strength; ``tp_taylor``'s importance, which beat ``tp_magnitude``'s norm on all three models), or
-``norm*taylor`` (their product)."""
+RANK_BY = "norm*taylor"
+"""What orders the channels of a group for ``adapmtl --structure channel``'s rank scores: ``norm*taylor`` (the
+default: the normalised norm times the moving average of the channel's Taylor score ``Σ |w · ∂L/∂w|`` over its
+coupled conv/linear slices, divided by its gate, i.e. what the channel would weigh at full strength), ``taylor``
+(that average alone: ``tp_taylor``'s importance) or ``norm`` (the normalised norm: the rule until session 12).
+Chosen on the dev split (issue #14, session 12; 50% of the channels, 200 steps, seeds 0-3, dense seed 0,
+``benchmarks/results/quality-dev-s12-channel-taylor-*.md``), mean Δ_T on ``deeplab_resnet_tiny`` /
+``mobilenet_v2_tiny`` / ``mobilenet_aspp_tiny``: ``norm`` −83.4 / −92.9 / −37.8, ``taylor`` −62.0 / −77.1 /
+−36.2, ``norm*taylor`` −53.7 / −62.5 / −28.2 (``tp_taylor`` on the same cells: −72.1 / −70.7 / −69.9). Before
+the first step (no gradient yet) the order is the norm's."""
 TAYLOR_SMOOTHING = 0.9
 """EMA factor of the Taylor key (one batch's gradient is noisy)."""
 TAYLOR_MIN_GATE = 1e-3

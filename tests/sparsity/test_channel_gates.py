@@ -14,7 +14,7 @@ from channel_models import Concat, Depthwise, Flatten, Multitask, Residual
 from torch import nn
 
 import adapmtl_cli as adapmtl
-from adapmtl_cli.errors import ConfigError
+from adapmtl_cli.errors import CheckpointError, ConfigError
 from adapmtl_cli.model.channels import remove_channels
 from adapmtl_cli.sparsity.channel_flops import layer_flops
 from adapmtl_cli.sparsity.channel_gates import GATE_POWER, SCALE_RMS, gate_values, rank_scores
@@ -211,7 +211,12 @@ def test_resume_state_round_trips_a_channel_run() -> None:
     b.load_state_dict(state)
     ca, cb = a.pruner.cm, b.pruner.cm  # type: ignore[attr-defined]
     assert torch.equal(ca.inv_norm, cb.inv_norm) and torch.equal(ca.gates(), cb.gates())
+    assert torch.equal(ca.get_buffer("taylor_key"), cb.get_buffer("taylor_key"))
     assert b.step_count == 3
+    # a state without the Taylor key (an older version's channel run) is refused with an actionable error
+    old = {**state, "model": {k: v for k, v in state["model"].items() if not k.endswith("taylor_key")}}
+    with pytest.raises(CheckpointError, match="does not fit this adapmtl run.*--overwrite"):
+        _prepare("depthwise", 0.5, 8).load_state_dict(old)
 
 
 def test_rank_scores_let_one_threshold_remove_the_same_fraction_of_every_group() -> None:
@@ -290,13 +295,19 @@ def test_rank_scores_rank_by_the_order_key_when_one_is_given() -> None:
         assert [int((q[g.offset : g.offset + g.group.channels] <= t).sum()) for g in groups] == [4 * t, 8 * t]
 
 
-def test_the_taylor_rank_key_is_each_channels_taylor_score_at_full_strength(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rank_by", ["taylor", "norm*taylor"])
+def test_the_taylor_rank_key_is_each_channels_taylor_score_at_full_strength(
+    monkeypatch: pytest.MonkeyPatch, rank_by: str
+) -> None:
     from adapmtl_cli.methods import channel_pruner
     from adapmtl_cli.sparsity.channel_gates import raw_weight_taylor
 
-    monkeypatch.setattr(channel_pruner, "RANK_BY", "taylor")
+    monkeypatch.setattr(channel_pruner, "RANK_BY", rank_by)
     pruning = _prepare("multitask", 0.5, 8)
     cm = pruning.pruner.cm  # type: ignore[attr-defined]
+    orders: list[torch.Tensor] = []
+    refresh = cm.refresh_
+    monkeypatch.setattr(cm, "refresh_", lambda order=None: (orders.append(order.clone()), refresh(order))[1])
     opt = torch.optim.Adam(pruning.param_groups(lr=1e-2))
     for step in range(4):
         x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + step))
@@ -309,5 +320,8 @@ def test_the_taylor_rank_key_is_each_channels_taylor_score_at_full_strength(monk
         pruning.step()
         beta = channel_pruner.TAYLOR_SMOOTHING
         full = torch.where(gates > 0, taylor / gates.clamp_min(channel_pruner.TAYLOR_MIN_GATE), 0.0)
-        assert torch.allclose(cm.get_buffer("taylor_key"), beta * before + (1 - beta) * full)
+        key = cm.get_buffer("taylor_key")
+        assert torch.allclose(key, beta * before + (1 - beta) * full)
+        expected = key * cm.normalised_norms() if rank_by == "norm*taylor" else key
+        assert torch.allclose(orders[-1], expected)  # what the rank scores were ranked by
         assert bool(taylor.any()) and bool((cm.get_buffer("taylor_key")[gates == 0] <= before[gates == 0]).all())
