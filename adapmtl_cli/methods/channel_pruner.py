@@ -177,7 +177,7 @@ class ChannelThresholdPruner(_ChannelBase):
             self.cm.register_buffer("taylor_key", torch.zeros_like(self.cm.inv_norm))  # saved: resume continues
 
     def _rank_key_(self) -> torch.Tensor | None:
-        """With ``RANK_BY = "taylor"``: fold this step's gradients into the Taylor key; the key (None: by norm)."""
+        """With a Taylor ``RANK_BY``: fold this step's gradients into the Taylor key; the rank key (None: by norm)."""
         if RANK_BY not in ("taylor", "norm*taylor"):
             return None
         key = self.cm.get_buffer("taylor_key")
