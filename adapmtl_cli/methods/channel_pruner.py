@@ -29,6 +29,7 @@ from adapmtl_cli.sparsity.channel_flops import LayerFlops, layer_flops
 from adapmtl_cli.sparsity.channel_gates import (
     KEEP_MULTIPLE,
     ChannelGatedModel,
+    RankKey,
     channel_zeros,
     fit_channel_level_,
     gated_groups,
@@ -48,6 +49,8 @@ Chosen on the dev split (issue #14, session 12; 50% of the channels, 200 steps, 
 ``mobilenet_v2_tiny`` / ``mobilenet_aspp_tiny``: ``norm`` −83.4 / −92.9 / −37.8, ``taylor`` −62.0 / −77.1 /
 −36.2, ``norm*taylor`` −53.7 / −62.5 / −28.2 (``tp_taylor`` on the same cells: −72.1 / −70.7 / −69.9). Before
 the first step (no gradient yet) the order is the norm's."""
+TAYLOR_KEYS = ("taylor", "norm*taylor")
+"""The ``RANK_BY`` values that keep a Taylor key."""
 TAYLOR_SMOOTHING = 0.9
 """EMA factor of the Taylor key (one batch's gradient is noisy)."""
 TAYLOR_MIN_GATE = 1e-3
@@ -173,12 +176,13 @@ class ChannelThresholdPruner(_ChannelBase):
             raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
         if self.allocation == "marginal":
             self.cm.allocator = MarginalAllocator(len(self.cm.bank.groups))
-        if RANK_BY in ("taylor", "norm*taylor"):
+        self.rank_by = RANK_BY
+        if self.rank_by in TAYLOR_KEYS:
             self.cm.register_buffer("taylor_key", torch.zeros_like(self.cm.inv_norm))  # saved: resume continues
 
-    def _rank_key_(self) -> torch.Tensor | None:
+    def _rank_key_(self) -> RankKey | None:
         """With a Taylor ``RANK_BY``: fold this step's gradients into the Taylor key; the rank key (None: by norm)."""
-        if RANK_BY not in ("taylor", "norm*taylor"):
+        if self.rank_by not in TAYLOR_KEYS:
             return None
         key = self.cm.get_buffer("taylor_key")
         taylor = raw_weight_taylor(self.cm)  # the gradients of the forward that used the current gates
@@ -188,7 +192,9 @@ class ChannelThresholdPruner(_ChannelBase):
             key.mul_(TAYLOR_SMOOTHING).add_(full, alpha=1 - TAYLOR_SMOOTHING)
         if not bool(key.any()):
             return None
-        return key * self.cm.normalised_norms() if RANK_BY == "norm*taylor" else key
+        if self.rank_by == "norm*taylor":
+            return lambda norms: key * norms  # the norms refresh_ computes anyway
+        return lambda norms: key
 
     def param_groups(self, lr: float, threshold_lr: float) -> list[dict[str, Any]]:
         bank = {id(p) for p in self.cm.bank.parameters()}

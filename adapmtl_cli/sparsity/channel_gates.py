@@ -38,6 +38,7 @@ from torch.nn.utils import parametrize
 from adapmtl_cli.model.channels import ChannelGroup, CoupledSlice
 from adapmtl_cli.sparsity.thresholds import LayerZeros, ParametrizedLayers, ThresholdBank, parameter_order
 
+RankKey = Callable[[torch.Tensor], torch.Tensor]  # normalised norms -> the key ranks come from (channel_scores)
 SCALE_RMS = 4.0
 """A group's norms are divided by this many times their root mean square at the start: every group's channels
 then sit around 0.25 whatever its width or depth (so one threshold per component prunes every group by its
@@ -179,18 +180,17 @@ class ChannelGatedModel(ParametrizedLayers):
         return self.norms() / self._scale_per_channel()
 
     @torch.no_grad()
-    def channel_scores(self, order: torch.Tensor | None = None) -> torch.Tensor:
-        """Per flat channel, what its component's threshold is compared with (``r_j``, or its rank score;
-        ``order``: rank by this per-channel key instead of ``r_j``)."""
+    def channel_scores(self, order: RankKey | None = None) -> torch.Tensor:
+        """Per flat channel, what its threshold is compared with: ``r_j`` or its rank score (by ``order(r_j)``)."""
         r = self.normalised_norms()
-        return rank_scores(r, self.gated, order=order) if RANK_SCORES else r
+        return rank_scores(r, self.gated, order=None if order is None else order(r)) if RANK_SCORES else r
 
     def _scale_per_channel(self) -> torch.Tensor:
         sizes = torch.tensor([g.group.channels for g in self.gated], device=self.scale.device)
         return torch.repeat_interleave(self.scale, sizes)
 
     @torch.no_grad()
-    def refresh_(self, order: torch.Tensor | None = None) -> None:
+    def refresh_(self, order: RankKey | None = None) -> None:
         """Recompute ``1 / r_j`` (``r_j``: ``channel_scores``) from the current weights (after every optimizer step).
 
         A zero score gives ``inf``: the channel is always removed. Each group's strongest channel (with

@@ -305,9 +305,11 @@ def test_the_taylor_rank_key_is_each_channels_taylor_score_at_full_strength(
     monkeypatch.setattr(channel_pruner, "RANK_BY", rank_by)
     pruning = _prepare("multitask", 0.5, 8)
     cm = pruning.pruner.cm  # type: ignore[attr-defined]
-    orders: list[torch.Tensor] = []
+    orders: list[torch.Tensor] = []  # the key refresh_ ranked by, from the norms it saw
     refresh = cm.refresh_
-    monkeypatch.setattr(cm, "refresh_", lambda order=None: (orders.append(order.clone()), refresh(order))[1])
+    monkeypatch.setattr(
+        cm, "refresh_", lambda order=None: (orders.append(order(cm.normalised_norms()).clone()), refresh(order))[1]
+    )
     opt = torch.optim.Adam(pruning.param_groups(lr=1e-2))
     for step in range(4):
         x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 + step))
