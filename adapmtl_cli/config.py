@@ -80,6 +80,10 @@ class PruneConfig(_File):
     """Per-layer threshold scales of threshold methods (None: the method's own; saliency for adapmtl)."""
     allocation: Literal["adam", "marginal", "frozen"] | None = None
     """How threshold methods move the split between components (None: the method's own; adam)."""
+    settle: Literal["mask", "thresholds"] | None = None
+    """What threshold methods do once the ramp reaches the target: ``mask`` fixes the kept weights and fine-tunes
+    them, ``thresholds`` keeps the soft thresholds moving (None: the method's own; mask for adapmtl, thresholds for
+    str_global, str_layer and adapmtl_paper)."""
     structure: Literal["weight", "channel"] | None = None
     """What is pruned: single weights or whole output channels (None: the method's own; weight but for
     tp_magnitude and tp_taylor). A channel run's ``sparsity`` is the fraction of channels (or FLOPs,
@@ -258,6 +262,8 @@ class RunReport(_File):
     """Threshold methods: ``saliency`` or ``none`` (``--layer-scale``); None for mask methods and older reports."""
     allocation: str | None = None
     """Threshold methods: how the split moved (``--allocation``); None for mask methods and older reports."""
+    settle: str | None = None
+    """Threshold methods: what they did at the target (``--settle``); None for mask methods and older reports."""
     target_sparsity: float
     overall_sparsity: float
     prunable_params: int

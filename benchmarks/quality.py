@@ -135,7 +135,7 @@ def product_defaults(options: dict[str, Any]) -> dict[str, Any]:
     allocation rule and its constants): changing a default there makes the cells that used the old one stale.
     """
     from adapmtl_cli.config import DEFAULTS
-    from adapmtl_cli.methods.registry import allocation_name, layer_scale_name, weighting_name
+    from adapmtl_cli.methods.registry import allocation_name, layer_scale_name, settle_name, weighting_name
     from adapmtl_cli.sparsity import allocation
 
     method = DEFAULTS.method if options["method"] == "dense" else options["method"]
@@ -145,6 +145,9 @@ def product_defaults(options: dict[str, Any]) -> dict[str, Any]:
     out["layer_scale"] = layer_scale_name(method, options.get("layer_scale"))
     rule = allocation_name(method, options.get("allocation"))
     out["allocation"] = rule
+    settle = settle_name(method, options.get("settle"), options.get("structure"))
+    if settle == "mask":  # absent while ``thresholds`` was the only behaviour, so those rows keep their keys
+        out["settle"] = settle
     if rule == "marginal":
         out["marginal"] = {k: getattr(allocation, k) for k in ("RUN_RATE", "MAX_STEP", "BAND", "SMOOTHING")}
     if options.get("structure") == "channel":  # the channel rule's constants (weight rows' keys are unchanged)

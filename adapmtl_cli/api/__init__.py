@@ -42,6 +42,7 @@ from adapmtl_cli.methods import (
     check_method,
     layer_scale_name,
     needs_calibration,
+    settle_name,
     structure_name,
     weighting_name,
 )
@@ -236,6 +237,7 @@ def _settings(
     weighting: str | None,
     layer_scale: str | None,
     allocation: str | None,
+    settle: str | None,
     structure: str | None,
     target: str | None,
     sparsity: float,
@@ -254,6 +256,7 @@ def _settings(
         threshold_lr,
         kind,
         (target or "channels") if kind == "channel" else None,
+        settle_name(method, settle, structure),
     )
 
 
@@ -271,6 +274,7 @@ def prepare(
     weighting: str | None = None,
     layer_scale: str | None = None,
     allocation: str | None = None,
+    settle: str | None = None,
     structure: str | None = None,
     target: str | None = None,
     threshold_lr: float = DEFAULTS.threshold_lr,
@@ -292,8 +296,8 @@ def prepare(
         calibration: ``(input, {task: target})`` batches; methods that score weights by task saliency (the
             default's layer scales, ``disparse``) use the first few.
         losses: ``{task: fn(output, target) -> scalar}``; needed with ``calibration``.
-        weighting, layer_scale, allocation, threshold_lr, ramp_end, component_sparsity: as the ``prune`` options (None:
-            the method's own default). exclude, backbone, heads: discovery overrides (see ``discover``).
+        weighting, layer_scale, allocation, settle, threshold_lr, ramp_end, component_sparsity: as the ``prune``
+            options (None: the method's own default). exclude, backbone, heads: discovery overrides (see ``discover``).
         structure: ``"weight"`` (single weights) or ``"channel"`` (whole output channels, which ``export`` removes
             physically; ``sparsity`` is then the fraction of channels removed). None: the method's own.
         target: for channel runs, what ``sparsity`` counts: ``"channels"`` (default) or ``"flops"``.
@@ -327,12 +331,13 @@ def prepare(
             bounds=dict(component_sparsity or {}),
             layer_scale=layer_scale,
             allocation=allocation,
+            settle=settle,
             structure=structure_name(method, structure),
             target=target,
             example_input=example_input,
         ),
     )
     settings = _settings(
-        method, weighting, layer_scale, allocation, structure, target, float(sparsity), steps, threshold_lr
+        method, weighting, layer_scale, allocation, settle, structure, target, float(sparsity), steps, threshold_lr
     )
     return Pruning(pruner, found, make_weighting(settings.weighting, names, steps), settings)

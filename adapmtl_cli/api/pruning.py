@@ -34,6 +34,8 @@ class PruningSettings:
     """``weight`` or ``channel``; a channel run's ``sparsity`` is the fraction of channels (or FLOPs) removed."""
     target: str | None = None
     """A channel run's unit: ``channels`` or ``flops`` (None for weight runs)."""
+    settle: str | None = None
+    """What the thresholds do once the ramp reaches the target: ``mask`` or ``thresholds`` (None: no thresholds)."""
 
 
 class Pruning:
@@ -175,6 +177,7 @@ class Pruning:
             "weighting": s.weighting,
             "layer_scale": s.layer_scale,
             "allocation": s.allocation,
+            "settle": s.settle,
             "target_sparsity": s.sparsity,
             "overall_sparsity": zeros / total if total else 0.0,
             "prunable_params": total,

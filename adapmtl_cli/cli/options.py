@@ -244,6 +244,15 @@ ALLOCATION = typer.Option(
     help=f"How the split between components moves (threshold methods): "
     f"{one_of(choices('allocation'), ALLOCATION_NOTES)}.",
 )
+SETTLE_NOTES = {
+    "mask": "fix the kept weights where the ramp ends and fine-tune them; default for adapmtl",
+    "thresholds": "keep the soft thresholds moving to the last step; STR's and the paper's form",
+}
+SETTLE = typer.Option(
+    DEFAULTS.settle,
+    "--settle",
+    help=f"What threshold methods do once the sparsity reaches the target: {one_of(choices('settle'), SETTLE_NOTES)}.",
+)
 STRUCTURE_NOTES = {
     "weight": "single weights: smaller files, not faster on common runtimes; the default",
     "channel": "whole output channels with everything coupled to them; export writes the physically smaller, "

@@ -92,6 +92,7 @@ def prune(
     weighting: str | None = o.WEIGHTING,
     layer_scale: str | None = o.LAYER_SCALE,
     allocation: str | None = o.ALLOCATION,
+    settle: str | None = o.SETTLE,
     structure: str | None = o.STRUCTURE,
     target: str | None = o.TARGET,
     seed: int = o.SEED,

@@ -194,6 +194,7 @@ def prepare_pruning(prepared: Prepared, model: torch.nn.Module, cfg: PruneConfig
         weighting=cfg.weighting,
         layer_scale=cfg.layer_scale,
         allocation=cfg.allocation,
+        settle=cfg.settle,
         structure=cfg.structure,
         target=cfg.target,
         threshold_lr=cfg.threshold_lr,

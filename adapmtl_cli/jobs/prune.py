@@ -227,6 +227,7 @@ def _check_and_prepare(cfg: PruneConfig, run: RunDir, resume: bool, hooks: Hooks
         allocation=cfg.allocation,
         structure=cfg.structure,
         target=cfg.target,
+        settle=cfg.settle,
     )
     return _Job(cfg, run, device, prepared, resume, hooks, world)
 

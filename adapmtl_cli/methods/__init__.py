@@ -27,6 +27,7 @@ from adapmtl_cli.methods.registry import (
     COMPONENT_BOUNDS,
     DEFAULT_ALLOCATION,
     DEFAULT_LAYER_SCALE,
+    DEFAULT_SETTLE,
     DEFAULT_WEIGHTING,
     METHODS,
     STRUCTURES,
@@ -37,6 +38,7 @@ from adapmtl_cli.methods.registry import (
     layer_scale_name,
     needs_calibration,
     register_method,
+    settle_name,
     structure_name,
     weighting_name,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "CALIBRATES",
     "COMPONENT_BOUNDS",
     "DEFAULT_LAYER_SCALE",
+    "DEFAULT_SETTLE",
     "DEFAULT_WEIGHTING",
     "METHODS",
     "STRUCTURES",
@@ -58,6 +61,7 @@ __all__ = [
     "layer_scale_name",
     "needs_calibration",
     "register_method",
+    "settle_name",
     "structure_name",
     "weighting_name",
 ]

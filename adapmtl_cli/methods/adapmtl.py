@@ -11,6 +11,10 @@ WEIGHTING = "norm"
 """Each task's loss over its dense level (``1/L⁰``). The robustness factor of ``adaptive`` did not beat it on the
 quality benchmark's dev split (mean Δ_T at 90% / 95%, 3 seeds: norm −16.6 / −43.0, adaptive −16.5 / −45.9), so
 the simpler one is the default (issue #13); ``--weighting adaptive`` keeps the robustness factor."""
+SETTLE = "mask"
+"""Once the ramp reaches the target the mask is fixed and the survivors fine-tune (``sparsity/settle.py``): on the
+quality benchmark's dev split at 95% it removed the default's worst cells (docs/architecture.md, "Settling on a
+fixed mask")."""
 ALLOCATION = "marginal"
 """The split moves toward equal marginal loss per pruned weight (``sparsity/allocation.py``); chosen on the
 quality benchmark's dev split over ``adam`` and ``frozen`` (docs/architecture.md, "How the split moves")."""
@@ -22,6 +26,7 @@ quality benchmark's dev split over ``adam`` and ``frozen`` (docs/architecture.md
     layer_scale=LAYER_SCALE,
     component_bounds=True,
     allocation=ALLOCATION,
+    settle=SETTLE,
     structures=("weight", "channel"),
     channel_targets=("channels", "flops"),
 )
@@ -34,5 +39,11 @@ def build(ctx: MethodContext) -> Pruner:
     # Per-layer threshold scales from task saliency (layer_scales.py): one learned threshold per component that
     # no longer empties a layer for its weights' scale alone. ``--layer-scale none`` is the paper's form.
     return ThresholdPruner(
-        "adapmtl", ctx, "component", per_group_init=True, layer_scale=LAYER_SCALE, allocation=ALLOCATION
+        "adapmtl",
+        ctx,
+        "component",
+        per_group_init=True,
+        layer_scale=LAYER_SCALE,
+        allocation=ALLOCATION,
+        settle=SETTLE,
     )

@@ -12,6 +12,7 @@ land exactly on the requested overall sparsity at the last step:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from adapmtl_cli.sparsity.masks import (
     mask_zeros,
 )
 from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target, group_magnitudes
+from adapmtl_cli.sparsity.settle import SETTLES, SettledMask
 from adapmtl_cli.sparsity.thresholds import (
     LayerZeros,
     ThresholdedModel,
@@ -71,6 +73,8 @@ class MethodContext:
     None: the method's own (``build_pruner`` resolves it before the factory runs)."""
     target: str | None = None
     """``--target`` of a channel run: ``channels`` (the default) or ``flops``; None for weight runs."""
+    settle: str | None = None
+    """``--settle``: what a threshold method does once the ramp reaches the target (None: the method's default)."""
     example_input: Any = None
     """One batch of inputs (channel runs trace the model's channel groups with it)."""
 
@@ -151,6 +155,7 @@ class ThresholdPruner:
         per_group_init: bool = False,
         layer_scale: str = "none",
         allocation: str = "adam",
+        settle: str = "thresholds",
     ) -> None:
         self.name = name
         self.ctx = ctx
@@ -174,6 +179,13 @@ class ThresholdPruner:
             raise ConfigError(f"--allocation {self.allocation!r} is not one of {', '.join(ALLOCATIONS)}")
         if self.allocation == "marginal":
             self.tm.allocator = MarginalAllocator(len(self.tm.bank.groups))  # a submodule: its state is saved
+        self.settle = ctx.settle or settle
+        if self.settle not in SETTLES:
+            raise ConfigError(f"--settle {self.settle!r} is not one of {', '.join(SETTLES)}")
+        if self.settle == "mask":
+            self.tm.settled = SettledMask(self.tm)  # a submodule: a resumed run holds the same mask
+        self.settle_step = max(1, round(ctx.steps * ctx.ramp_end))
+        """The step the cubic ramp reaches the target at (``--settle mask`` fixes the mask after it)."""
         self.module: nn.Module = self.tm
         self._controller: LevelController | None = None
 
@@ -203,7 +215,14 @@ class ThresholdPruner:
     def target_at(self, step: int) -> float:
         return cubic_target(step, self.ctx.steps, self.ctx.sparsity, 0.0, self.ctx.ramp_end)
 
+    def _settled(self) -> SettledMask | None:
+        settled = getattr(self.tm, "settled", None)
+        return settled if isinstance(settled, SettledMask) else None
+
     def after_step_(self, step: int) -> float:
+        settled = self._settled()
+        if settled is not None and bool(settled.done):
+            return settled.hold_(self.tm)
         if self._controller is None:
             self._controller = LevelController(self.tm)
         allocator = getattr(self.tm, "allocator", None)
@@ -218,12 +237,23 @@ class ThresholdPruner:
             ramp = target / self.ctx.sparsity
             self._controller.bounds = {g: (low * ramp, high) for g, (low, high) in self.bounds.items()}
         fit = self._controller.step_(step - 1, target, exact=step >= self.ctx.steps, magnitudes=mags)
+        if settled is not None and step >= self.settle_step:
+            settled.settle_(self.tm)  # the level is exact here: the mask keeps it to the end
         return fit.sparsity
 
     def measure(self) -> list[LayerZeros]:
-        return measure_layers(self.tm)
+        layers = measure_layers(self.tm)
+        settled = self._settled()
+        if settled is None or not bool(settled.done):
+            return layers
+        # The thresholds the mask was fixed with, in each layer's units (the live ones are ~0 by then).
+        values = settled.thresholds(self.tm)
+        return [dataclasses.replace(x, threshold=values[x.group] * float(self.tm.layer_scale(x.fqn))) for x in layers]
 
     def thresholds(self) -> dict[str, float]:
+        settled = self._settled()
+        if settled is not None and bool(settled.done):
+            return settled.thresholds(self.tm)
         return self.tm.bank.values()
 
     def bake_(self) -> nn.Module:

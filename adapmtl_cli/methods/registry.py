@@ -9,6 +9,7 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods.base import MethodContext, Pruner
 from adapmtl_cli.sparsity.allocation import ALLOCATIONS
 from adapmtl_cli.sparsity.schedule import check_bounds
+from adapmtl_cli.sparsity.settle import SETTLES
 
 METHODS: dict[str, Callable[[MethodContext], Pruner]] = {}
 DEFAULT_WEIGHTING: dict[str, str] = {}
@@ -21,6 +22,8 @@ COMPONENT_BOUNDS: set[str] = set()
 """Methods with one learned threshold per component, which ``--component-sparsity`` bounds."""
 DEFAULT_ALLOCATION: dict[str, str] = {}
 """How each threshold method moves its split between groups unless ``--allocation`` says otherwise."""
+DEFAULT_SETTLE: dict[str, str] = {}
+"""What each threshold method does once its ramp reaches the target unless ``--settle`` says otherwise."""
 STRUCTURES: dict[str, tuple[str, ...]] = {}
 """What each method can prune (``--structure``), its default first: ``weight`` and/or ``channel``."""
 CHANNEL_TARGETS: dict[str, tuple[str, ...]] = {}
@@ -35,6 +38,7 @@ def register_method(
     calibrates: bool = False,
     component_bounds: bool = False,
     allocation: str = "adam",
+    settle: str = "thresholds",
     structures: tuple[str, ...] = ("weight",),
     channel_targets: tuple[str, ...] = ("channels",),
 ) -> Callable[[Callable[[MethodContext], Pruner]], Callable[[MethodContext], Pruner]]:
@@ -46,6 +50,7 @@ def register_method(
         calibrates: the method always scores weights with task gradients (needs calibration batches).
         component_bounds: the method has one learned threshold per component (``--component-sparsity``).
         allocation: a threshold method's default ``--allocation`` (the factory must build it with this one).
+        settle: a threshold method's default ``--settle`` (the factory must build it with this one).
         structures: what the method prunes (``--structure`` values), its default first.
         channel_targets: what a channel run's level can count (``--target`` values).
     """
@@ -61,6 +66,7 @@ def register_method(
             CHANNEL_TARGETS[name] = channel_targets
         if layer_scale is not None:
             DEFAULT_ALLOCATION[name] = allocation
+            DEFAULT_SETTLE[name] = settle
         if calibrates:
             CALIBRATES.add(name)
         if component_bounds:
@@ -107,6 +113,15 @@ def allocation_name(method: str, allocation: str | None) -> str | None:
     return allocation or DEFAULT_ALLOCATION[method]
 
 
+def settle_name(method: str, settle: str | None, structure: str | None = None) -> str | None:
+    """``settle`` if given, else the method's own default; None for methods without thresholds and for channel
+    runs (their channel gates have no fixed-mask phase)."""
+    check_method(method)
+    if DEFAULT_LAYER_SCALE[method] is None or structure_name(method, structure) == "channel":
+        return None
+    return settle or DEFAULT_SETTLE[method]
+
+
 def needs_calibration(method: str, layer_scale: str | None, structure: str | None = None) -> bool:
     """Whether building ``method`` scores weights by task saliency on training batches."""
     return method in CALIBRATES or layer_scale_name(method, layer_scale, structure) == "saliency"
@@ -122,6 +137,7 @@ def check_method_options(
     allocation: str | None = None,
     structure: str | None = None,
     target: str | None = None,
+    settle: str | None = None,
 ) -> None:
     """Every rule on how a method's options combine, checked before any work (the one place they live).
 
@@ -144,6 +160,7 @@ def check_method_options(
         raise ConfigError(f"--allocation moves learned thresholds; --method {method} prunes with masks")
     if allocation is not None and allocation not in ALLOCATIONS:
         raise ConfigError(f"--allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+    _check_settle(method, settle, structure)
     if not bounds:
         return
     if method not in COMPONENT_BOUNDS:
@@ -152,6 +169,19 @@ def check_method_options(
             f"{', '.join(sorted(COMPONENT_BOUNDS))}); --method {method} has none"
         )
     check_bounds(dict(bounds), dict(sizes), sparsity)
+
+
+def _check_settle(method: str, settle: str | None, structure: str | None) -> None:
+    if settle is None:
+        return
+    if settle not in SETTLES:
+        raise ConfigError(f"--settle {settle!r} is not one of {', '.join(SETTLES)}")
+    if DEFAULT_LAYER_SCALE[method] is None:
+        raise ConfigError(
+            f"--settle says what learned thresholds do at the target; --method {method} prunes with masks"
+        )
+    if structure_name(method, structure) == "channel":
+        raise ConfigError("--settle fixes a weight mask; it does not apply to --structure channel (drop --settle)")
 
 
 STRUCTURE_VALUES = ("weight", "channel")
@@ -204,5 +234,6 @@ def build_pruner(name: str, ctx: MethodContext) -> Pruner:
         allocation=ctx.allocation,
         structure=ctx.structure,
         target=ctx.target,
+        settle=ctx.settle,
     )
     return METHODS[name](dataclasses.replace(ctx, structure=structure_name(name, ctx.structure)))

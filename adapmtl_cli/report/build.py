@@ -49,6 +49,7 @@ def build_report(
         weighting=parts["weighting"],
         layer_scale=parts["layer_scale"],
         allocation=parts["allocation"],
+        settle=parts["settle"],
         target_sparsity=cfg.sparsity,
         overall_sparsity=parts["overall_sparsity"],
         prunable_params=parts["prunable_params"],

@@ -556,6 +556,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         (["--component-sparsity", "backbone=0:0.95", "--method", "str_layer"], "--method str_layer has none"),
         (["--layer-scale", "saliency", "--method", "disparse"], "--method disparse prunes with masks"),
         (["--layer-scale", "size"], "--layer-scale: Input should be 'saliency' or 'none'"),
+        (["--settle", "freeze"], "--settle: Input should be 'mask' or 'thresholds'"),
+        (["--settle", "mask", "--method", "gmp"], "--method gmp prunes with masks"),
+        (["--settle", "mask", "--structure", "channel"], "does not apply to --structure channel"),
     ],
 )
 def test_component_sparsity_errors(

@@ -57,6 +57,7 @@ def test_the_help_texts_name_the_methods_own_defaults() -> None:
         (options.WEIGHTING_NOTES, choices("weighting")),
         (options.LAYER_SCALE_NOTES, choices("layer_scale")),
         (options.PRECISION_NOTES, choices("precision")),
+        (options.SETTLE_NOTES, choices("settle")),
         (options.EVAL_SPLIT_NOTES, choices("eval_split")),
         (options.LOG_FORMAT_NOTES, choices("log_format", SessionOptions)),
     ],
