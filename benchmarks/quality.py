@@ -97,7 +97,13 @@ FROZEN: dict[str, Any] = {
         "decay (1.0), each baseline's weighting (the best of equal, adaptive and norm at 90%, seeds 0-1), "
         "the second dense seed's rows (the default, the frozen control and the strongest baseline on dev). "
         "Budget 400 steps, frozen 2026-12-02 (session 8) from the dev check quality-dev-s7-400.md, run after the "
-        "200-step test table (quality-test-200.md) had shown a loss at 95%: that table stays published"
+        "200-step test table (quality-test-200.md) had shown a loss at 95%: that table stays published. "
+        "Session 13 (2026-12-04), frozen before this table's re-run: the default settles on a fixed mask where "
+        "the ramp ends (--settle mask; dev: quality-s13-settle-d0.md, -d1.md, docs/architecture.md 'Settling on a "
+        "fixed mask'), decided after the session-12 test table (kept as quality-test-400-s12.md) had the default "
+        "tied with disparse-dynamic at 95%; str_layer takes --settle mask and str_global keeps thresholds (the "
+        "better of the two at 90%, seeds 0-1, quality-s13-settle-str.md). Rows whose settings did not change keep "
+        "their session-9 cells (same keys); the changed rows ran on another machine (each record names it)"
     ),
     "bench": "aspp",
     "steps": 400,
@@ -117,7 +123,9 @@ FROZEN: dict[str, Any] = {
         "lth": {"weighting": "adaptive"},  # −143.1 / −142.1 / −144.4
         "gmp": {"weighting": "adaptive"},  # −164.1 / −142.1 / −159.4
         "str_global": {"weighting": "adaptive"},  # −121.1 / −102.4 / −112.4
-        "str_layer": {"weighting": "adaptive"},  # −98.4 / −93.6 / −102.7
+        # settle at 90%, seeds 0-1 (quality-s13-settle-str.md): thresholds −36.30, mask −34.54 (str_global: −56.15,
+        # −56.61, so it keeps thresholds)
+        "str_layer": {"weighting": "adaptive", "settle": "mask"},  # −98.4 / −93.6 / −102.7
         "magnitude_oneshot": {"weighting": "equal"},  # −180.1 / −199.9 / −208.3
         "uniform_magnitude": {"weighting": "adaptive"},  # −1204 / −1115 / −2462
     },
