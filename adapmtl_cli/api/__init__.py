@@ -290,8 +290,7 @@ def prepare(
     Args:
         model: the trained multitask model (a DDP or DataParallel wrapper is looked through).
         example_input: one batch of inputs the model's forward accepts.
-        tasks: task names (the keys of your outputs and losses) or task specs.
-        method: any ``--method`` value (``adapmtl`` is the default).
+        tasks: task names (the keys of your outputs and losses) or task specs. method: any ``--method`` value.
         outputs: as ``--outputs``: one task name per output leaf, when outputs cannot be matched by name.
         calibration: ``(input, {task: target})`` batches; methods that score weights by task saliency (the
             default's layer scales, ``disparse``) use the first few.
