@@ -37,7 +37,7 @@ import torch
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.methods.base import MethodContext, ThresholdPruner
 from adapmtl_cli.methods.registry import register_method
-from adapmtl_cli.sparsity.schedule import LevelController, group_magnitudes
+from adapmtl_cli.sparsity.schedule import LevelController, group_magnitudes, ramp_steps
 from adapmtl_cli.sparsity.thresholds import ThresholdedModel, init_thresholds_
 
 START = 1e-3
@@ -71,7 +71,7 @@ class PaperPruner(ThresholdPruner):
         self.start_logit = float(self.tm.bank.logit(self.tm.bank.groups[0]).detach())
         goal = _global_quantile(self.tm, ctx.sparsity)
         self.goal_logit = math.log(goal) - math.log1p(-goal)
-        ramp = max(1, round(ctx.steps * ctx.ramp_end))
+        ramp = ramp_steps(ctx.steps, ctx.ramp_end)
         self.rate = max(self.goal_logit - self.start_logit, 0.0) / ramp
         self.at_ceiling: bool | None = None
         """Whether the overall sparsity is at the target (None: not measured yet in this process)."""

@@ -34,7 +34,7 @@ from adapmtl_cli.sparsity.masks import (
     keep_top_,
     mask_zeros,
 )
-from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target, group_magnitudes
+from adapmtl_cli.sparsity.schedule import Bounds, LevelController, cubic_target, group_magnitudes, ramp_steps
 from adapmtl_cli.sparsity.settle import SETTLES, SettledMask
 from adapmtl_cli.sparsity.thresholds import (
     LayerZeros,
@@ -184,7 +184,7 @@ class ThresholdPruner:
             raise ConfigError(f"--settle {self.settle!r} is not one of {', '.join(SETTLES)}")
         if self.settle == "mask":
             self.tm.settled = SettledMask(self.tm)  # a submodule: a resumed run holds the same mask
-        self.settle_step = max(1, round(ctx.steps * ctx.ramp_end))
+        self.settle_step = ramp_steps(ctx.steps, ctx.ramp_end)
         """The step the cubic ramp reaches the target at (``--settle mask`` fixes the mask after it)."""
         self.module: nn.Module = self.tm
         self._controller: LevelController | None = None

@@ -48,6 +48,7 @@ from adapmtl_cli.methods.registry import register_method
 from adapmtl_cli.methods.saliency import CALIBRATION_BATCHES, TaskLosses, best_task_ranks
 from adapmtl_cli.model.discover import ComponentMap
 from adapmtl_cli.sparsity.masks import MaskedModel
+from adapmtl_cli.sparsity.schedule import ramp_steps
 
 DROP_FRACTION = 0.3
 """``f0``: the fraction of the kept weights swapped at the first update (RigL's default alpha)."""
@@ -149,7 +150,7 @@ class DiSparseDynamic(DiSparse):
             raise ConfigError(f"method {name!r} needs training batches to score weights; it cannot run here")
         super().__init__(name, ctx, gradual=False)  # the static mask, at the target from the start
         self.keep = self.total - int(round(ctx.sparsity * self.total))
-        self.end = max(1, round(ctx.steps * ctx.ramp_end))
+        self.end = ramp_steps(ctx.steps, ctx.ramp_end)
         self.update_every = max(1, self.end // UPDATES)
 
     def swap_count(self, step: int) -> int:

@@ -20,11 +20,12 @@ import math
 from adapmtl_cli.methods.base import MethodContext
 from adapmtl_cli.methods.mask_rounds import ROUNDS, MagnitudeRounds
 from adapmtl_cli.methods.registry import register_method
+from adapmtl_cli.sparsity.schedule import ramp_steps
 
 
 def last_round_start(steps: int, ramp_end: float, rounds: int = ROUNDS) -> int:
     """The step after which IMP's last round prunes to the target: the ramp's end, leaving retraining steps."""
-    ramp = max(1, round(steps * ramp_end))  # where gmp's cubic ramp reaches the target
+    ramp = ramp_steps(steps, ramp_end)  # where gmp's cubic ramp reaches the target
     return max(0, min(ramp, steps - math.ceil(steps / rounds)))
 
 

@@ -21,9 +21,14 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.sparsity.thresholds import ThresholdedModel
 
 
+def ramp_steps(total: int, ramp_end: float) -> int:
+    """The step at which the cubic ramp reaches the target (the first ``ramp_end`` of ``total`` steps, at least 1)."""
+    return max(1, round(total * ramp_end))
+
+
 def cubic_target(step: int, total: int, final: float, initial: float = 0.0, ramp_end: float = 0.75) -> float:
     """Scheduled overall sparsity after ``step`` optimizer steps out of ``total``."""
-    ramp = max(1, round(total * ramp_end))
+    ramp = ramp_steps(total, ramp_end)
     if step >= ramp:
         return final
     frac = 1.0 - step / ramp
