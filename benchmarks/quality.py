@@ -103,7 +103,14 @@ FROZEN: dict[str, Any] = {
         "fixed mask'), decided after the session-12 test table (kept as quality-test-400-s12.md) had the default "
         "tied with disparse-dynamic at 95%; str_layer takes --settle mask and str_global keeps thresholds (the "
         "better of the two at 90%, seeds 0-1, quality-s13-settle-str.md). Rows whose settings did not change keep "
-        "their session-9 cells (same keys); the changed rows ran on another machine (each record names it)"
+        "their session-9 cells (same keys); the changed rows ran on another machine (each record names it). "
+        "Session 14 (2026-12-04), frozen before this re-run, settings unchanged: every cell re-run on one machine "
+        "from one commit (the session-13 table, kept as quality-test-400-s13.md, mixed session-9 AMD cells with "
+        "session-13 Intel cells), and the weighting rows (adapmtl+adaptive, +equal, +norm, +paperw) also on the "
+        "second dense seed, so item 6's comparisons have the 10 pairs per sparsity that the default's other key "
+        "comparisons have. Decided after the session-13 table had adapmtl+adaptive ahead of the default inside "
+        "the interval (-0.60, -1.39); the default's weighting stays norm (chosen on dev: 4f69902, 72a122e) "
+        "whatever this re-run shows, and the re-run is published as it comes"
     ),
     "bench": "aspp",
     "steps": 400,
@@ -113,7 +120,16 @@ FROZEN: dict[str, Any] = {
     "seeds": [0, 1, 2, 3, 4],
     "dense_seeds": [0],
     "second_dense_seed": 1,
-    "second_dense_rows": ["adapmtl", "adapmtl-frozen", "disparse-dynamic"],
+    "second_dense_rows": [
+        "adapmtl",
+        "adapmtl-frozen",
+        "disparse-dynamic",
+        # session 14: item 6's weighting rows as well (see status)
+        "adapmtl+adaptive",
+        "adapmtl+equal",
+        "adapmtl+norm",
+        "adapmtl+paperw",
+    ],
     # dev, 90%, mean Δ_T of seeds 0-1 with equal / adaptive / norm weighting (quality-dev.md); the best is kept:
     "rows": {
         "disparse": {"weighting": "adaptive"},  # −25.5 / −24.7 / −25.4
