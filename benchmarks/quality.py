@@ -4,7 +4,7 @@
     python benchmarks/quality.py --jobs 2                   # run (or resume) the frozen test plan
     python benchmarks/quality.py --split dev --rows 'adapmtl,adapmtl[allocation=marginal]' --seeds 0,1
     python benchmarks/quality.py --cell adapmtl:0.9:0:0     # re-run one cell from scratch, print its Δ_T
-    python benchmarks/quality.py --render                   # quality.md from quality.json
+    python benchmarks/quality.py --render                   # quality.md (and README's summary) from quality.json
 
 Data: generated NYU-like scenes with three disjoint splits, ``train`` (fine-tuning and dense training),
 ``dev`` (the generator's ``val``: every tuning decision) and ``test`` (the committed tables only). Dense
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from committed import adoptable, dense_fingerprint, restore_dense, store_dense  # noqa: E402
-from quality_stats import DEFAULT_ROW, cell_key, render_markdown  # noqa: E402
+from quality_stats import DEFAULT_ROW, cell_key, quote_summary, render_markdown  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -629,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         title = "Quality benchmark (test split)" if args.split == "test" else "Quality benchmark: dev split (tuning)"
         stem.with_suffix(".md").write_text(render_markdown(results, title=title))
         print(f"wrote {stem.with_suffix('.md')}")
+        readme = HERE.parent / "README.md"
+        if stem == HERE / "results" / "quality":  # the committed test table: README quotes its summary
+            readme.write_text(quote_summary(readme.read_text(), results))
+            print(f"wrote the quality summary into {readme}")
         return 0
     if args.cell:
         return run_one(args, paths)

@@ -221,7 +221,7 @@ class ThresholdPruner:
 
     def after_step_(self, step: int) -> float:
         settled = self._settled()
-        if settled is not None and bool(settled.done):
+        if settled is not None and settled.is_done():
             return settled.hold_(self.tm)
         if self._controller is None:
             self._controller = LevelController(self.tm)
@@ -244,7 +244,7 @@ class ThresholdPruner:
     def measure(self) -> list[LayerZeros]:
         layers = measure_layers(self.tm)
         settled = self._settled()
-        if settled is None or not bool(settled.done):
+        if settled is None or not settled.is_done():
             return layers
         # The thresholds the mask was fixed with, in each layer's units (the live ones are ~0 by then).
         values = settled.thresholds(self.tm)
@@ -252,7 +252,7 @@ class ThresholdPruner:
 
     def thresholds(self) -> dict[str, float]:
         settled = self._settled()
-        if settled is not None and bool(settled.done):
+        if settled is not None and settled.is_done():
             return settled.thresholds(self.tm)
         return self.tm.bank.values()
 

@@ -44,10 +44,14 @@ class SettledMask(nn.Module):
         self.register_buffer("done", torch.zeros((), dtype=torch.bool))
         self.register_buffer("logits", torch.zeros(len(tm.bank.groups), dtype=torch.float64))
         self.register_buffer("keep", torch.zeros(total, dtype=torch.bool))
+        self._known: tuple[bool, float] | None = None
+        """(done, sparsity) read back from the buffers once: after settling both are fixed, and reading them every
+        step would wait on the device (a CUDA sync per step). Cleared when the buffers change (settle_, a load)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:  # type: ignore[no-untyped-def]
         # A state saved before there was a fixed-mask phase has none of these: the run settles when it next can.
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+        self._known = None
         if all(prefix + name not in state_dict for name in ("done", "logits", "keep")):
             missing_keys[:] = [k for k in missing_keys if not k.startswith(prefix)]
 
@@ -65,6 +69,16 @@ class SettledMask(nn.Module):
         for g in tm.bank.groups:
             tm.bank.logit(g).fill_(SETTLED_LOGIT)
         self.done.fill_(True)
+        self._known = None
+
+    def _read(self) -> tuple[bool, float]:
+        if self._known is None:
+            self._known = (bool(self.done), 1.0 - float(self.keep.sum()) / max(1, self.keep.numel()))
+        return self._known
+
+    def is_done(self) -> bool:
+        """Whether the mask is fixed (read from the device once, not every step)."""
+        return self._read()[0]
 
     @torch.no_grad()
     def hold_(self, tm: ThresholdedModel) -> float:
@@ -75,7 +89,7 @@ class SettledMask(nn.Module):
             keep = self.keep[offset : offset + w.numel()].view_as(w).to(w.device)
             w.mul_(keep)
             offset += w.numel()
-        return 1.0 - float(self.keep.sum()) / max(1, self.keep.numel())
+        return self._read()[1]
 
     def thresholds(self, tm: ThresholdedModel) -> dict[str, float]:
         """Per group, the threshold the mask was fixed with."""

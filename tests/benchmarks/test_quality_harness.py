@@ -202,3 +202,37 @@ def test_a_row_identical_to_the_default_is_marked_and_left_out_of_the_verdict() 
     verdict = next(line for line in text.splitlines() if line.startswith("Default **behind or equal**"))
     assert "adapmtl+norm" not in verdict and "none" in verdict  # not counted as a row the default fails to beat
     assert not qs.same_as_default(runs, "adapmtl+equal", runs[0]["benchmark"], runs[0]["sparsity"])
+
+
+def test_the_summary_table_pairs_every_row_with_the_default_at_each_sparsity() -> None:
+    runs = [_run("adapmtl", s, 1.0 + 0.1 * s, sparsity=sp) for s in range(3) for sp in (0.9, 0.95)]
+    runs += [_run("gmp", s, 0.1 * s, sparsity=sp) for s in range(3) for sp in (0.9, 0.95)]
+    runs += [_run("adapmtl+norm", s, 1.0 + 0.1 * s, sparsity=0.9) for s in range(3)]
+    runs += [_run("snip", 0, 5.0, sparsity=0.95)]  # one pair, only at 95%, the default behind
+    table = qs.summary_table({"runs": runs, "frozen_settings": {"rows": {"snip": {}, "gmp": {}}}})
+    lines = table.splitlines()
+    assert lines[0] == "| against | cells (90%/95%) | 90%: Δ_T | 90%: wins | 95%: Δ_T | 95%: wins |"
+    assert lines[2].startswith("| `snip` | 0/1 | - | - | -4.00 (n=1) | 0/1 |")
+    assert lines[3] == "| `gmp` | 3/3 | **+1.00 [+1.00, +1.00]** | 3/3 | **+1.00 [+1.00, +1.00]** | 3/3 |"
+    assert lines[4] == "| `adapmtl+norm` | 3/0 | = default | - | - | - |"
+    assert len(lines) == 5  # the default is not paired with itself
+
+
+def test_the_report_names_its_machines_and_flags_a_mix() -> None:
+    runs = [{**_run("adapmtl", s, 1.0), "machine": "cpu A"} for s in range(2)]
+    assert "Machine: `cpu A`." in qs.render_markdown({"runs": runs})
+    mixed = qs.render_markdown({"runs": [*runs, _run("gmp", 0, 0.0)]})
+    assert "`cpu A`, `unrecorded` (**mixed machines**" in mixed
+
+
+def test_readme_quotes_the_committed_table() -> None:
+    """README.md's quality table is the one ``quality.json`` renders, not a hand copy that can drift."""
+    import json
+
+    root = Path(__file__).parents[2]
+    readme = (root / "README.md").read_text()
+    assert qs.README_START in readme and qs.README_END in readme
+    quoted = readme.split(qs.README_START, 1)[1].split(qs.README_END, 1)[0]
+    results = json.loads((root / "benchmarks" / "results" / "quality.json").read_text())
+    assert quoted == qs.summary_table(results), "run python benchmarks/quality.py --render"
+    assert qs.quote_summary(readme, results) == readme
