@@ -17,7 +17,10 @@ sum of relative changes, rewards. Measured in ``docs/architecture.md`` ("Making 
 ``norm``
 (:class:`NormWeighting`) is ``w_i ∝ 1 / L_i(dense)`` alone: the control that shows what the robustness factor
 adds; it did as well as ``adaptive`` on the quality benchmark's dev split, so it is ``adapmtl``'s default now
-(``methods/adapmtl.py``). The weights are plain floats: no gradient flows through them.
+(``methods/adapmtl.py``), and the test table has the two tied (docs/architecture.md, "How the split moves"). Under
+Adam a task's weight barely changes how its own head trains (each parameter's step is normalised); it acts on the
+shared backbone and on the ``marginal`` rule's per-component costs. The weights are plain floats: no gradient
+flows through them.
 """
 
 from __future__ import annotations
