@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 WEIGHTINGS = ("adaptive", "paper", "equal", "norm")
+ROBUSTNESS_POWER = 1.0
+"""γ in ``adaptive``'s ``w_i ∝ r_i^γ / B_i``: 1 is the estimator above, 0 is ``norm``. A dev-split experiment
+(issue #13, session 14): does a stronger tilt toward the tasks whose loss grew change the quality at all?"""
 
 
 class EqualWeighting:
@@ -150,7 +153,9 @@ class AdaptiveWeighting:
 
     def _raw(self, task: str, base: float) -> float:
         """The unnormalised weight: the loss's growth since its dense level, over that level (``EMA(L) / B²``)."""
-        return self.avg[task] / base**2
+        if ROBUSTNESS_POWER == 1.0:
+            return self.avg[task] / base**2  # the committed cells' exact arithmetic
+        return (self.avg[task] / base) ** ROBUSTNESS_POWER / base
 
     def state_dict(self) -> dict[str, Any]:
         return {"base_sum": dict(self.base_sum), "base_count": dict(self.base_count), "avg": dict(self.avg)}

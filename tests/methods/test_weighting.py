@@ -175,3 +175,19 @@ def test_norm_weighting_divides_by_the_dense_level_only() -> None:
     weights = weighting.weights()
     assert weights["cos"] / weights["ce"] == pytest.approx(20.0)  # 1/0.1 against 1/2.0
     assert sum(weights.values()) == pytest.approx(2.0)
+
+
+def test_the_robustness_power_sharpens_the_tilt_and_zero_is_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapmtl_cli.methods import weighting as module
+
+    def fragile_share(power: float) -> float:
+        monkeypatch.setattr(module, "ROBUSTNESS_POWER", power)
+        w = AdaptiveWeighting(["fragile", "robust"], 100, min_base=3, base=0.0, ema=0.0)
+        for step in range(3):
+            w.update(step, {"fragile": 1.0, "robust": 1.0})
+        w.update(3, {"fragile": 2.0, "robust": 1.0})
+        return w.weights()["fragile"]
+
+    assert fragile_share(1.0) == pytest.approx(4 / 3)  # r = 2 against 1
+    assert fragile_share(3.0) == pytest.approx(2 * 8 / 9)  # r^3 = 8 against 1
+    assert fragile_share(0.0) == pytest.approx(1.0)  # no tilt: norm's weights (equal dense levels)
