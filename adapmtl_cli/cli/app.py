@@ -28,7 +28,8 @@ app = typer.Typer(
     name="adapmtl",
     help=(
         "Prune an already-trained PyTorch multitask model with AdapMTL: learnable soft thresholds per component "
-        "(backbone, each head) and adaptive task-loss weights, to the sparsity you ask for.\n\n"
+        "(backbone, each head), fine-tuned with every task's loss on the same scale (`--weighting adaptive` for "
+        "AdapMTL's robustness-driven weights), to the exact sparsity you ask for.\n\n"
         "Start with `adapmtl demo`; then `adapmtl inspect`, `adapmtl prune`, `adapmtl report`, `adapmtl export`."
     ),
     no_args_is_help=True,

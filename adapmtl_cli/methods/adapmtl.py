@@ -1,4 +1,4 @@
-"""AdapMTL (Xiang et al., ACM MM 2024): one learnable soft threshold per component + adaptive task weights."""
+"""AdapMTL (Xiang et al., ACM MM 2024): one learnable soft threshold per component + task-loss weights."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from adapmtl_cli.methods.registry import register_method
 LAYER_SCALE = "saliency"
 WEIGHTING = "norm"
 """Each task's loss over its dense level (``1/L⁰``). The robustness factor of ``adaptive`` did not beat it on the
-quality benchmark's dev split (mean Δ_T at 90% / 95%, 3 seeds: norm −16.6 / −43.0, adaptive −16.5 / −45.9), so
-the simpler one is the default (issue #13); ``--weighting adaptive`` keeps the robustness factor."""
+quality benchmark's dev split (first 3 seeds: mean Δ_T at 90% / 95% norm −16.6 / −43.0, adaptive −16.5 / −45.9;
+later 40 pairs: norm ahead by +0.57 [−0.19, +1.34]), so the simpler one is the default (issue #13, item 6); on
+the test split the two tie (docs/architecture.md). ``--weighting adaptive`` keeps the robustness factor."""
 SETTLE = "mask"
 """Once the ramp reaches the target the mask is fixed and the survivors fine-tune (``sparsity/settle.py``): on the
 quality benchmark's dev split at 95% it removed the default's worst cells (docs/architecture.md, "Settling on a

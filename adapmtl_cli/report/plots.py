@@ -161,7 +161,7 @@ def run_plots(run: RunView) -> list[Plot]:
     plots.append(Plot("sparsity_steps.png", "Overall and per-component sparsity over steps", _figure(sparsity_steps)))
     for key, fname, caption, log in (
         ("thresholds", "thresholds_steps.png", "Thresholds over steps", True),
-        ("task_weights", "task_weights_steps.png", "Adaptive task weights over steps", False),
+        ("task_weights", "task_weights_steps.png", "Task-loss weights over steps", False),
         ("task_losses", "task_losses_steps.png", "Task losses over steps", True),
     ):
         series = _series(records, key)

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: weights and thresholds co-optimised under adaptive task weights, on a sparsity schedule.
+"""The fine-tuning loop: weights and thresholds co-optimised under task-loss weights, on a sparsity schedule.
 
 Per step: forward (under ``--precision``'s autocast), per-task losses (fp32), ``sum_t w_t * L_t``, backward, one
 Adam step on the parameter groups the pruning method declares (for AdapMTL: weights, and threshold logits with
